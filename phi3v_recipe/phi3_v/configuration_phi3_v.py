@@ -1,0 +1,88 @@
+"""Configuration of Phi-3-Vision / Phi-3.5-Vision: a Phi-3 language model plus a CLIP vision tower.
+
+Reads the hub's config.json unchanged. The hub file predates transformers' ``longrope`` name and bakes
+``_attn_implementation: flash_attention_2`` into the file; both are handled here.
+"""
+
+from transformers import CLIPVisionConfig, Phi3Config
+from transformers.configuration_utils import SubConfigSpec
+from transformers.utils import is_flash_attn_2_available, logging
+
+logger = logging.get_logger(__name__)
+
+# The tower the hub checkpoints were trained with (openai/clip-vit-large-patch14-336). The hub config names
+# it only by `img_processor.model_name`; the weights are in the checkpoint itself.
+CLIP_VIT_L_14_336 = {
+    "hidden_size": 1024,
+    "intermediate_size": 4096,
+    "num_hidden_layers": 24,
+    "num_attention_heads": 16,
+    "patch_size": 14,
+    "image_size": 336,
+    "projection_dim": 768,
+    "hidden_act": "quick_gelu",
+    "layer_norm_eps": 1e-5,
+}
+
+
+class Phi3VConfig(Phi3Config):
+    r"""
+    embd_layer (`dict`, *optional*):
+        The hub's image-embedding settings (`hd_transform_order`, `with_learnable_separator`, ...). Only the HD
+        `sub_glb` layout with learnable separators exists in released checkpoints, and only that is supported.
+    img_processor (`dict`, *optional*):
+        The hub's vision-tower settings: `image_dim_out` (CLIP width), `num_img_tokens` (tokens per crop after the
+        2x2 merge), and optionally `layer_idx` (which CLIP hidden state is used, default -2).
+    vision_config (`CLIPVisionConfig` or `dict`, *optional*):
+        The CLIP vision tower. Absent in hub checkpoints, where it is CLIP ViT-L/14-336; tiny test checkpoints set it.
+    """
+
+    model_type = "phi3_v"
+    sub_configs_defaults = {
+        "vision_config": SubConfigSpec(config_class=CLIPVisionConfig, init_kwargs=CLIP_VIT_L_14_336),
+    }
+
+    embd_layer: dict | None = None
+    img_processor: dict | None = None
+    vision_config: dict | CLIPVisionConfig | None = None
+
+    def __post_init__(self, **kwargs):
+        self.embd_layer = {
+            "embedding_cls": "image",
+            "hd_transform_order": "sub_glb",
+            "projection_cls": "mlp",
+            "use_hd_transform": True,
+            "with_learnable_separator": True,
+            **(self.embd_layer or {}),
+        }
+        self.img_processor = {"image_dim_out": 1024, "num_img_tokens": 144, **(self.img_processor or {})}
+        super().__post_init__(**kwargs)
+        layout = (self.embd_layer["hd_transform_order"], self.embd_layer["use_hd_transform"])
+        if layout != ("sub_glb", True) or not self.embd_layer["with_learnable_separator"]:
+            raise ValueError(
+                f"embd_layer={self.embd_layer} is not supported: every released Phi-3(.5)-Vision checkpoint uses "
+                "use_hd_transform=true, hd_transform_order='sub_glb' and with_learnable_separator=true."
+            )
+        if self.img_processor["image_dim_out"] != self.vision_config.hidden_size:
+            raise ValueError(
+                f"img_processor.image_dim_out={self.img_processor['image_dim_out']} but the vision tower's "
+                f"hidden_size is {self.vision_config.hidden_size}; make them equal."
+            )
+        # The hub config.json asks for flash-attention 2. Honour it when flash-attn is installed, else fall back
+        # to the default (SDPA) instead of failing; an explicit `attn_implementation=` still wins at load time.
+        if self._attn_implementation == "flash_attention_2" and not is_flash_attn_2_available():
+            logger.info("config.json asks for flash_attention_2 but flash-attn is not installed; using the default.")
+            self._attn_implementation = None
+
+    def convert_rope_params_to_dict(self, default_theta=10_000.0, ignore_keys=None, **kwargs):
+        # Hub configs say `"type": "su"`, the old name of longrope. Phi3Config renames it only after validating
+        # the other keys, which then fails on transformers 5.x; rename it first.
+        rope_scaling = kwargs.get("rope_scaling")
+        if rope_scaling and rope_scaling.get("type") == "su":
+            kwargs["rope_scaling"] = {k: v for k, v in rope_scaling.items() if k != "type"} | {"rope_type": "longrope"}
+        return super().convert_rope_params_to_dict(default_theta=default_theta, ignore_keys=ignore_keys, **kwargs)
+
+    @property
+    def vision_feature_layer(self) -> int:
+        """The CLIP hidden state (index into `hidden_states`) whose patch tokens feed the projection."""
+        return self.img_processor.get("layer_idx", -2)

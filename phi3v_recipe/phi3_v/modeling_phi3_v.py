@@ -1,0 +1,193 @@
+"""Phi-3-Vision for transformers 5.x, built from transformers' own Phi-3 decoder and CLIP vision blocks.
+
+The module tree reproduces the hub checkpoints' parameter names exactly, so their safetensors load and save
+unchanged: ``model.vision_embed_tokens.{img_processor.vision_model.*, glb_GN, sub_GN, img_projection.{0,2}}``
+beside the usual Phi-3 ``model.*`` and ``lm_head``. The image embedding shares ``model.embed_tokens`` (the hub
+files have no ``wte`` key).
+
+Image positions are marked in ``input_ids`` by negative ids (``-N`` for the N-th image of a prompt); the model
+writes the projected image features there in order of appearance, as the reference implementation does.
+"""
+
+import torch
+from torch import nn
+from transformers import Phi3ForCausalLM, Phi3Model
+from transformers import initialization as init
+from transformers.models.clip.modeling_clip import CLIPEncoder, CLIPVisionEmbeddings
+from transformers.models.phi3.modeling_phi3 import Phi3PreTrainedModel
+
+from .configuration_phi3_v import Phi3VConfig
+
+CROP_SIZE = 336  # the HD transform tiles images into 336x336 crops
+
+
+class Phi3VCLIPVisionTower(nn.Module):
+    """CLIP's vision transformer, named as in the hub checkpoints (``vision_model.*``)."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.embeddings = CLIPVisionEmbeddings(config)
+        self.pre_layrnorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.encoder = CLIPEncoder(config)
+        # Kept so that the checkpoints load and save unchanged; Phi-3-Vision never uses it (features come from
+        # an inner layer, before any final norm).
+        self.post_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def hidden_state(self, pixel_values: torch.Tensor, layer: int) -> torch.Tensor:
+        """Return ``hidden_states[layer]`` of the CLIP encoder, running only the layers needed to get there."""
+        num_layers = layer if layer >= 0 else len(self.encoder.layers) + 1 + layer
+        hidden = self.pre_layrnorm(self.embeddings(pixel_values))
+        for encoder_layer in self.encoder.layers[:num_layers]:
+            hidden = encoder_layer(hidden, attention_mask=None)
+        return hidden
+
+
+class Phi3VImageEmbedding(nn.Module):
+    """CLIP features of the HD crops, merged 2x2, laid out with learnable separators and projected to text width."""
+
+    def __init__(self, config: Phi3VConfig):
+        super().__init__()
+        self.img_processor = nn.Module()
+        self.img_processor.vision_model = Phi3VCLIPVisionTower(config.vision_config)
+        self.feature_layer = config.vision_feature_layer
+        merged_dim = config.img_processor["image_dim_out"] * 4
+        self.glb_GN = nn.Parameter(torch.zeros(1, 1, merged_dim))
+        self.sub_GN = nn.Parameter(torch.zeros(1, 1, 1, merged_dim))
+        self.img_projection = nn.Sequential(
+            nn.Linear(merged_dim, config.hidden_size), nn.GELU(), nn.Linear(config.hidden_size, config.hidden_size)
+        )
+
+    def forward(self, pixel_values: torch.Tensor, image_sizes: torch.Tensor) -> torch.Tensor:
+        """``pixel_values [images, crops+1, 3, 336, 336]``, ``image_sizes [images, 2]`` (padded H, W) ->
+        ``[total image tokens, hidden]``, images in order."""
+        grids = [(int(h) // CROP_SIZE, int(w) // CROP_SIZE) for h, w in image_sizes.tolist()]
+        # Only real crops go through CLIP: slot 0 is the global image, then h*w sub-crops, then zero padding.
+        crops = torch.cat([pixels[: 1 + h * w] for pixels, (h, w) in zip(pixel_values, grids)])
+        vision = self.img_processor.vision_model
+        crops = crops.to(dtype=vision.embeddings.patch_embedding.weight.dtype)
+        features = vision.hidden_state(crops, self.feature_layer)[:, 1:]  # drop CLS
+        merged = self._merge_2x2(features)
+        tokens, start = [], 0
+        for h, w in grids:
+            global_crop, sub_crops = merged[start], merged[start + 1 : start + 1 + h * w]
+            start += 1 + h * w
+            side = global_crop.shape[0]
+            sub_grid = sub_crops.reshape(h, w, side, side, -1).transpose(1, 2).reshape(h * side, w * side, -1)
+            tokens += [self._with_newlines(sub_grid), self.glb_GN[0], self._with_newlines(global_crop)]
+        image_tokens = torch.cat(tokens)
+        return self.img_projection(image_tokens.to(self.img_projection[0].weight.dtype))
+
+    @staticmethod
+    def _merge_2x2(features: torch.Tensor) -> torch.Tensor:
+        """``[n, side*side*4, C]`` patch features -> ``[n, side, side, 4C]``, each 2x2 block concatenated row-major."""
+        n, num_patches, dim = features.shape
+        side = int(num_patches**0.5) // 2
+        blocks = features.reshape(n, side, 2, side, 2, dim).permute(0, 1, 3, 2, 4, 5)
+        return blocks.reshape(n, side, side, 4 * dim)
+
+    def _with_newlines(self, grid: torch.Tensor) -> torch.Tensor:
+        """Append the ``sub_GN`` separator after every row of a ``[rows, cols, D]`` grid and flatten it."""
+        newline = self.sub_GN[0].expand(grid.shape[0], 1, -1)
+        return torch.cat([grid, newline], dim=1).reshape(-1, grid.shape[-1])
+
+
+class Phi3VPreTrainedModel(Phi3PreTrainedModel):
+    config: Phi3VConfig
+    input_modalities = ("image", "text")
+    _no_split_modules = ["Phi3DecoderLayer", "CLIPEncoderLayer"]
+    # Some conversions of the hub checkpoints store the shared embedding a second time under this name.
+    _keys_to_ignore_on_load_unexpected = [r"model\.vision_embed_tokens\.wte\."]
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, CLIPVisionEmbeddings):
+            init.normal_(module.class_embedding, std=module.embed_dim**-0.5)
+            init.copy_(module.position_ids, torch.arange(module.num_positions).expand((1, -1)))
+        elif isinstance(module, Phi3VImageEmbedding):
+            init.zeros_(module.glb_GN)
+            init.zeros_(module.sub_GN)
+
+
+class Phi3VModel(Phi3VPreTrainedModel, Phi3Model):
+    def __init__(self, config: Phi3VConfig):
+        super().__init__(config)
+        # The CLIP tower is a plain module here (its parameter names must match the hub files), so transformers
+        # does not resolve its attention implementation on its own: it follows the language model's.
+        config.vision_config._attn_implementation_internal = config._attn_implementation
+        self.vision_embed_tokens = Phi3VImageEmbedding(config)
+        self.post_init()
+
+    def embed(
+        self,
+        input_ids: torch.LongTensor,
+        pixel_values: torch.Tensor | None = None,
+        image_sizes: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Token embeddings with the image features written over the negative-id (image) positions."""
+        image_positions = input_ids < 0
+        embeds = self.embed_tokens(input_ids.clamp(min=0))
+        if not image_positions.any():
+            return embeds
+        if pixel_values is None or image_sizes is None:
+            raise ValueError(
+                "input_ids hold image positions (negative ids) but pixel_values/image_sizes were not given; "
+                "pass the processor's full output to the model."
+            )
+        features = self.vision_embed_tokens(pixel_values, image_sizes)
+        if features.shape[0] != int(image_positions.sum()):
+            raise ValueError(
+                f"input_ids hold {int(image_positions.sum())} image positions but the images give "
+                f"{features.shape[0]} feature rows; input_ids and pixel_values must come from the same processor call."
+            )
+        return embeds.masked_scatter(image_positions.unsqueeze(-1), features.to(embeds.dtype))
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        image_sizes: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        **kwargs,
+    ):
+        if inputs_embeds is None and input_ids is not None:
+            inputs_embeds = self.embed(input_ids, pixel_values, image_sizes)
+        return super().forward(input_ids=None, inputs_embeds=inputs_embeds, **kwargs)
+
+
+class Phi3VForCausalLM(Phi3VPreTrainedModel, Phi3ForCausalLM):
+    def __init__(self, config: Phi3VConfig):
+        # Skip Phi3ForCausalLM.__init__: it would build (and allocate) a text-only Phi3Model first.
+        super(Phi3ForCausalLM, self).__init__(config)
+        self.model = Phi3VModel(config)
+        self.vocab_size = config.vocab_size
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values=None,
+        inputs_embeds: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        image_sizes: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ):
+        return super().forward(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            labels=labels,
+            use_cache=use_cache,
+            logits_to_keep=logits_to_keep,
+            pixel_values=pixel_values,
+            image_sizes=image_sizes,
+            **kwargs,
+        )

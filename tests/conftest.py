@@ -1,0 +1,35 @@
+import json
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+import phi3v_recipe  # noqa: F401  (registers phi3_v with the Auto classes)
+from phi3v_recipe.tiny import write_tiny_checkpoint
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "phi3v"
+HUB_MODELS = ["Phi-3-vision-128k-instruct", "Phi-3.5-vision-instruct"]
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory) -> Path:
+    """A tiny random Phi-3-Vision checkpoint in the hub layout (written once per test session)."""
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "ckpt")
+
+
+@pytest.fixture(scope="session")
+def tiny_state_dict(tiny_dir):
+    return load_file(tiny_dir / "model.safetensors")
+
+
+@pytest.fixture(scope="session")
+def tiny_config_dict(tiny_dir):
+    return json.loads((tiny_dir / "config.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def shared() -> Path:
+    """../shared/phi3v (real hub configs, tokenizers and fixtures); tests that need it skip when it is absent."""
+    if not SHARED.is_dir():
+        pytest.skip("../shared/phi3v is not present")
+    return SHARED
