@@ -70,11 +70,20 @@ def build_tokenizer(vocab_size: int = 1200) -> TokenizersBackend:
     spec["added_tokens"] = [t for t in spec["added_tokens"] if t["id"] < 3]
     for token_id, (name, rstrip) in enumerate(special_tokens(), start=BASE_VOCAB):
         spec["added_tokens"].append(
-            {"id": token_id, "content": name, "single_word": False, "lstrip": False, "rstrip": rstrip,
-             "normalized": False, "special": True}
+            {
+                "id": token_id,
+                "content": name,
+                "single_word": False,
+                "lstrip": False,
+                "rstrip": rstrip,
+                "normalized": False,
+                "special": True,
+            }
         )
     tok = Tokenizer.from_str(json.dumps(spec))
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)])
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)]
+    )
     tok.decoder = decoders.Sequence(
         [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
     )
@@ -170,7 +179,9 @@ def build_model(seed: int = 0) -> Phi3VForCausalLM:
     with torch.no_grad():
         for name, param in model.named_parameters():
             if "norm" in name or "layrnorm" in name:
-                param.copy_(1.0 + 0.1 * torch.randn_like(param) if name.endswith("weight") else 0.1 * torch.randn_like(param))
+                param.copy_(
+                    1.0 + 0.1 * torch.randn_like(param) if name.endswith("weight") else 0.1 * torch.randn_like(param)
+                )
             else:
                 param.normal_(0.0, 0.05)
     return model

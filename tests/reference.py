@@ -63,7 +63,7 @@ def _clip_hidden_minus_2(sd, pixels, heads):
     x = torch.cat([cls, x], 1) + sd[v + "embeddings.position_embedding.weight"]
     x = _ln(x, sd, v + "pre_layrnorm")
     states = [x]
-    n_layers = len({k.split(".")[7] for k in sd if k.startswith(v + "encoder.layers.")})
+    n_layers = len({k.split(".")[6] for k in sd if k.startswith(v + "encoder.layers.")})
     for i in range(n_layers):
         p = f"{v}encoder.layers.{i}."
         h = _ln(x, sd, p + "layer_norm1")

@@ -5,4 +5,11 @@ from .image_processing_phi3_v import Phi3VImageProcessor, num_image_tokens
 from .modeling_phi3_v import Phi3VForCausalLM, Phi3VModel
 from .processing_phi3_v import Phi3VProcessor
 
-__all__ = ["Phi3VConfig", "Phi3VForCausalLM", "Phi3VImageProcessor", "Phi3VModel", "Phi3VProcessor", "num_image_tokens"]
+__all__ = [
+    "Phi3VConfig",
+    "Phi3VForCausalLM",
+    "Phi3VImageProcessor",
+    "Phi3VModel",
+    "Phi3VProcessor",
+    "num_image_tokens",
+]

@@ -56,7 +56,17 @@ class Phi3VConfig(Phi3Config):
             **(self.embd_layer or {}),
         }
         self.img_processor = {"image_dim_out": 1024, "num_img_tokens": 144, **(self.img_processor or {})}
+        # The hub config.json bakes in `_attn_implementation: flash_attention_2`. Use it only when nothing was asked
+        # for explicitly (`attn_implementation=`) and flash-attn is installed; otherwise keep transformers' default.
+        file_attention = kwargs.pop("_attn_implementation", None)
         super().__post_init__(**kwargs)
+        if self._attn_implementation is None and file_attention is not None:
+            if file_attention != "flash_attention_2" or is_flash_attn_2_available():
+                self._attn_implementation = file_attention
+            else:
+                logger.info(
+                    "config.json asks for flash_attention_2, but flash-attn is not installed: using the default."
+                )
         layout = (self.embd_layer["hd_transform_order"], self.embd_layer["use_hd_transform"])
         if layout != ("sub_glb", True) or not self.embd_layer["with_learnable_separator"]:
             raise ValueError(
@@ -68,11 +78,6 @@ class Phi3VConfig(Phi3Config):
                 f"img_processor.image_dim_out={self.img_processor['image_dim_out']} but the vision tower's "
                 f"hidden_size is {self.vision_config.hidden_size}; make them equal."
             )
-        # The hub config.json asks for flash-attention 2. Honour it when flash-attn is installed, else fall back
-        # to the default (SDPA) instead of failing; an explicit `attn_implementation=` still wins at load time.
-        if self._attn_implementation == "flash_attention_2" and not is_flash_attn_2_available():
-            logger.info("config.json asks for flash_attention_2 but flash-attn is not installed; using the default.")
-            self._attn_implementation = None
 
     def convert_rope_params_to_dict(self, default_theta=10_000.0, ignore_keys=None, **kwargs):
         # Hub configs say `"type": "su"`, the old name of longrope. Phi3Config renames it only after validating
