@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # On a CPU-only machine, torch is pinned to the CPU build (a plain `torch` would pull several GB of CUDA).
 TORCH ?= torch==2.13.0
 
-.PHONY: setup test test-all lint format tiny
+.PHONY: setup test test-all lint format tiny sample-data
 
 setup: $(VENV)/.installed
 
@@ -32,3 +32,6 @@ format: setup
 
 tiny: setup
 	$(BIN)/python -m phi3v_recipe.tiny outputs/tiny-phi3v
+
+sample-data: setup
+	$(BIN)/python -m phi3v_recipe.synthetic --rows 3040 --seed 0 --out data/sample

@@ -1,0 +1,238 @@
+import csv
+import hashlib
+import json
+
+import datasets
+import pytest
+from PIL import Image
+from transformers import AutoProcessor
+
+from phi3v_recipe.data import BadRow, DataArguments, format_number, prepare_data
+from phi3v_recipe.synthetic import write_sample_set
+
+from .test_processor import photo
+
+
+@pytest.fixture(scope="module")
+def processor(tiny_dir):
+    return AutoProcessor.from_pretrained(tiny_dir)
+
+
+def write_csv(path, rows):
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def product(code, image, title="Small Black Leather Tote", category="BAGS", price="1290.0"):
+    return {
+        "product_code": code,
+        "title": title,
+        "category3_code": category,
+        "full_price": price,
+        "local_image_path": image,
+    }
+
+
+@pytest.fixture()
+def bad_input_csv(tmp_path):
+    """One good row and one row of every kind of bad input."""
+    (tmp_path / "img").mkdir()
+    photo(64, 48).save(tmp_path / "img" / "good.png")
+    photo(64, 48).save(tmp_path / "img" / "truncated.png")
+    data = (tmp_path / "img" / "truncated.png").read_bytes()
+    (tmp_path / "img" / "truncated.png").write_bytes(data[: len(data) // 2])
+    (tmp_path / "img" / "empty.png").write_bytes(b"")
+    (tmp_path / "img" / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg" * 10)
+    Image.new("1", (3000, 3000)).save(tmp_path / "img" / "bomb.png")  # 9 Mpx in a few kB
+    rows = [
+        product("GOOD", "img/good.png"),
+        product("MISSING", "img/nope.png"),
+        product("EMPTY", "img/empty.png"),
+        product("CORRUPT", "img/corrupt.jpg"),
+        product("TRUNC", "img/truncated.png"),
+        product("BOMB", "img/bomb.png"),
+        product("PRICE", "img/good.png", price="call us"),
+        product("TITLE", "img/good.png", title="  "),
+        product("TAGS", "img/good.png", title="Tote <|image_2|>"),
+        product("NOIMG", ""),
+    ]
+    return write_csv(tmp_path / "products.csv", rows)
+
+
+EXPECTED_REASONS = {
+    "MISSING": "missing image file",
+    "EMPTY": "empty (0-byte) image file",
+    "CORRUPT": "unreadable image",
+    "TRUNC": "unreadable image",
+    "BOMB": "image over max_image_pixels",
+    "PRICE": "non-numeric full_price",
+    "TITLE": "empty title",
+    "TAGS": "malformed placeholders",
+    "NOIMG": "no image",
+}
+
+
+def test_bad_rows_are_skipped_counted_and_listed(processor, bad_input_csv, tmp_path):
+    args = DataArguments(dataset=str(bad_input_csv), eval_fraction=0, max_image_pixels=4_000_000)
+    data = prepare_data(args, processor, max_length=4096)
+
+    assert data.train["product_code"] == ["GOOD"]
+    assert {key: err.kind for _, key, err in data.skipped} == EXPECTED_REASONS
+    summary = data.summary()
+    assert summary.startswith("1 rows kept (1 train, 0 eval); 9 skipped: ")
+    assert "2 unreadable image" in summary
+    listing = list(csv.reader(data.write_skipped(tmp_path / "skipped.csv").open()))
+    assert listing[0] == ["row", "id", "reason"] and len(listing) == 10
+    assert listing[1][1] == "MISSING" and "img/nope.png" in listing[1][2]
+
+
+@pytest.mark.parametrize("code", sorted(EXPECTED_REASONS))
+def test_strict_mode_names_the_row(processor, bad_input_csv, tmp_path, code):
+    rows = list(csv.DictReader(bad_input_csv.open()))
+    only = write_csv(tmp_path / "one.csv", [r for r in rows if r["product_code"] in ("GOOD", code)])
+    args = DataArguments(dataset=str(only), strict=True, max_image_pixels=4_000_000)
+    with pytest.raises(
+        BadRow, match=rf"Row 1 \(product_code={code}\): {EXPECTED_REASONS[code].replace('(', '.').replace(')', '.')}"
+    ):
+        prepare_data(args, processor, max_length=4096)
+
+
+def test_rows_longer_than_max_length_are_dropped_not_cut(processor, tmp_path):
+    photo(64, 48).save(tmp_path / "a.png")
+    rows = [product("SHORT", "a.png"), product("LONG", "a.png", title="Tote " * 200)]
+    path = write_csv(tmp_path / "p.csv", rows)
+    data = prepare_data(DataArguments(dataset=str(path), eval_fraction=0), processor, max_length=900)
+    assert data.train["product_code"] == ["SHORT"]
+    assert data.train["length"][0] <= 900
+    [(_, key, err)] = data.skipped
+    assert key == "LONG" and err.kind == "longer than max_length"
+
+
+def test_jsonl_with_several_images_and_a_question_column(processor, tmp_path):
+    photo(64, 48).save(tmp_path / "a.png")
+    photo(48, 64, seed=1).save(tmp_path / "b.png")
+    rows = [
+        {"id": 1, "pics": ["a.png", "b.png"], "question": "Which is taller?", "label": "the second"},
+        {"id": 2, "pics": ["b.png"], "label": "portrait"},
+    ]
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    args = DataArguments(
+        dataset=str(path),
+        image_column="pics",
+        id_column="id",
+        answer_template="It is {label}",
+        numeric_fields=[],
+        eval_fraction=0,
+    )
+    data = prepare_data(args, processor, max_length=4096)
+    assert data.train["images"] == [[str(tmp_path / "a.png"), str(tmp_path / "b.png")], [str(tmp_path / "b.png")]]
+    assert data.train["question"] == ["Which is taller?", "What is shown in this image?"]
+    assert data.train["answer"] == ["It is the second", "It is portrait"]
+    assert data.train["length"][0] > data.train["length"][1] + 300  # two images vs one
+
+
+def test_dataset_with_an_embedded_image_column(processor, tmp_path):
+    """The shape of a Hub dataset with an `Image` column (here read from a local Parquet file)."""
+    for i in range(3):
+        photo(64 + i, 48, seed=i).save(tmp_path / f"{i}.png")
+    images = [{"bytes": (tmp_path / f"{i}.png").read_bytes(), "path": f"{i}.png"} for i in range(3)]
+    table = datasets.Dataset.from_dict({"image": images, "caption": ["red", "green", "blue"]})
+    table.cast_column("image", datasets.Image()).to_parquet(tmp_path / "hub.parquet")
+    for i in range(3):
+        (tmp_path / f"{i}.png").unlink()  # only the embedded bytes remain
+    args = DataArguments(
+        dataset=str(tmp_path / "hub.parquet"),
+        image_column="image",
+        answer_template="{caption}",
+        numeric_fields=[],
+        eval_fraction=0,
+        image_cache_dir=str(tmp_path / "cache"),
+    )
+    data = prepare_data(args, processor, max_length=4096)
+    assert data.train["answer"] == ["red", "green", "blue"] and not data.skipped
+    first = Image.open(data.train["images"][0][0])
+    assert first.size == (64, 48)
+
+
+def test_image_folder_with_metadata(processor, tmp_path):
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    for i in range(4):
+        photo(60, 40, seed=i).save(folder / f"{i}.png")
+    write_csv(folder / "metadata.csv", [{"file_name": f"{i}.png", "title": f"item {i}"} for i in range(4)])
+    args = DataArguments(
+        dataset=str(folder),
+        image_column="image",
+        answer_template="{title}",
+        numeric_fields=[],
+        eval_fraction=0.5,
+        id_column="title",
+        image_cache_dir=str(tmp_path / "cache"),
+    )
+    data = prepare_data(args, processor, max_length=4096)
+    assert len(data.train) == len(data.eval) == 2
+    assert sorted([*data.train["answer"], *data.eval["answer"]]) == [f"item {i}" for i in range(4)]
+
+
+def test_split_is_deterministic_and_seeded(processor, tmp_path):
+    csv_path = write_sample_set(tmp_path / "s", rows=40, seed=3)
+    split = [
+        prepare_data(DataArguments(dataset=str(csv_path), eval_fraction=0.25, split_seed=seed), processor, 4096)
+        for seed in (1, 1, 2)
+    ]
+    assert split[0].eval["product_code"] == split[1].eval["product_code"]
+    assert split[0].eval["product_code"] != split[2].eval["product_code"]
+    assert len(split[0].eval) == 10 and len(split[0].train) == 30
+
+
+def test_synthetic_set_is_deterministic(tmp_path):
+    def digest(folder):
+        files = sorted(folder.rglob("*.*"))
+        return {f.relative_to(folder).as_posix(): hashlib.sha256(f.read_bytes()).hexdigest() for f in files}
+
+    a = write_sample_set(tmp_path / "a", rows=30, seed=7).parent
+    b = write_sample_set(tmp_path / "b", rows=30, seed=7).parent
+    c = write_sample_set(tmp_path / "c", rows=30, seed=8).parent
+    assert digest(a) == digest(b)
+    assert digest(a) != digest(c)
+    rows = list(csv.DictReader((a / "burberry.csv").open()))
+    assert {"product_code", "title", "category3_code", "full_price", "imageurl", "local_image_path"} <= set(rows[0])
+    assert all(float(r["full_price"]) > 0 and r["title"] for r in rows)
+
+
+def test_synthetic_answers_follow_the_picture():
+    """Same attributes -> same title, category and price: the label is a function of what is drawn."""
+    from phi3v_recipe.synthetic import Product
+
+    cheap = Product("BAGS", 0, "Canvas", "Black", "Small")
+    dear = Product("BAGS", 0, "Cashmere", "Black", "Large")
+    assert cheap.title == "Small Black Canvas Tote"
+    assert cheap.price < dear.price
+    assert Product("BAGS", 0, "Canvas", "Black", "Small").price == cheap.price
+
+
+@pytest.mark.parametrize(("raw", "text"), [("1290.0", "1290"), ("$1,290.00", "1290"), (490, "490"), ("12.50", "12.5")])
+def test_format_number(raw, text):
+    assert format_number(raw) == text
+
+
+@pytest.mark.parametrize("raw", ["", "n/a", "nan", "12,3.4.5"])
+def test_format_number_rejects(raw):
+    with pytest.raises(ValueError):
+        format_number(raw)
+
+
+def test_missing_local_dataset_says_how_to_get_it(processor):
+    with pytest.raises(FileNotFoundError, match="make sample-data"):
+        prepare_data(DataArguments(dataset="data/nowhere/burberry.csv"), processor, 4096)
+
+
+def test_data_arguments_validate():
+    with pytest.raises(ValueError, match="numeric_fields"):
+        DataArguments(answer_template="{title}")
+    with pytest.raises(ValueError, match="eval_fraction"):
+        DataArguments(eval_fraction=1.5)
