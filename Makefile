@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # On a CPU-only machine, torch is pinned to the CPU build (a plain `torch` would pull several GB of CUDA).
 TORCH ?= torch==2.13.0
 
-.PHONY: setup test test-all lint format tiny sample-data
+.PHONY: setup test test-all lint format tiny sample-data train demo
 
 setup: $(VENV)/.installed
 
@@ -30,8 +30,32 @@ format: setup
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-tiny: setup
+tiny: outputs/tiny-phi3v/config.json
+
+outputs/tiny-phi3v/config.json: | setup
 	$(BIN)/python -m phi3v_recipe.tiny outputs/tiny-phi3v
 
-sample-data: setup
+sample-data: data/sample/burberry.csv
+
+data/sample/burberry.csv: | setup
 	$(BIN)/python -m phi3v_recipe.synthetic --rows 3040 --seed 0 --out data/sample
+
+# make train RECIPE=burberry_lora [ACCELERATE_CONFIG=accelerate_configs/fsdp.yaml] [ARGS="--learning_rate 1e-4"] [RESUME=1]
+RECIPE ?= burberry_lora
+ACCELERATE_CONFIG ?= accelerate_configs/single_gpu.yaml
+ARGS ?=
+RESUME ?=
+train: setup
+	$(BIN)/accelerate launch --config_file $(ACCELERATE_CONFIG) -m phi3v_recipe.train \
+		--config recipes/$(RECIPE).yaml $(if $(RESUME),--resume_from_checkpoint true) $(ARGS)
+
+# The whole pipeline on the embedded default: tiny model + synthetic sample set, on the CPU, offline.
+demo: setup outputs/tiny-phi3v/config.json data/sample/burberry.csv
+	$(BIN)/python -m phi3v_recipe.train --config recipes/demo.yaml $(if $(RESUME),--resume_from_checkpoint true) $(ARGS)
+	@echo
+	@echo "Demo outputs:"
+	@echo "  tiny base model        outputs/tiny-phi3v"
+	@echo "  sample data            data/sample/burberry.csv (+ images/)"
+	@echo "  adapter + model card   outputs/demo (adapter_model.safetensors, README.md, metrics.json)"
+	@echo "  skipped rows           outputs/demo/skipped_rows.csv"
+	@echo "  W&B offline run        outputs/demo/wandb (upload: .venv/bin/wandb sync outputs/demo/wandb/offline-run-*)"

@@ -171,7 +171,8 @@ def preprocessor_config_dict(num_crops: int) -> dict:
 
 
 def build_model(seed: int = 0) -> Phi3VForCausalLM:
-    """The tiny model with random weights; separators and norms are randomised too so that no part is a no-op."""
+    """The tiny model with random weights; separators and norms are randomised too so that no part is a no-op.
+    The output head gets a 1/sqrt(hidden) scale so that a few LoRA steps can move the logits (as a trained head can)."""
     torch.manual_seed(seed)
     config = Phi3VConfig.from_dict(tiny_config_dict())
     config._attn_implementation = "eager"
@@ -179,9 +180,10 @@ def build_model(seed: int = 0) -> Phi3VForCausalLM:
     with torch.no_grad():
         for name, param in model.named_parameters():
             if "norm" in name or "layrnorm" in name:
-                param.copy_(
-                    1.0 + 0.1 * torch.randn_like(param) if name.endswith("weight") else 0.1 * torch.randn_like(param)
-                )
+                noise = 0.1 * torch.randn_like(param)
+                param.copy_(1.0 + noise if name.endswith("weight") else noise)
+            elif name == "lm_head.weight":
+                param.normal_(0.0, config.hidden_size**-0.5)
             else:
                 param.normal_(0.0, 0.05)
     return model

@@ -33,11 +33,14 @@ class Phi3VCLIPVisionTower(nn.Module):
         # an inner layer, before any final norm).
         self.post_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
+    def layers_needed(self, layer: int) -> int:
+        """How many encoder layers produce ``hidden_states[layer]`` (index 0 is the embeddings' output)."""
+        return layer if layer >= 0 else len(self.encoder.layers) + 1 + layer
+
     def hidden_state(self, pixel_values: torch.Tensor, layer: int) -> torch.Tensor:
         """Return ``hidden_states[layer]`` of the CLIP encoder, running only the layers needed to get there."""
-        num_layers = layer if layer >= 0 else len(self.encoder.layers) + 1 + layer
         hidden = self.pre_layrnorm(self.embeddings(pixel_values))
-        for encoder_layer in self.encoder.layers[:num_layers]:
+        for encoder_layer in self.encoder.layers[: self.layers_needed(layer)]:
             hidden = encoder_layer(hidden, attention_mask=None)
         return hidden
 
@@ -76,6 +79,11 @@ class Phi3VImageEmbedding(nn.Module):
             tokens += [self._with_newlines(sub_grid), self.glb_GN[0], self._with_newlines(global_crop)]
         image_tokens = torch.cat(tokens)
         return self.img_projection(image_tokens.to(self.img_projection[0].weight.dtype))
+
+    def unused_modules(self) -> list[nn.Module]:
+        """CLIP parts kept only for checkpoint fidelity: the layers after the feature layer and post_layernorm."""
+        vision = self.img_processor.vision_model
+        return [*vision.encoder.layers[vision.layers_needed(self.feature_layer) :], vision.post_layernorm]
 
     @staticmethod
     def _merge_2x2(features: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,38 @@
+"""Batched greedy answers for prompts with images (left padding), shared by evaluation, logging and prediction."""
+
+import torch
+
+from .collator import build_prompt, open_images
+
+
+def stop_token_ids(tokenizer) -> list[int]:
+    """Answers are trained to end with ``<|end|>`` then end-of-text: either one stops generation."""
+    return [tokenizer.convert_tokens_to_ids("<|end|>"), tokenizer.eos_token_id]
+
+
+@torch.no_grad()
+def generate_answers(model, processor, rows: list[dict], max_new_tokens: int = 64, batch_size: int = 8) -> list[str]:
+    """Greedy answers for rows with ``images`` (paths) and ``question``, in order."""
+    tokenizer = processor.tokenizer
+    was_training = model.training
+    model.eval()
+    answers = []
+    try:
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start : start + batch_size]
+            images = [open_images(row["images"]) for row in chunk]
+            prompts = [build_prompt(tokenizer, row["question"], len(imgs)) for row, imgs in zip(chunk, images)]
+            inputs = processor(prompts, images, padding_side="left").to(model.device)
+            inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
+            out = model.generate(
+                **inputs,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                eos_token_id=stop_token_ids(tokenizer),
+                pad_token_id=tokenizer.pad_token_id,
+            )
+            new_tokens = out[:, inputs["input_ids"].shape[1] :]
+            answers += [text.strip() for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+    finally:
+        model.train(was_training)
+    return answers

@@ -1,0 +1,54 @@
+"""Weights & Biases: offline when there is no key, and a table of generated answers at each evaluation."""
+
+import netrc
+import os
+
+from transformers import TrainerCallback
+
+from .generation import generate_answers
+
+
+def wandb_has_key() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (FileNotFoundError, netrc.NetrcParseError):
+        return False
+
+
+def configure_wandb(report_to: list[str], output_dir: str) -> bool:
+    """Set W&B up for this run; returns whether it reports to W&B. Runs are stored under ``output_dir/wandb``."""
+    if "wandb" not in report_to or os.environ.get("WANDB_MODE") == "disabled":
+        return False
+    os.environ.setdefault("WANDB_DIR", output_dir)
+    os.makedirs(os.environ["WANDB_DIR"], exist_ok=True)
+    if os.environ.get("WANDB_MODE") == "offline" or not wandb_has_key():
+        os.environ["WANDB_MODE"] = "offline"
+        print(
+            f"W&B: offline (no API key, or WANDB_MODE=offline); the run is saved under {os.environ['WANDB_DIR']}/wandb. "
+            f"Upload it later with: wandb sync {os.environ['WANDB_DIR']}/wandb/offline-run-*"
+        )
+    return True
+
+
+class PredictionTableCallback(TrainerCallback):
+    """At each evaluation, generate answers for a few eval rows and log them as a `wandb.Table`."""
+
+    def __init__(self, processor, rows: list[dict], max_new_tokens: int = 64):
+        self.processor = processor
+        self.rows = rows
+        self.max_new_tokens = max_new_tokens
+
+    def on_evaluate(self, args, state, control, model=None, **kwargs):
+        if not state.is_world_process_zero or not self.rows:
+            return
+        import wandb
+
+        if wandb.run is None:
+            return
+        answers = generate_answers(model, self.processor, self.rows, self.max_new_tokens)
+        table = wandb.Table(columns=["step", "image", "truth", "prediction"])
+        for row, answer in zip(self.rows, answers):
+            table.add_data(state.global_step, wandb.Image(row["images"][0]), row["answer"], answer)
+        wandb.log({"eval/predictions": table, "train/global_step": state.global_step})

@@ -1,0 +1,182 @@
+"""Fine-tune Phi-3-Vision with TRL's SFTTrainer from a recipe.
+
+    python -m phi3v_recipe.train --config recipes/burberry_lora.yaml [--key value ...]
+    accelerate launch --config_file accelerate_configs/multi_gpu.yaml -m phi3v_recipe.train --config recipes/X.yaml
+
+Load recipe -> check the Hub push can succeed -> build data -> build model -> build trainer -> train -> save ->
+evaluate -> model card -> push.
+"""
+
+import dataclasses
+import json
+import os
+import sys
+import time
+
+import torch
+import yaml
+from accelerate import PartialState
+from transformers import AutoModelForCausalLM, AutoProcessor
+from transformers.utils import is_flash_attn_2_available
+from trl import SFTTrainer, get_peft_config, get_quantization_config
+
+from . import hub
+from .collator import VisionSFTCollator
+from .config import parse_recipe
+from .data import prepare_data
+from .tracking import PredictionTableCallback, configure_wandb
+
+# LoRA goes on the language model: these names exist only in the Phi-3 decoder (CLIP uses q/k/v/out_proj, fc1/fc2).
+LANGUAGE_MODEL_LORA_TARGETS = ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
+# Kept out of 4-bit quantisation: the vision tower, separators and projection, and the output head. Full module
+# prefixes: transformers 5 matches the skip list against full module names.
+QUANTIZATION_SKIP = ["model.vision_embed_tokens", "lm_head"]
+
+
+def resolved_recipe(recipe, model_args, training_args) -> str:
+    """The recipe as it will run: all our and model keys, and the training keys that differ from their default.
+    Secrets (any key with 'token' in its name) are never shown."""
+    resolved = {}
+    for config in (recipe, model_args, training_args):
+        for f in dataclasses.fields(config):
+            value = getattr(config, f.name)
+            if config is training_args:
+                default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+                if value == default:
+                    continue
+            if "token" in f.name and value is not None:
+                value = "<hidden>"
+            resolved[f.name] = value
+    return yaml.safe_dump(json.loads(json.dumps(resolved, default=str)), sort_keys=True)
+
+
+def load_model(model_args, recipe):
+    """The base model (optionally in 4/8-bit), with the parts that must not train frozen."""
+    quantization_config = get_quantization_config(model_args)
+    if quantization_config is not None:
+        quantization_config.llm_int8_skip_modules = QUANTIZATION_SKIP
+    # A quantized model is placed whole on this process's GPU (under FSDP / DDP each process holds its copy).
+    on_gpu = quantization_config is not None and torch.cuda.is_available()
+    attn = model_args.attn_implementation or ("flash_attention_2" if is_flash_attn_2_available() else "sdpa")
+    dtype = model_args.dtype if model_args.dtype in ("auto", None) else getattr(torch, model_args.dtype)
+    model = AutoModelForCausalLM.from_pretrained(
+        model_args.model_name_or_path,
+        revision=model_args.model_revision,
+        dtype=dtype,
+        attn_implementation=attn,
+        quantization_config=quantization_config,
+        device_map={"": PartialState().local_process_index} if on_gpu else None,
+    )
+    image_embedding = model.model.vision_embed_tokens
+    # CLIP's last layer(s) and post_layernorm never reach the outputs: frozen, so DDP/FSDP see no unused gradients.
+    for module in image_embedding.unused_modules():
+        module.requires_grad_(False)
+    if recipe.freeze_vision_tower:
+        image_embedding.img_processor.requires_grad_(False)
+    return model
+
+
+class Phi3VSFTTrainer(SFTTrainer):
+    """SFTTrainer that also logs throughput (samples/s between two logs)."""
+
+    _last_log = None
+
+    def log(self, logs, start_time=None):
+        if "loss" in logs:
+            now, step = time.perf_counter(), self.state.global_step
+            if self._last_log is not None and step > self._last_log[1]:
+                samples = (step - self._last_log[1]) * self.args.per_device_train_batch_size
+                samples *= self.args.gradient_accumulation_steps * self.args.world_size
+                logs["samples_per_second"] = round(samples / (now - self._last_log[0]), 3)
+            self._last_log = (now, step)
+        super().log(logs, start_time)
+
+
+def resume_value(value):
+    """``--resume_from_checkpoint true`` resumes from the last checkpoint in output_dir; a path from that one."""
+    if value is None or str(value).lower() in ("false", "no", ""):
+        return None
+    return True if str(value).lower() in ("true", "yes", "last") else value
+
+
+def main(argv: list[str] | None = None) -> SFTTrainer:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    recipe_path = argv[argv.index("--config") + 1] if "--config" in argv else "(command line)"
+    recipe, args, model_args = parse_recipe(argv)
+    push, args.push_to_hub = args.push_to_hub, False  # one push at the end, so a failed upload never loses work
+    token = hub.check_push_ready(args.hub_model_id, args.hub_token) if push else None
+    # Our collator builds the batches from the raw rows: TRL must neither drop columns nor tokenize the dataset.
+    args.remove_unused_columns = False
+    args.dataset_kwargs = {"skip_prepare_dataset": True}
+    use_wandb = configure_wandb(args.report_to, args.output_dir)
+    if args.process_index == 0:
+        print("Resolved recipe:\n" + resolved_recipe(recipe, model_args, args))
+
+    extra = {"num_crops": recipe.num_crops} if recipe.num_crops is not None else {}
+    processor = AutoProcessor.from_pretrained(
+        model_args.model_name_or_path, revision=model_args.model_revision, **extra
+    )
+    with args.main_process_first(desc="preparing the data"):
+        data = prepare_data(recipe, processor, args.max_length)
+    if args.process_index == 0:
+        skipped_file = data.write_skipped(os.path.join(args.output_dir, "skipped_rows.csv"))
+        print(f"Data: {data.summary()} (skipped rows listed in {skipped_file})")
+    if len(data.train) == 0:
+        raise ValueError("No training rows left after the checks; see skipped_rows.csv for why.")
+
+    model = load_model(model_args, recipe)
+    peft_config = get_peft_config(model_args)
+    if peft_config is not None and model_args.lora_target_modules is None:
+        peft_config.target_modules = LANGUAGE_MODEL_LORA_TARGETS
+    callbacks = []
+    if use_wandb and data.eval is not None and recipe.predictions_to_log:
+        callbacks.append(
+            PredictionTableCallback(
+                processor, data.eval.select(range(min(recipe.predictions_to_log, len(data.eval)))).to_list()
+            )
+        )
+    trainer = Phi3VSFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=data.train,
+        eval_dataset=data.eval,
+        processing_class=processor,
+        data_collator=VisionSFTCollator(processor, args.max_length, args.pad_to_multiple_of),
+        peft_config=peft_config,
+        callbacks=callbacks,
+    )
+    if use_wandb and trainer.is_world_process_zero():
+        import wandb
+
+        if wandb.run is not None:
+            wandb.config.update(
+                {"recipe": dataclasses.asdict(recipe), "model": dataclasses.asdict(model_args)}, allow_val_change=True
+            )
+
+    train_result = trainer.train(resume_from_checkpoint=resume_value(args.resume_from_checkpoint))
+    metrics = {f"train_{k}" if not k.startswith("train") else k: v for k, v in train_result.metrics.items()}
+    if data.eval is not None:
+        metrics.update(trainer.evaluate())
+    trainer.save_model(args.output_dir)  # the adapter (or full model) as safetensors, and the processor
+    if trainer.is_world_process_zero():
+        repo_or_dir = args.hub_model_id if push else args.output_dir
+        hub.write_model_card(
+            args.output_dir,
+            model_args.model_name_or_path,
+            recipe.dataset,
+            recipe_path,
+            recipe.question,
+            recipe.answer_template,
+            metrics,
+            repo_or_dir,
+        )
+        print(
+            f"Saved the trained {'adapter' if peft_config else 'model'}, processor and model card to {args.output_dir}"
+        )
+        if push:
+            hub.push_folder(args.output_dir, args.hub_model_id, token, args.hub_private_repo or False)
+    return trainer
+
+
+if __name__ == "__main__":
+    main()

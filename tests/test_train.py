@@ -1,0 +1,261 @@
+"""Training end to end on the tiny checkpoint and a small synthetic set, on the CPU."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from phi3v_recipe.hub import PushNotReady
+from phi3v_recipe.synthetic import write_sample_set
+from phi3v_recipe.train import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def sample_csv(tmp_path_factory):
+    return write_sample_set(tmp_path_factory.mktemp("sample"), rows=48, seed=0)
+
+
+def demo_args(tiny_dir, sample_csv, out, *extra):
+    """The demo recipe, shrunk to seconds."""
+    return [
+        "--config",
+        str(ROOT / "recipes/demo.yaml"),
+        "--model_name_or_path",
+        str(tiny_dir),
+        "--dataset",
+        str(sample_csv),
+        "--output_dir",
+        str(out),
+        "--max_rows",
+        "16",
+        "--max_steps",
+        "6",
+        "--per_device_train_batch_size",
+        "4",
+        "--logging_steps",
+        "1",
+        "--eval_strategy",
+        "no",
+        "--save_strategy",
+        "no",
+        "--dataloader_num_workers",
+        "0",
+        "--report_to",
+        "none",
+        *extra,
+    ]
+
+
+def clean_env(tmp_path, **extra):
+    """An environment with no Hugging Face or W&B credentials."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "WANDB_", "HUGGING"))}
+    env.update(HOME=str(tmp_path), HF_HOME=str(tmp_path / "hf"), PYTHONUNBUFFERED="1", **extra)
+    return env
+
+
+def losses(trainer):
+    return [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+
+
+def test_demo_recipe_trains_lora_only_on_the_language_model(tiny_dir, sample_csv, tmp_path):
+    trainer = main(demo_args(tiny_dir, sample_csv, tmp_path / "out"))
+
+    curve = losses(trainer)
+    print("loss curve:", curve)
+    assert len(curve) == 6 and curve[-1] < curve[0] - 0.5
+
+    model = trainer.model
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
+    assert not any("vision_embed_tokens" in n for n in trainable)  # LoRA on the language model only
+
+    original = load_file(tiny_dir / "model.safetensors")
+    base = model.get_base_model().state_dict()
+    for key, value in original.items():
+        current = base[key] if key in base else base[key.replace(".weight", ".base_layer.weight")]
+        torch.testing.assert_close(current, value, atol=0, rtol=0, msg=key)
+
+    out = tmp_path / "out"
+    adapter = load_file(out / "adapter_model.safetensors")
+    lora_b = [v for k, v in adapter.items() if "lora_B" in k]
+    assert lora_b and all(v.abs().sum() > 0 for v in lora_b)  # B starts at zero: every adapter moved
+    assert not any("vision_embed_tokens" in k for k in adapter)
+    for name in ["adapter_config.json", "processor_config.json", "tokenizer.json", "README.md", "metrics.json"]:
+        assert (out / name).is_file(), name
+    assert not list(out.glob("*model*.bin")) and not list(out.glob("*.pt"))  # weights only as safetensors
+    assert json.loads((out / "metrics.json").read_text())["train_loss"] > 0
+    assert "train_loss" in (out / "README.md").read_text()
+
+
+def test_qlora_trains_on_the_cpu(tiny_dir, sample_csv, tmp_path):
+    import bitsandbytes as bnb
+
+    trainer = main(demo_args(tiny_dir, sample_csv, tmp_path / "out", "--load_in_4bit", "true", "--max_steps", "2"))
+
+    assert all(torch.isfinite(torch.tensor(loss)) for loss in losses(trainer))
+    base = trainer.model.get_base_model()
+    assert isinstance(base.model.layers[0].self_attn.qkv_proj.base_layer, bnb.nn.Linear4bit)
+    assert not any(isinstance(m, bnb.nn.Linear4bit) for m in base.model.vision_embed_tokens.modules())
+    assert not isinstance(base.lm_head, bnb.nn.Linear4bit)
+    assert (tmp_path / "out" / "adapter_model.safetensors").is_file()
+
+
+def test_two_process_ddp_on_the_cpu(tiny_dir, sample_csv, tmp_path):
+    cmd = [
+        str(Path(sys.executable).parent / "accelerate"),
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--main_process_port",
+        "29533",
+        "-m",
+        "phi3v_recipe.train",
+        *demo_args(tiny_dir, sample_csv, tmp_path / "out", "--max_steps", "2", "--per_device_train_batch_size", "2"),
+    ]
+    result = subprocess.run(cmd, cwd=ROOT, env=clean_env(tmp_path), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    state = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert state["train_loss"] > 0
+    assert (tmp_path / "out" / "adapter_model.safetensors").is_file()
+    assert "Saved the trained adapter" in result.stdout
+    assert result.stdout.count("Resolved recipe:") == 1  # logged by the main process only
+
+
+def run_train(args, env, **kwargs):
+    return subprocess.run(
+        [sys.executable, "-m", "phi3v_recipe.train", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        **kwargs,
+    )
+
+
+def test_wandb_offline_run_holds_metrics_and_predictions(tiny_dir, sample_csv, tmp_path):
+    out = tmp_path / "out"
+    args = demo_args(
+        tiny_dir,
+        sample_csv,
+        out,
+        "--report_to",
+        "wandb",
+        "--max_steps",
+        "2",
+        "--eval_strategy",
+        "steps",
+        "--eval_steps",
+        "2",
+        "--max_rows",
+        "20",
+        "--eval_fraction",
+        "0.1",
+        "--predictions_to_log",
+        "2",
+        "--hub_token",
+        "hf_secret_value_123",
+    )
+    result = run_train(args, clean_env(tmp_path))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "W&B: offline" in result.stdout and "wandb sync" in result.stdout
+    assert "hf_secret_value_123" not in result.stdout + result.stderr  # secrets are never logged
+
+    [run_dir] = list((out / "wandb").glob("offline-run-*"))
+    # The run log is protobuf records (wandb has no public reader for it): the logged keys appear in it verbatim.
+    [run_log] = list(run_dir.glob("run-*.wandb"))
+    logged = run_log.read_bytes()
+    for key in ("train/loss", "train/learning_rate", "train/grad_norm", "train/samples_per_second", "eval/loss"):
+        assert key.encode() in logged, key
+    tables = sorted((run_dir / "files" / "media" / "table" / "eval").glob("predictions_*.table.json"))
+    assert tables  # one per evaluation
+    table = json.loads(tables[0].read_text())
+    assert table["columns"] == ["step", "image", "truth", "prediction"] and len(table["data"]) == 2
+    assert table["data"][0][2].startswith("Product: ")
+    card = (out / "README.md").read_text()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert "eval_loss" in metrics and f"{metrics['eval_loss']:.4g}" in card
+
+
+def test_killed_run_resumes_on_the_same_loss_curve(tiny_dir, sample_csv, tmp_path):
+    common = [
+        "--max_steps",
+        "6",
+        "--save_strategy",
+        "steps",
+        "--save_steps",
+        "2",
+        "--save_total_limit",
+        "5",
+        "--max_rows",
+        "24",
+    ]
+    env = clean_env(tmp_path)
+    full = run_train(demo_args(tiny_dir, sample_csv, tmp_path / "full", *common), env)
+    assert full.returncode == 0, full.stderr[-3000:]
+
+    out = tmp_path / "killed"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "phi3v_recipe.train", *demo_args(tiny_dir, sample_csv, out, *common)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    state = out / "checkpoint-2" / "trainer_state.json"
+    deadline = time.time() + 300
+    while not state.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert state.exists() and not (out / "checkpoint-6").exists(), "the run was not killed between checkpoints"
+
+    resumed = run_train(demo_args(tiny_dir, sample_csv, out, *common, "--resume_from_checkpoint", "true"), env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+    def curve(folder):
+        history = json.loads((folder / "checkpoint-6" / "trainer_state.json").read_text())["log_history"]
+        return {e["step"]: e["loss"] for e in history if "loss" in e}
+
+    uninterrupted, continued = curve(tmp_path / "full"), curve(out)
+    assert sorted(continued) == list(range(1, 7))
+    for step in range(1, 7):
+        assert continued[step] == pytest.approx(uninterrupted[step], rel=1e-4), step
+
+
+def test_push_without_token_fails_before_training(tiny_dir, sample_csv, tmp_path, monkeypatch):
+    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr("phi3v_recipe.hub.get_token", lambda: None)
+    monkeypatch.setattr("phi3v_recipe.train.load_model", lambda *a: pytest.fail("the model was loaded"))
+    with pytest.raises(PushNotReady, match="no Hugging Face token.*HF_TOKEN"):
+        main(demo_args(tiny_dir, sample_csv, tmp_path / "out", "--push_to_hub", "true", "--hub_model_id", "me/x"))
+    assert not (tmp_path / "out" / "adapter_model.safetensors").exists()
+
+
+def test_failed_upload_keeps_the_adapter_and_says_how_to_retry(tiny_dir, sample_csv, tmp_path):
+    # A token is present, but the Hub endpoint refuses connections: the upload fails after training.
+    env = clean_env(tmp_path, HF_TOKEN="hf_fake_token_for_test", HF_ENDPOINT="http://127.0.0.1:9")
+    out = tmp_path / "out"
+    result = run_train(
+        demo_args(
+            tiny_dir, sample_csv, out, "--max_steps", "2", "--push_to_hub", "true", "--hub_model_id", "me/phi3v-test"
+        ),
+        env,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Push to me/phi3v-test failed" in result.stdout
+    assert f"python -m phi3v_recipe.hub push {out} --repo-id me/phi3v-test" in result.stdout
+    assert (out / "adapter_model.safetensors").is_file() and (out / "README.md").is_file()
+    assert "hf_fake_token_for_test" not in result.stdout + result.stderr
