@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # On a CPU-only machine, torch is pinned to the CPU build (a plain `torch` would pull several GB of CUDA).
 TORCH ?= torch==2.13.0
 
-.PHONY: setup test test-all lint format tiny sample-data train demo
+.PHONY: setup test test-all lint format tiny sample-data train demo docker-build docker-train
 
 setup: $(VENV)/.installed
 
@@ -59,3 +59,13 @@ demo: setup outputs/tiny-phi3v/config.json data/sample/burberry.csv
 	@echo "  adapter + model card   outputs/demo (adapter_model.safetensors, README.md, metrics.json)"
 	@echo "  skipped rows           outputs/demo/skipped_rows.csv"
 	@echo "  W&B offline run        outputs/demo/wandb (upload: .venv/bin/wandb sync outputs/demo/wandb/offline-run-*)"
+
+# Docker: build the CUDA image, and run a recipe in it with the Hub/W&B credentials and cache/outputs on volumes.
+IMAGE ?= phi3v-recipe
+docker-build:
+	docker build -f docker/Dockerfile -t $(IMAGE) .
+
+docker-train:
+	docker run --gpus all --ipc=host --rm -e HF_TOKEN -e WANDB_API_KEY \
+		-v $(HOME)/.cache/huggingface:/home/phi3v/.cache/huggingface -v $(CURDIR)/outputs:/app/outputs \
+		$(IMAGE) make train RECIPE=$(RECIPE) ACCELERATE_CONFIG=$(ACCELERATE_CONFIG) ARGS='$(ARGS)'

@@ -24,6 +24,7 @@ from . import hub
 from .collator import VisionSFTCollator
 from .config import parse_recipe
 from .data import prepare_data
+from .evaluate import evaluate
 from .tracking import PredictionTableCallback, configure_wandb
 
 # LoRA goes on the language model: these names exist only in the Phi-3 decoder (CLIP uses q/k/v/out_proj, fc1/fc2).
@@ -158,6 +159,23 @@ def main(argv: list[str] | None = None) -> SFTTrainer:
     if data.eval is not None:
         metrics.update(trainer.evaluate())
     trainer.save_model(args.output_dir)  # the adapter (or full model) as safetensors, and the processor
+    if data.eval is not None and trainer.is_world_process_zero():
+        if trainer.is_fsdp_enabled:  # generation needs every shard: score afterwards from the saved model
+            print(f"Scored evaluation skipped under FSDP; run: python -m phi3v_recipe.evaluate --config {recipe_path}")
+        else:
+            base = trainer.model.disable_adapter if peft_config is not None else None
+            metrics.update(
+                evaluate(
+                    trainer.model,
+                    processor,
+                    data.eval.to_list(),
+                    data.train.to_list(),
+                    recipe,
+                    args.output_dir,
+                    base,
+                    batch_size=args.per_device_eval_batch_size,
+                )
+            )
     if trainer.is_world_process_zero():
         repo_or_dir = args.hub_model_id if push else args.output_dir
         hub.write_model_card(

@@ -1,0 +1,222 @@
+"""Scored evaluation: generate answers for the eval split and grade every field of the answer template.
+
+    python -m phi3v_recipe.evaluate --config recipes/X.yaml [--adapter DIR_OR_REPO] [--max_samples N]
+
+Text fields get exact-match accuracy and token F1 (for Burberry: category accuracy, title exact match / F1);
+numeric fields get MAE and median absolute percentage error over parsed answers, and the share within 10% over
+all answers (an unparseable answer counts as a miss). Printed side by side with trivial baselines (train median,
+majority value) and with the base model without the adapter. Writes metrics.json and predictions.jsonl.
+"""
+
+import argparse
+import json
+import re
+import statistics
+import sys
+from collections import Counter
+from pathlib import Path
+
+from .data import format_number, template_fields
+from .generation import generate_answers
+
+
+def template_regex(template: str) -> re.Pattern:
+    """``"Product: {title}, Full Price: {full_price}"`` -> a regex with one named group per field."""
+    fields = template_fields(template)
+    pattern, rest = "", template
+    for i, name in enumerate(fields):
+        literal, rest = rest.split("{" + name + "}", 1)
+        pattern += re.escape(literal) + (f"(?P<{name}>.+?)" if i < len(fields) - 1 or rest else f"(?P<{name}>.+)")
+    return re.compile(r"\s*" + pattern + re.escape(rest) + r"\s*", re.DOTALL)
+
+
+def parse_answer(text: str, template: str) -> dict | None:
+    match = template_regex(template).fullmatch(text)
+    return {k: v.strip() for k, v in match.groupdict().items()} if match else None
+
+
+def parse_number(text) -> float | None:
+    """'1,290.00' -> 1290.0, '$490' -> 490.0, 'about 5' -> None."""
+    try:
+        return float(format_number(text))
+    except (ValueError, TypeError):
+        return None
+
+
+def token_f1(prediction: str, truth: str) -> float:
+    pred, gold = prediction.lower().split(), truth.lower().split()
+    common = sum((Counter(pred) & Counter(gold)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(pred), common / len(gold)
+    return 2 * precision * recall / (precision + recall)
+
+
+def score(predictions: list[dict | None], truths: list[dict], fields: list[str], numeric_fields: list[str]) -> dict:
+    """Metrics of parsed predictions (None = unparseable) against the true field values."""
+    n = len(truths)
+    metrics = {"parse_rate": sum(p is not None for p in predictions) / n}
+    for name in fields:
+        if name in numeric_fields:
+            pairs = [(parse_number(p[name]) if p else None, float(t[name])) for p, t in zip(predictions, truths)]
+            errors = [abs(p - t) for p, t in pairs if p is not None]
+            pct = [abs(p - t) / abs(t) for p, t in pairs if p is not None and t != 0]
+            metrics[f"{name}_mae"] = statistics.fmean(errors) if errors else None  # None: nothing parsed
+            metrics[f"{name}_mdape"] = statistics.median(pct) if pct else None
+            metrics[f"{name}_within_10pct"] = sum(e <= 0.10 for e in pct) / n
+        else:
+            same = [
+                p is not None and p[name].lower() == str(t[name]).strip().lower() for p, t in zip(predictions, truths)
+            ]
+            metrics[f"{name}_accuracy"] = sum(same) / n
+            metrics[f"{name}_token_f1"] = statistics.fmean(
+                token_f1(p[name], str(t[name])) if p else 0.0 for p, t in zip(predictions, truths)
+            )
+    return metrics
+
+
+def baseline_predictions(train_rows: list[dict], n: int, fields: list[str], numeric_fields: list[str]) -> list[dict]:
+    """The trivial answer for every row: the train median of numeric fields, the most common value of the others."""
+    guess = {}
+    for name in fields:
+        values = [row[name] for row in train_rows]
+        if name in numeric_fields:
+            guess[name] = format_number(statistics.median(float(format_number(v)) for v in values))
+        else:
+            guess[name] = str(Counter(str(v).strip() for v in values).most_common(1)[0][0])
+    return [dict(guess) for _ in range(n)]
+
+
+def format_table(columns: dict[str, dict]) -> str:
+    """Metrics side by side: one row per metric, one column per system."""
+    names = list(columns)
+    metrics = list(next(iter(columns.values())))
+    width = max(len(m) for m in metrics)
+    lines = [f"{'metric':<{width}}  " + "  ".join(f"{n:>14}" for n in names)]
+    for metric in metrics:
+        cells = []
+        for name in names:
+            value = columns[name].get(metric)
+            cells.append(f"{'-':>14}" if value is None else f"{value:>14.4g}")
+        lines.append(f"{metric:<{width}}  " + "  ".join(cells))
+    return "\n".join(lines)
+
+
+def evaluate(
+    model,
+    processor,
+    eval_rows,
+    train_rows,
+    recipe,
+    output_dir,
+    base_model_context=None,
+    batch_size: int = 8,
+    max_new_tokens: int = 64,
+) -> dict:
+    """Score ``model`` on ``eval_rows`` (and, given ``base_model_context``, the base model without the adapter);
+    print the table; write predictions.jsonl and metrics.json into ``output_dir``; return the metrics written
+    (``eval_*`` for the model, ``base_model_*`` and ``baseline_*`` for the others)."""
+    fields, numeric = template_fields(recipe.answer_template), recipe.numeric_fields
+    truths = [{name: row[name] for name in fields} for row in eval_rows]
+    answers = generate_answers(model, processor, eval_rows, max_new_tokens, batch_size)
+    parsed = [parse_answer(a, recipe.answer_template) for a in answers]
+    columns = {"model": score(parsed, truths, fields, numeric)}
+    if base_model_context is not None:
+        with base_model_context():
+            base_answers = generate_answers(model, processor, eval_rows, max_new_tokens, batch_size)
+        columns["base model"] = score(
+            [parse_answer(a, recipe.answer_template) for a in base_answers], truths, fields, numeric
+        )
+    columns["baseline"] = score(
+        baseline_predictions(train_rows, len(eval_rows), fields, numeric), truths, fields, numeric
+    )
+    print(f"Scored evaluation on {len(eval_rows)} rows (baseline: train median / most common value):")
+    print(format_table(columns))
+
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "predictions.jsonl").open("w") as f:
+        for row, answer, fields_found in zip(eval_rows, answers, parsed):
+            f.write(
+                json.dumps(
+                    {"images": row["images"], "truth": row["answer"], "prediction": answer, "parsed": fields_found}
+                )
+                + "\n"
+            )
+    scored = {f"eval_{k}": v for k, v in columns["model"].items()}
+    scored |= {
+        f"{name.replace(' ', '_')}_{k}": v for name in columns if name != "model" for k, v in columns[name].items()
+    }
+    metrics_path = out / "metrics.json"
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
+    metrics_path.write_text(json.dumps(metrics | scored, indent=2) + "\n")
+    _log_to_wandb(columns["model"], eval_rows, answers, parsed, truths, numeric)
+    return scored
+
+
+def _log_to_wandb(metrics, rows, answers, parsed, truths, numeric):
+    try:
+        import wandb
+    except ImportError:
+        return
+    if wandb.run is None:
+        return
+    wandb.log({f"eval/{k}": v for k, v in metrics.items()})
+    table = wandb.Table(columns=["image", "truth", "prediction", "errors"])
+    for row, answer, found, truth in zip(rows, answers, parsed, truths):
+        errors = {}
+        for name, value in truth.items():
+            guess = found.get(name) if found else None
+            if name in numeric:
+                number = parse_number(guess) if guess else None
+                errors[name] = None if number is None else abs(number - float(value))
+            else:
+                errors[name] = guess is not None and guess.lower() == str(value).lower()
+        table.add_data(wandb.Image(row["images"][0]), row["answer"], answer, json.dumps(errors))
+    wandb.log({"eval/scored_predictions": table})
+
+
+def main(argv: list[str] | None = None) -> dict:
+    import phi3v_recipe  # noqa: F401
+
+    from .config import parse_recipe
+    from .data import prepare_data
+    from .predict import load_for_inference
+
+    parser = argparse.ArgumentParser(description="Scored evaluation of an adapter on a recipe's eval split.")
+    parser.add_argument(
+        "--adapter", default=None, help="Adapter folder or Hub repo (default: the recipe's output_dir)."
+    )
+    parser.add_argument("--base", default=None, help="Base model (default: the one named in the adapter's config).")
+    parser.add_argument("--max_samples", type=int, default=None)
+    parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument("--max_new_tokens", type=int, default=64)
+    parser.add_argument("--output_dir", default=None, help="Where metrics.json / predictions.jsonl go.")
+    parser.add_argument("--skip_base", action="store_true", help="Do not also score the base model.")
+    own, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    recipe, training_args, model_args = parse_recipe(rest)
+    adapter = own.adapter or training_args.output_dir
+    model, processor = load_for_inference(adapter, own.base, num_crops=recipe.num_crops)
+    data = prepare_data(recipe, processor, training_args.max_length)
+    if data.eval is None:
+        raise ValueError("The recipe has no eval split (eval_fraction is 0); set eval_fraction > 0.")
+    eval_rows = data.eval.to_list()[: own.max_samples]
+    output_dir = own.output_dir or (str(Path(adapter) / "eval") if Path(adapter).is_dir() else "outputs/eval")
+    context = None if own.skip_base or not hasattr(model, "disable_adapter") else model.disable_adapter
+    metrics = evaluate(
+        model,
+        processor,
+        eval_rows,
+        data.train.to_list(),
+        recipe,
+        output_dir,
+        context,
+        own.batch_size,
+        own.max_new_tokens,
+    )
+    print(f"Wrote {output_dir}/metrics.json and {output_dir}/predictions.jsonl")
+    return metrics
+
+
+if __name__ == "__main__":
+    main()

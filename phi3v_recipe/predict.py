@@ -1,0 +1,108 @@
+"""Answer questions about images with a base model + a LoRA adapter from a folder or the Hub.
+
+    python -m phi3v_recipe.predict --adapter USER/NAME --image bag.jpg [--image more.jpg] [--question "..."]
+    python -m phi3v_recipe.predict --adapter outputs/demo --image bag.jpg --merge outputs/merged
+
+The base model defaults to the one named in the adapter's config. With ``HF_HUB_OFFLINE=1`` everything is read
+from the local Hugging Face cache. ``--merge OUT`` writes base + adapter as one model in the hub layout.
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+from huggingface_hub import snapshot_download
+from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+from PIL import Image
+from transformers import AutoModelForCausalLM, AutoProcessor, TextStreamer
+
+from .collator import build_prompt
+from .data import DEFAULT_QUESTION
+from .generation import stop_token_ids
+
+
+def resolve(repo_or_dir: str, what: str) -> Path:
+    """A local folder as is; otherwise a Hub repo id, downloaded (or found in the cache when offline)."""
+    if Path(repo_or_dir).is_dir():
+        return Path(repo_or_dir)
+    try:
+        return Path(snapshot_download(repo_or_dir))
+    except (RepositoryNotFoundError, LocalEntryNotFoundError, HfHubHTTPError, ValueError) as err:
+        raise SystemExit(
+            f"Cannot find the {what} '{repo_or_dir}': it is not a local folder, and the Hub (or, with "
+            f"HF_HUB_OFFLINE=1, the local cache) has no such repository ({type(err).__name__}). Check the id, "
+            "log in for a private repository (`hf auth login`), or download it once while online."
+        ) from None
+
+
+def load_for_inference(adapter: str, base: str | None = None, num_crops: int | None = None, dtype="auto"):
+    """(model, processor): the base model with the adapter applied, in eval mode."""
+    from peft import PeftModel
+
+    adapter_dir = resolve(adapter, "adapter")
+    config_file = adapter_dir / "adapter_config.json"
+    if not config_file.is_file():
+        raise SystemExit(f"{adapter_dir} has no adapter_config.json: is it a PEFT adapter folder?")
+    base = base or json.loads(config_file.read_text())["base_model_name_or_path"]
+    base_dir = resolve(base, "base model")
+    has_processor = any(
+        (adapter_dir / name).exists() for name in ("processor_config.json", "preprocessor_config.json")
+    )
+    extra = {"num_crops": num_crops} if num_crops is not None else {}
+    processor = AutoProcessor.from_pretrained(adapter_dir if has_processor else base_dir, **extra)
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype)
+    model = PeftModel.from_pretrained(model, adapter_dir).eval()
+    return model, processor
+
+
+def merge(model, processor, out_dir: str) -> Path:
+    """Fold the adapter into the base weights and save a plain Phi-3-Vision in the hub layout."""
+    merged = model.merge_and_unload()
+    merged.save_pretrained(out_dir)  # safetensors, the hub's parameter names
+    processor.save_pretrained(out_dir)
+    return Path(out_dir)
+
+
+@torch.no_grad()
+def answer(model, processor, images: list[Image.Image], question: str, max_new_tokens: int = 128, stream: bool = True):
+    prompt = build_prompt(processor.tokenizer, question, len(images))
+    inputs = processor(prompt, images).to(model.device)
+    inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
+    streamer = TextStreamer(processor.tokenizer, skip_prompt=True, skip_special_tokens=True) if stream else None
+    out = model.generate(
+        **inputs,
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        streamer=streamer,
+        eos_token_id=stop_token_ids(processor.tokenizer),
+        pad_token_id=processor.tokenizer.pad_token_id,
+    )
+    return processor.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip()
+
+
+def main(argv: list[str] | None = None) -> str:
+    import phi3v_recipe  # noqa: F401  (registers phi3_v)
+
+    parser = argparse.ArgumentParser(description="Answer a question about images with a fine-tuned Phi-3-Vision.")
+    parser.add_argument("--adapter", required=True, help="Adapter folder or Hub repo id.")
+    parser.add_argument("--base", default=None, help="Base model (default: the adapter config's base model).")
+    parser.add_argument("--image", action="append", required=True, help="An image path; repeat for several.")
+    parser.add_argument("--question", default=DEFAULT_QUESTION)
+    parser.add_argument("--num_crops", type=int, default=None)
+    parser.add_argument("--max_new_tokens", type=int, default=128)
+    parser.add_argument("--merge", metavar="OUT", default=None, help="Also write the merged model to OUT.")
+    args = parser.parse_args(argv)
+    images = []
+    for path in args.image:
+        with Image.open(path) as image:
+            images.append(image.convert("RGB"))
+    model, processor = load_for_inference(args.adapter, args.base, args.num_crops)
+    text = answer(model, processor, images, args.question, args.max_new_tokens)
+    if args.merge:
+        print(f"Merged model written to {merge(model, processor, args.merge)}")
+    return text
+
+
+if __name__ == "__main__":
+    main()
