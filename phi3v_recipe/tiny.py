@@ -38,6 +38,8 @@ def special_tokens() -> list[tuple[str, bool]]:
 # Words the tiny vocabulary is trained on: the prompts and answers of the demo task, and common English.
 CORPUS = """What is shown in this image? Describe the product. Compare the images.
 Product: Category: Full Price: Title: The answer is
+BAGS SHOES SCARVES COATS HATS WALLETS JACKETS DRESSES SHIRTS KNITWEAR ACCESSORIES
+Tote Crossbody Bag Sneakers Ankle Boots Scarf Stole Trench Coat Car Coat Bucket Hat Baseball Cap Wallet Card Case
 Bags Shoes Scarves Coats Jackets Dresses Shirts Trousers Skirts Hats Belts Wallets Sunglasses Watches Jewellery
 Knitwear Sweaters Trench Check Monogram Leather Suede Cotton Wool Cashmere Silk Nylon Canvas Denim Linen Quilted
 Black Beige Camel Navy Red Green Blue White Grey Brown Pink Burgundy Olive Cream Archive Heritage Classic Vintage
