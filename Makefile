@@ -52,11 +52,14 @@ train: setup
 # The whole pipeline on the embedded default: tiny model + synthetic sample set, on the CPU, offline.
 demo: setup outputs/tiny-phi3v/config.json data/sample/burberry.csv
 	$(BIN)/python -m phi3v_recipe.train --config recipes/demo.yaml $(if $(RESUME),--resume_from_checkpoint true) $(ARGS)
+	@echo "One prediction with the trained adapter (the tiny model is random: expect noise):"
+	$(BIN)/python -m phi3v_recipe.predict --adapter outputs/demo --image data/sample/images/SYN000000000.png --max_new_tokens 32
 	@echo
 	@echo "Demo outputs:"
 	@echo "  tiny base model        outputs/tiny-phi3v"
 	@echo "  sample data            data/sample/burberry.csv (+ images/)"
 	@echo "  adapter + model card   outputs/demo (adapter_model.safetensors, README.md, metrics.json)"
+	@echo "  scored evaluation      outputs/demo/metrics.json, outputs/demo/predictions.jsonl"
 	@echo "  skipped rows           outputs/demo/skipped_rows.csv"
 	@echo "  W&B offline run        outputs/demo/wandb (upload: .venv/bin/wandb sync outputs/demo/wandb/offline-run-*)"
 

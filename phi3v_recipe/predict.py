@@ -95,6 +95,8 @@ def main(argv: list[str] | None = None) -> str:
     args = parser.parse_args(argv)
     images = []
     for path in args.image:
+        if not Path(path).is_file():
+            raise SystemExit(f"--image {path}: no such file.")
         with Image.open(path) as image:
             images.append(image.convert("RGB"))
     model, processor = load_for_inference(args.adapter, args.base, args.num_crops)
