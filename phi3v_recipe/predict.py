@@ -17,7 +17,7 @@ from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, Repo
 from PIL import Image
 from transformers import AutoModelForCausalLM, AutoProcessor, TextStreamer
 
-from .collator import build_prompt
+from .collator import build_prompt, open_images
 from .data import DEFAULT_QUESTION
 from .generation import stop_token_ids
 
@@ -93,12 +93,10 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--max_new_tokens", type=int, default=128)
     parser.add_argument("--merge", metavar="OUT", default=None, help="Also write the merged model to OUT.")
     args = parser.parse_args(argv)
-    images = []
     for path in args.image:
         if not Path(path).is_file():
             raise SystemExit(f"--image {path}: no such file.")
-        with Image.open(path) as image:
-            images.append(image.convert("RGB"))
+    images = open_images(args.image)
     model, processor = load_for_inference(args.adapter, args.base, args.num_crops)
     text = answer(model, processor, images, args.question, args.max_new_tokens)
     if args.merge:

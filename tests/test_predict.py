@@ -2,8 +2,6 @@
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +12,7 @@ from phi3v_recipe.synthetic import write_sample_set
 from phi3v_recipe.train import main as train
 
 from .test_processor import photo
-from .test_train import clean_env, demo_args
+from .test_train import clean_env, demo_args, run_module
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,14 +48,7 @@ def put_in_hub_cache(cache: Path, repo_id: str, folder: Path, commit: str) -> No
 
 
 def run_predict(args, env):
-    return subprocess.run(
-        [sys.executable, "-m", "phi3v_recipe.predict", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return run_module("predict", args, env, timeout=300)
 
 
 def test_predict_from_a_local_folder(adapter_dir, image_file, tmp_path):

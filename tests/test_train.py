@@ -131,16 +131,20 @@ def test_two_process_ddp_on_the_cpu(tiny_dir, sample_csv, tmp_path):
     assert result.stdout.count("Resolved recipe:") == 1  # logged by the main process only
 
 
-def run_train(args, env, **kwargs):
+def run_module(module, args, env, timeout=600):
+    """Run ``python -m phi3v_recipe.<module> args`` in the repository, capturing its output."""
     return subprocess.run(
-        [sys.executable, "-m", "phi3v_recipe.train", *args],
+        [sys.executable, "-m", f"phi3v_recipe.{module}", *args],
         cwd=ROOT,
         env=env,
         capture_output=True,
         text=True,
-        timeout=600,
-        **kwargs,
+        timeout=timeout,
     )
+
+
+def run_train(args, env):
+    return run_module("train", args, env)
 
 
 def test_wandb_offline_run_holds_metrics_and_predictions(tiny_dir, sample_csv, tmp_path):
