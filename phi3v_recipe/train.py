@@ -14,6 +14,7 @@ import sys
 import time
 
 import torch
+import torch.nn.functional as F
 import yaml
 from accelerate import PartialState
 from transformers import AutoModelForCausalLM, AutoProcessor
@@ -77,10 +78,53 @@ def load_model(model_args, recipe):
     return model
 
 
+def labelled_positions_loss(model, inputs: dict, num_items_in_batch=None):
+    """Next-token cross-entropy with the LM head applied only where some row of the batch has a label.
+
+    The positions go to the model's forward as ``logits_to_keep``, so the call stays one forward of the (possibly
+    DDP-wrapped) model. Returns the loss (summed over labelled tokens, divided by ``num_items_in_batch`` when given,
+    else by their count) and the fp32 logits and targets of the labelled tokens, for metrics."""
+    targets = inputs["labels"][:, 1:]  # the label of position p is the token at p + 1
+    positions = (targets != -100).any(0).nonzero().squeeze(1)
+    model_inputs = {k: v for k, v in inputs.items() if k != "labels"}
+    logits = model(**model_inputs, logits_to_keep=positions, use_cache=False).logits.float()
+    targets = targets[:, positions]
+    mask = targets != -100
+    logits, targets = logits[mask], targets[mask]
+    denominator = mask.sum().clamp(min=1) if num_items_in_batch is None else num_items_in_batch
+    return F.cross_entropy(logits, targets, reduction="sum") / denominator, logits.detach(), targets
+
+
 class Phi3VSFTTrainer(SFTTrainer):
-    """SFTTrainer that also logs throughput (samples/s between two logs)."""
+    """SFTTrainer that logs throughput (samples/s between two logs) and, on the CPU, scores only labelled positions.
+
+    TRL's fused LM head projects only labelled positions on Triton devices; elsewhere it scores every position of
+    the batch against the 32,064-word vocabulary (static shapes for compilers), which on the CPU costs most of the
+    step. There the plain next-token loss is computed by ``labelled_positions_loss`` instead, with the same
+    normalisation and metrics as TRL's."""
 
     _last_log = None
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        plain_nll = self.args.loss_type == "nll" and self.label_smoother is None and self.compute_loss_func is None
+        if return_outputs or not plain_nll or self.aux_loss_enabled or inputs["input_ids"].device.type != "cpu":
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        loss, logits, targets = labelled_positions_loss(model, inputs, num_items_in_batch)
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            loss = loss * self.accelerator.num_processes  # as Trainer: DDP averages gradients over processes
+        mode = "train" if model.training else "eval"
+        with torch.no_grad():  # TRL's metrics: entropy and top-1 accuracy at labelled tokens, tokens seen
+            log_probs = logits.log_softmax(-1)
+            entropy = -(log_probs.exp() * log_probs).sum()
+            local = [len(targets), entropy, (logits.argmax(-1) == targets).sum(), inputs["attention_mask"].sum()]
+            local = torch.stack([torch.as_tensor(x, dtype=torch.float32, device=logits.device) for x in local])
+            count, entropy, correct, tokens = self.accelerator.gather_for_metrics(local[None]).sum(0).tolist()
+        self._metrics[mode]["entropy"].append(entropy / count if count else 0.0)
+        self._metrics[mode]["mean_token_accuracy"].append(correct / count if count else 0.0)
+        if mode == "train":
+            self._total_train_tokens += int(tokens)
+        self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
+        return loss
 
     def log(self, logs, start_time=None):
         if "loss" in logs:

@@ -96,6 +96,39 @@ def test_demo_recipe_trains_lora_only_on_the_language_model(tiny_dir, sample_csv
     assert "train_loss" in (out / "README.md").read_text()
 
 
+def test_cpu_loss_scores_labelled_positions_only_and_equals_trl_fused_loss(tiny_dir, sample_csv, tmp_path):
+    from trl import SFTTrainer
+
+    trainer = main(demo_args(tiny_dir, sample_csv, tmp_path / "out", "--max_steps", "1"))
+    model = trainer.model
+    batch = trainer.data_collator(trainer.train_dataset.select(range(4)).to_list())
+    items = (batch["labels"][:, 1:] != -100).sum()
+    head_rows = []
+    hook = model.get_base_model().lm_head.register_forward_hook(lambda m, i, o: head_rows.append(i[0].shape[:-1]))
+
+    def loss_and_grads(compute_loss, **kwargs):
+        model.zero_grad()
+        trainer._metrics["train"].clear()
+        loss = compute_loss(trainer, model, dict(batch), **kwargs)
+        loss.backward()
+        metrics = {k: v[-1] for k, v in trainer._metrics["train"].items() if k != "num_tokens"}
+        return loss.detach(), [p.grad.clone() for p in model.parameters() if p.requires_grad], metrics
+
+    for kwargs in ({}, {"num_items_in_batch": items * 2}):
+        ours = loss_and_grads(type(trainer).compute_loss, **kwargs)
+        trl = loss_and_grads(SFTTrainer.compute_loss, **kwargs)
+        torch.testing.assert_close(ours[0], trl[0], rtol=1e-5, atol=1e-6)
+        for a, b in zip(ours[1], trl[1], strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+        assert ours[2] == pytest.approx(trl[2], rel=1e-4)
+    hook.remove()
+    # TRL's fused head on the CPU never calls lm_head (it tiles the weight itself); ours calls it on the union of
+    # labelled positions: a few per row, far fewer than the sequence length.
+    labelled_columns = int((batch["labels"][:, 1:] != -100).any(0).sum())
+    assert head_rows and all(shape == (4, labelled_columns) for shape in head_rows)
+    assert labelled_columns < batch["input_ids"].shape[1] / 4
+
+
 def test_qlora_trains_on_the_cpu(tiny_dir, sample_csv, tmp_path):
     import bitsandbytes as bnb
 
