@@ -160,6 +160,7 @@ class NaiveCollator:
     def __call__(self, rows):
         batch = self.inner(rows)
         batch["n_answer_tokens"] = (batch["labels"] != -100).sum()
+        batch["n_real_tokens"] = batch["attention_mask"].sum()
         batch["labels"] = batch["input_ids"].clamp(min=0)  # image slots and padding trained too
         batch["attention_mask"] = torch.ones_like(batch["attention_mask"])
         return batch
@@ -228,7 +229,7 @@ def train_step_run(
     )
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     warmup = 2
-    times, answer_tokens, loss_tokens, seen_tokens = [], 0, 0, 0
+    times, answer_tokens, loss_tokens, seen_tokens, real_tokens, crops = [], 0, 0, 0, 0, 0
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -236,9 +237,8 @@ def train_step_run(
     for step in range(warmup + steps):
         start = time.perf_counter()
         batch = {k: v.to(device) for k, v in next(batches).items()}
-        n_answer = (
-            int(batch.pop("n_answer_tokens")) if "n_answer_tokens" in batch else int((batch["labels"] != -100).sum())
-        )
+        n_answer = int(batch.pop("n_answer_tokens", (batch["labels"] != -100).sum()))
+        n_real = int(batch.pop("n_real_tokens", batch["attention_mask"].sum()))
         batch["pixel_values"] = batch["pixel_values"].to(dtype)
         if mode == "ours" and device == "cpu":  # as Phi3VSFTTrainer.compute_loss on the CPU
             loss = labelled_positions_loss(model, dict(batch))[0]
@@ -256,6 +256,8 @@ def train_step_run(
             answer_tokens += n_answer
             loss_tokens += int((batch["labels"] != -100).sum())
             seen_tokens += batch["input_ids"].numel()
+            real_tokens += n_real
+            crops += sum(int(h) // CROP * (int(w) // CROP) + 1 for h, w in batch["image_sizes"])
     elapsed = sum(times)
     result = {
         "mode": mode,
@@ -270,21 +272,26 @@ def train_step_run(
     }
     if device == "cuda":
         result["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
-        result |= mfu(model, lengths, batch_size, elapsed / steps, num_crops)
+        flops = useful_flops(model, real_tokens, answer_tokens, crops)
+        result |= {"useful_tflops_per_sample": flops / (steps * batch_size) / 1e12, "mfu": flops / elapsed / H100_BF16}
     return result
 
 
-def mfu(model, lengths, batch_size, step_seconds, num_crops, peak_flops=989e12) -> dict:
-    """Model FLOPs utilisation of a LoRA step, counting matmul FLOPs only (attention scores ignored):
-    language model 4*N_lm*T (forward 2*N*T, backward through frozen weights 2*N*T), vision tower 2*N_vis*577 per real
-    crop (forward only, frozen), LoRA weight gradients neglected. peak_flops: H100 SXM dense bf16."""
+H100_BF16 = 989e12  # H100 SXM dense bf16 peak, FLOP/s
+
+
+def useful_flops(model, tokens: int, answer_tokens: int, crops: int) -> float:
+    """Matmul FLOPs of the useful work in a LoRA step (padding, empty crop slots and unlabelled logits excluded):
+    decoder 4*N_dec per real token (forward 2N, backward through frozen weights 2N), LM head 4*N_head per answer
+    token, vision tower 2*N_vis*577 per real crop (forward only, frozen; N_vis counts the layers up to the feature
+    layer). Attention scores, the image projection and LoRA's own weights are left out (each under 1% here)."""
     base = model.get_base_model()
-    n_vision = sum(p.numel() for p in base.model.vision_embed_tokens.img_processor.parameters())
-    n_lm = sum(p.numel() for n, p in base.named_parameters() if "vision_embed_tokens" not in n and "lora_" not in n)
-    tokens = statistics.fmean(lengths)
-    crops = 1 + num_crops  # upper bound: the global view and every crop
-    flops_per_sample = 4 * n_lm * tokens + 2 * n_vision * 577 * crops
-    return {"flops_per_sample": flops_per_sample, "mfu": flops_per_sample * batch_size / step_seconds / peak_flops}
+    embedding = base.model.vision_embed_tokens
+    unused = {id(p) for m in embedding.unused_modules() for p in m.parameters()}
+    n_vision = sum(p.numel() for p in embedding.img_processor.parameters() if id(p) not in unused)
+    n_head = base.lm_head.weight.numel()
+    n_decoder = sum(p.numel() for n, p in base.model.layers.named_parameters() if "lora_" not in n)
+    return 4 * n_decoder * tokens + 4 * n_head * answer_tokens + 2 * n_vision * 577 * crops
 
 
 def build_model_dir(kind: str, folder: Path, num_crops: int) -> Path:
@@ -293,8 +300,6 @@ def build_model_dir(kind: str, folder: Path, num_crops: int) -> Path:
     if kind == "tiny":
         return write_tiny_checkpoint(folder / "tiny", num_crops=num_crops)
     # Full-size Phi-3-Vision architecture (Phi-3-mini + CLIP ViT-L/14-336) with random weights, tiny tokenizer.
-    import json as _json
-
     from .phi3_v import Phi3VConfig, Phi3VForCausalLM
     from .tiny import build_tokenizer, preprocessor_config_dict
 
@@ -303,7 +308,7 @@ def build_model_dir(kind: str, folder: Path, num_crops: int) -> Path:
     with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
         model = Phi3VForCausalLM(config).to(torch.bfloat16)
     model.save_pretrained(out)
-    (out / "preprocessor_config.json").write_text(_json.dumps(preprocessor_config_dict(num_crops)))
+    (out / "preprocessor_config.json").write_text(json.dumps(preprocessor_config_dict(num_crops)))
     build_tokenizer().save_pretrained(out)
     return out
 
@@ -418,7 +423,7 @@ def main(argv=None) -> dict:
         "trainable_params",
     ]
     if args.device == "cuda":
-        cols += ["peak_gpu_mb", "mfu"]
+        cols += ["peak_gpu_mb", "useful_tflops_per_sample", "mfu"]
     print(
         f"\n3. Training step (batch {args.batch_size}, {args.steps} timed steps after 2 warm-up)\n"
         + table(results["training_step"], cols)

@@ -22,3 +22,24 @@ def test_padded_share():
     assert padded_share(lengths, [[0, 1], [2, 3]]) == 1 - 40 / (20 + 30)
     assert padded_share(lengths, [[0, 1], [2, 3]], pad_to=20) == 1 - 40 / 80
     assert padded_share(lengths, [[2, 0], [1, 3]]) == 1 - 40 / (20 + 30)
+
+
+def test_useful_flops_count_decoder_head_and_the_vision_layers_that_run(tiny_dir):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from phi3v_recipe.bench import useful_flops
+    from phi3v_recipe.train import LANGUAGE_MODEL_LORA_TARGETS
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_dir)
+    c, v = base.config, base.config.vocab_size
+    h, i, layers = c.hidden_size, c.intermediate_size, c.num_hidden_layers
+    n_decoder = layers * (h * 3 * h + h * h + h * 2 * i + i * h + 2 * h)  # qkv, o, gate_up, down, two norms
+    clip = base.model.vision_embed_tokens.img_processor.vision_model
+    n_clip_layer = sum(p.numel() for p in clip.encoder.layers[0].parameters())
+    n_stem = sum(p.numel() for n, p in clip.named_parameters() if not n.startswith(("encoder.", "post_layernorm")))
+    n_vision = n_stem + (len(clip.encoder.layers) - 1) * n_clip_layer  # hidden state -2: the last layer never runs
+    model = get_peft_model(base, LoraConfig(r=4, target_modules=LANGUAGE_MODEL_LORA_TARGETS))
+
+    flops = useful_flops(model, tokens=1000, answer_tokens=30, crops=7)
+    assert flops == 4 * n_decoder * 1000 + 4 * v * h * 30 + 2 * n_vision * 577 * 7
