@@ -11,6 +11,22 @@ def stop_token_ids(tokenizer) -> list[int]:
 
 
 @torch.no_grad()
+def generate_new_tokens(model, processor, prompts: list[str], images: list[list], max_new_tokens: int, streamer=None):
+    """Greedy continuations of a left-padded batch of prompts (each with its list of images): the new ids only."""
+    tokenizer = processor.tokenizer
+    inputs = processor(prompts, images, padding_side="left").to(model.device)
+    inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
+    out = model.generate(
+        **inputs,
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        streamer=streamer,
+        eos_token_id=stop_token_ids(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return out[:, inputs["input_ids"].shape[1] :]
+
+
 def generate_answers(model, processor, rows: list[dict], max_new_tokens: int = 64, batch_size: int = 8) -> list[str]:
     """Greedy answers for rows with ``images`` (paths) and ``question``, in order."""
     tokenizer = processor.tokenizer
@@ -22,16 +38,7 @@ def generate_answers(model, processor, rows: list[dict], max_new_tokens: int = 6
             chunk = rows[start : start + batch_size]
             images = [open_images(row["images"]) for row in chunk]
             prompts = [build_prompt(tokenizer, row["question"], len(imgs)) for row, imgs in zip(chunk, images)]
-            inputs = processor(prompts, images, padding_side="left").to(model.device)
-            inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
-            out = model.generate(
-                **inputs,
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                eos_token_id=stop_token_ids(tokenizer),
-                pad_token_id=tokenizer.pad_token_id,
-            )
-            new_tokens = out[:, inputs["input_ids"].shape[1] :]
+            new_tokens = generate_new_tokens(model, processor, prompts, images, max_new_tokens)
             answers += [text.strip() for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
     finally:
         model.train(was_training)

@@ -11,7 +11,6 @@ import argparse
 import json
 from pathlib import Path
 
-import torch
 from huggingface_hub import snapshot_download
 from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
 from PIL import Image
@@ -19,7 +18,7 @@ from transformers import AutoModelForCausalLM, AutoProcessor, TextStreamer
 
 from .collator import build_prompt, open_images
 from .data import DEFAULT_QUESTION
-from .generation import stop_token_ids
+from .generation import generate_new_tokens
 
 
 def resolve(repo_or_dir: str, what: str) -> Path:
@@ -64,21 +63,11 @@ def merge(model, processor, out_dir: str) -> Path:
     return Path(out_dir)
 
 
-@torch.no_grad()
 def answer(model, processor, images: list[Image.Image], question: str, max_new_tokens: int = 128, stream: bool = True):
     prompt = build_prompt(processor.tokenizer, question, len(images))
-    inputs = processor(prompt, images).to(model.device)
-    inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
     streamer = TextStreamer(processor.tokenizer, skip_prompt=True, skip_special_tokens=True) if stream else None
-    out = model.generate(
-        **inputs,
-        max_new_tokens=max_new_tokens,
-        do_sample=False,
-        streamer=streamer,
-        eos_token_id=stop_token_ids(processor.tokenizer),
-        pad_token_id=processor.tokenizer.pad_token_id,
-    )
-    return processor.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip()
+    new_tokens = generate_new_tokens(model, processor, [prompt], [images], max_new_tokens, streamer)
+    return processor.decode(new_tokens[0], skip_special_tokens=True).strip()
 
 
 def main(argv: list[str] | None = None) -> str:
