@@ -52,23 +52,31 @@ def token_f1(prediction: str, truth: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
+def field_result(guess: str | None, truth, numeric: bool):
+    """A numeric field's absolute error (None when the guess is no number); for a text field, whether the guess
+    equals the truth (case-insensitive)."""
+    if numeric:
+        number = parse_number(guess) if guess is not None else None
+        return None if number is None else abs(number - float(truth))
+    return guess is not None and guess.lower() == str(truth).strip().lower()
+
+
 def score(predictions: list[dict | None], truths: list[dict], fields: list[str], numeric_fields: list[str]) -> dict:
     """Metrics of parsed predictions (None = unparseable) against the true field values."""
     n = len(truths)
     metrics = {"parse_rate": sum(p is not None for p in predictions) / n}
     for name in fields:
+        results = [
+            field_result(p[name] if p else None, t[name], name in numeric_fields) for p, t in zip(predictions, truths)
+        ]
         if name in numeric_fields:
-            pairs = [(parse_number(p[name]) if p else None, float(t[name])) for p, t in zip(predictions, truths)]
-            errors = [abs(p - t) for p, t in pairs if p is not None]
-            pct = [abs(p - t) / abs(t) for p, t in pairs if p is not None and t != 0]
+            errors = [e for e in results if e is not None]
+            pct = [e / abs(float(t[name])) for e, t in zip(results, truths) if e is not None and float(t[name]) != 0]
             metrics[f"{name}_mae"] = statistics.fmean(errors) if errors else None  # None: nothing parsed
             metrics[f"{name}_mdape"] = statistics.median(pct) if pct else None
             metrics[f"{name}_within_10pct"] = sum(e <= 0.10 for e in pct) / n
         else:
-            same = [
-                p is not None and p[name].lower() == str(t[name]).strip().lower() for p, t in zip(predictions, truths)
-            ]
-            metrics[f"{name}_accuracy"] = sum(same) / n
+            metrics[f"{name}_accuracy"] = sum(results) / n
             metrics[f"{name}_token_f1"] = statistics.fmean(
                 token_f1(p[name], str(t[name])) if p else 0.0 for p, t in zip(predictions, truths)
             )
@@ -164,14 +172,10 @@ def _log_to_wandb(metrics, rows, answers, parsed, truths, numeric):
     wandb.log({f"eval/{k}": v for k, v in metrics.items()})
     table = wandb.Table(columns=["image", "truth", "prediction", "errors"])
     for row, answer, found, truth in zip(rows, answers, parsed, truths):
-        errors = {}
-        for name, value in truth.items():
-            guess = found.get(name) if found else None
-            if name in numeric:
-                number = parse_number(guess) if guess else None
-                errors[name] = None if number is None else abs(number - float(value))
-            else:
-                errors[name] = guess is not None and guess.lower() == str(value).lower()
+        errors = {
+            name: field_result(found.get(name) if found else None, value, name in numeric)
+            for name, value in truth.items()
+        }
         table.add_data(wandb.Image(row["images"][0]), row["answer"], answer, json.dumps(errors))
     wandb.log({"eval/scored_predictions": table})
 
