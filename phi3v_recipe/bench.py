@@ -66,6 +66,7 @@ def naive_process(image: Image.Image, num_crops: int, mean, std) -> torch.Tensor
 
 
 def bench_preprocessing(processor, folder: Path, repeats: int = 2) -> list[dict]:
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)  # per core
     rng = np.random.default_rng(0)
     sizes = [(1000, 750), (2000, 1500), (750, 1000)]
@@ -119,7 +120,7 @@ def bench_preprocessing(processor, folder: Path, repeats: int = 2) -> list[dict]
             "seconds": time.perf_counter() - start,
         }
     )
-    torch.set_num_threads(torch.get_num_threads())
+    torch.set_num_threads(threads)
     return rows
 
 
