@@ -63,7 +63,7 @@ demo: setup outputs/tiny-phi3v/config.json data/sample/burberry.csv
 	@echo "  skipped rows           outputs/demo/skipped_rows.csv"
 	@echo "  W&B offline run        outputs/demo/wandb (upload: .venv/bin/wandb sync outputs/demo/wandb/offline-run-*)"
 
-# Full fine-tuning of the tiny model until the scored evaluation beats the trivial baselines (CPU, ~15-20 min).
+# Full fine-tuning of the tiny model until the scored evaluation beats the trivial baselines (CPU, ~12 min).
 demo-learn: setup outputs/tiny-phi3v/config.json data/sample/burberry.csv
 	$(BIN)/python -m phi3v_recipe.train --config recipes/demo_learn.yaml $(ARGS)
 

@@ -22,7 +22,7 @@ from transformers.utils import is_flash_attn_2_available
 from trl import SFTTrainer, get_peft_config, get_quantization_config
 
 from . import hub
-from .collator import VisionSFTCollator
+from .collator import IGNORE_INDEX, VisionSFTCollator
 from .config import parse_recipe
 from .data import prepare_data
 from .evaluate import evaluate
@@ -85,11 +85,11 @@ def labelled_positions_loss(model, inputs: dict, num_items_in_batch=None):
     DDP-wrapped) model. Returns the loss (summed over labelled tokens, divided by ``num_items_in_batch`` when given,
     else by their count) and the fp32 logits and targets of the labelled tokens, for metrics."""
     targets = inputs["labels"][:, 1:]  # the label of position p is the token at p + 1
-    positions = (targets != -100).any(0).nonzero().squeeze(1)
+    positions = (targets != IGNORE_INDEX).any(0).nonzero().squeeze(1)
     model_inputs = {k: v for k, v in inputs.items() if k != "labels"}
     logits = model(**model_inputs, logits_to_keep=positions, use_cache=False).logits.float()
     targets = targets[:, positions]
-    mask = targets != -100
+    mask = targets != IGNORE_INDEX
     logits, targets = logits[mask], targets[mask]
     denominator = mask.sum().clamp(min=1) if num_items_in_batch is None else num_items_in_batch
     return F.cross_entropy(logits, targets, reduction="sum") / denominator, logits.detach(), targets
