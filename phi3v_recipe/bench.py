@@ -104,10 +104,11 @@ def bench_preprocessing(processor, folder: Path, repeats: int = 2) -> list[dict]
                 }
             )
     # decode + process + collate one batch of 8 rows (num_crops 16)
-    from .collator import VisionSFTCollator
+    from .collator import VisionSFTCollator, conversation
 
     batch = [
-        {"images": [str(p)], "question": "What is shown in this image?", "answer": "Product: X"} for p in paths[:8]
+        {"images": [str(p)], "messages": conversation("What is shown in this image?", 1, "Product: X")}
+        for p in paths[:8]
     ]
     collator = VisionSFTCollator(processor)
     collator(batch)

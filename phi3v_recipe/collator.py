@@ -1,8 +1,11 @@
-"""Prompts, labels and batches for supervised fine-tuning on image+text pairs.
+"""Conversations, labels and batches for supervised fine-tuning on image+text conversations.
 
-A training example is ``<s><|user|>\\n<|image_1|>\\n{question}<|end|>\\n<|assistant|>`` followed by
-``{answer}<|end|>\\n<|endoftext|>``, as in the official Phi-3-Vision fine-tuning. Only the answer and its closing
-tokens are trained: the prompt, the image positions and the padding are all -100 in the labels.
+An example is a conversation (system / user / assistant turns with typed content: text items and ``{"type":
+"image"}`` items) rendered by the processor's chat template, the one place prompts are built. A single-turn example
+is ``<s><|user|>\\n<|image_1|>\\n{question}<|end|>\\n<|assistant|>\\n`` then ``{answer}<|end|>\\n<|endoftext|>``, as in
+the official Phi-3-Vision fine-tuning. Only the assistant turns are trained (their text, ``<|end|>`` and the newline
+after it) and the ``<|endoftext|>`` that closes the conversation: system and user turns, image positions and padding
+are all -100 in the labels.
 """
 
 from dataclasses import dataclass
@@ -13,27 +16,57 @@ from PIL import Image
 IGNORE_INDEX = -100
 
 
-def user_content(question: str, num_images: int) -> str:
-    """``<|image_1|>\\n<|image_2|>\\n...{question}``: the images first, each on its own line."""
-    return "".join(f"<|image_{n}|>\n" for n in range(1, num_images + 1)) + question
+def conversation(question: str, num_images: int, answer: str | None = None) -> list[dict]:
+    """The messages of a single-turn example: the images, then the question; the answer (if any) replies."""
+    content = [{"type": "image"}] * num_images + [{"type": "text", "text": question}]
+    messages = [{"role": "user", "content": content}]
+    if answer is not None:
+        messages.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
+    return messages
 
 
-def build_prompt(tokenizer, question: str, num_images: int) -> str:
-    """The chat-formatted prompt that ends where the assistant's answer starts."""
-    messages = [{"role": "user", "content": user_content(question, num_images)}]
-    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+def text_of(message: dict) -> str:
+    """The text of a message (its text items joined), whether its content is a string or typed items."""
+    content = message["content"]
+    if isinstance(content, str):
+        return content
+    return "".join(item["text"] for item in content if item["type"] == "text")
 
 
-def encode_answer(tokenizer, answer: str) -> list[int]:
-    """The answer's ids, closed by ``<|end|>`` and end-of-text so the model learns to stop (no BOS)."""
-    return tokenizer(f"{answer}<|end|>\n{tokenizer.eos_token}", add_special_tokens=False).input_ids
+def prompt_messages(messages: list[dict]) -> list[dict]:
+    """The conversation up to (without) its last assistant turn: what the model is asked to continue."""
+    last = max(i for i, message in enumerate(messages) if message["role"] == "assistant")
+    return messages[:last]
 
 
-def encode_example(processor, question: str, answer: str, images: list[Image.Image]) -> tuple[list[int], list[int]]:
-    """``(input_ids, labels)`` of one example; labels are -100 everywhere but on the answer ids."""
-    prompt_ids = processor.sample_ids(build_prompt(processor.tokenizer, question, len(images)), images)
-    answer_ids = encode_answer(processor.tokenizer, answer)
-    return prompt_ids + answer_ids, [IGNORE_INDEX] * len(prompt_ids) + answer_ids
+def render(processor, messages: list[dict], add_generation_prompt: bool = False) -> str:
+    """The conversation as text, through the processor's chat template."""
+    return processor.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=False)
+
+
+def conversation_length(processor, messages: list[dict], image_sizes: list[tuple[int, int]]) -> int:
+    """Tokens of the training example (text + image tokens + the closing end-of-text), from image sizes alone."""
+    return len(processor.encode(render(processor, messages), image_sizes)) + 1
+
+
+def encode_conversation(processor, messages: list[dict], images: list[Image.Image]) -> dict:
+    """``input_ids`` and ``labels`` (lists) of one conversation, plus its ``pixel_values`` and ``image_sizes``."""
+    out = processor.apply_chat_template(
+        messages,
+        tokenize=True,
+        return_dict=True,
+        return_assistant_tokens_mask=True,
+        processor_kwargs={"images": images},
+    )
+    ids, mask = out["input_ids"][0], out["assistant_masks"][0]
+    eos = processor.tokenizer.eos_token_id
+    encoded = {
+        "input_ids": ids + [eos],
+        "labels": [token if trained else IGNORE_INDEX for token, trained in zip(ids, mask)] + [eos],
+    }
+    if images:
+        encoded |= {"pixel_values": out["pixel_values"], "image_sizes": out["image_sizes"]}
+    return encoded
 
 
 def open_images(paths: list[str]) -> list[Image.Image]:
@@ -46,7 +79,7 @@ def open_images(paths: list[str]) -> list[Image.Image]:
 
 @dataclass
 class VisionSFTCollator:
-    """Turns rows with ``images`` (paths), ``question`` and ``answer`` into a right-padded training batch.
+    """Turns rows with ``images`` (paths) and ``messages`` (a conversation) into a right-padded training batch.
 
     Runs in the DataLoader workers, so image decoding and the HD transform happen off the training process.
     Padding is dynamic: to the longest row of the batch (rounded up to ``pad_to_multiple_of`` if set).
@@ -57,29 +90,28 @@ class VisionSFTCollator:
     pad_to_multiple_of: int | None = None
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
-        encoded, images = [], []
-        for row in rows:
-            row_images = open_images(row["images"])
-            ids, labels = encode_example(self.processor, row["question"], row["answer"], row_images)
-            if self.max_length is not None and len(ids) > self.max_length:
+        encoded = [encode_conversation(self.processor, row["messages"], open_images(row["images"])) for row in rows]
+        for example in encoded:
+            if self.max_length is not None and len(example["input_ids"]) > self.max_length:
                 raise ValueError(
-                    f"A row has {len(ids)} tokens, over max_length={self.max_length}; prepare_data drops such rows, "
-                    "so the data changed after it ran."
+                    f"A row has {len(example['input_ids'])} tokens, over max_length={self.max_length}; prepare_data "
+                    "drops such rows, so the data changed after it ran."
                 )
-            encoded.append((ids, labels))
-            images += row_images
-        longest = max(len(ids) for ids, _ in encoded)
+        longest = max(len(example["input_ids"]) for example in encoded)
         if self.pad_to_multiple_of:
             longest = -(-longest // self.pad_to_multiple_of) * self.pad_to_multiple_of
         pad_id = self.processor.tokenizer.pad_token_id
         input_ids = torch.full((len(rows), longest), pad_id, dtype=torch.long)
         labels = torch.full((len(rows), longest), IGNORE_INDEX, dtype=torch.long)
         attention_mask = torch.zeros((len(rows), longest), dtype=torch.long)
-        for i, (ids, row_labels) in enumerate(encoded):
-            input_ids[i, : len(ids)] = torch.tensor(ids)
-            labels[i, : len(ids)] = torch.tensor(row_labels)
-            attention_mask[i, : len(ids)] = 1  # from the real length: the pad id is also the end-of-text id
+        for i, example in enumerate(encoded):
+            n = len(example["input_ids"])
+            input_ids[i, :n] = torch.tensor(example["input_ids"])
+            labels[i, :n] = torch.tensor(example["labels"])
+            attention_mask[i, :n] = 1  # from the real length: the pad id is also the end-of-text id
         batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
-        if images:
-            batch.update(self.processor.image_processor(images, return_tensors="pt"))
+        with_images = [example for example in encoded if "pixel_values" in example]
+        if with_images:
+            batch["pixel_values"] = torch.cat([example["pixel_values"] for example in with_images])
+            batch["image_sizes"] = torch.cat([example["image_sizes"] for example in with_images])
         return batch

@@ -218,7 +218,7 @@ class PreparedData:
 
 def prepare_data(args: DataArguments, processor, max_length: int | None) -> PreparedData:
     """Load the source, check every row, compute lengths and split deterministically into train / eval."""
-    from .collator import build_prompt, encode_answer
+    from .collator import conversation, conversation_length
 
     table = load_table(args.dataset, args.dataset_config, args.dataset_split)
     if args.max_rows is not None:
@@ -240,10 +240,8 @@ def prepare_data(args: DataArguments, processor, max_length: int | None) -> Prep
             if IMAGE_TAG.search(question) or IMAGE_TAG.search(answer):
                 raise BadRow("malformed placeholders", "the question or answer holds an <|image_N|> tag")
             sizes = [check_image(path, args.max_image_pixels) for path in images]
-            prompt = build_prompt(processor.tokenizer, question, len(images))
-            length = len(processor.sample_ids(prompt, None, image_sizes=sizes)) + len(
-                encode_answer(processor.tokenizer, answer)
-            )
+            messages = conversation(question, len(images), answer)
+            length = conversation_length(processor, messages, sizes)
             if max_length is not None and length > max_length:
                 raise BadRow("longer than max_length", f"{length} tokens (text + images) > {max_length}")
         except BadRow as err:
@@ -255,13 +253,15 @@ def prepare_data(args: DataArguments, processor, max_length: int | None) -> Prep
             skipped.append((index, str(ids[index]), err))
             continue
         keep.append(index)
-        records.append({"images": images, "question": question, "answer": answer, "length": length})
+        records.append(
+            {"images": images, "messages": messages, "question": question, "answer": answer, "length": length}
+        )
 
     kept = table.select(keep)
-    for name in ("images", "question", "answer", "length"):
+    for name in ("images", "messages", "question", "answer", "length"):
         if name in kept.column_names:
             kept = kept.remove_columns(name)
-    for name in ("images", "question", "answer", "length"):
+    for name in ("images", "messages", "question", "answer", "length"):
         kept = kept.add_column(name, [r[name] for r in records])
     if args.eval_fraction == 0 or len(kept) < 2:
         return PreparedData(kept, None, skipped)

@@ -1,8 +1,8 @@
-"""Batched greedy answers for prompts with images (left padding), shared by evaluation, logging and prediction."""
+"""Batched greedy answers for conversations with images (left padding), shared by evaluation, logging and prediction."""
 
 import torch
 
-from .collator import build_prompt, open_images
+from .collator import open_images, prompt_messages, render
 
 
 def stop_token_ids(tokenizer) -> list[int]:
@@ -11,11 +11,16 @@ def stop_token_ids(tokenizer) -> list[int]:
 
 
 @torch.no_grad()
-def generate_new_tokens(model, processor, prompts: list[str], images: list[list], max_new_tokens: int, streamer=None):
-    """Greedy continuations of a left-padded batch of prompts (each with its list of images): the new ids only."""
+def generate_new_tokens(
+    model, processor, conversations: list[list[dict]], images: list[list], max_new_tokens: int, streamer=None
+):
+    """Greedy continuations of a left-padded batch of conversations (each with its list of images): the new ids only.
+    Each conversation ends with the turn to answer; the assistant's reply is generated."""
     tokenizer = processor.tokenizer
-    inputs = processor(prompts, images, padding_side="left").to(model.device)
-    inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
+    prompts = [render(processor, messages, add_generation_prompt=True) for messages in conversations]
+    inputs = processor(prompts, images, padding_side="left", return_tensors="pt").to(model.device)
+    if "pixel_values" in inputs:
+        inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
     out = model.generate(
         **inputs,
         max_new_tokens=max_new_tokens,
@@ -28,8 +33,8 @@ def generate_new_tokens(model, processor, prompts: list[str], images: list[list]
 
 
 def generate_answers(model, processor, rows: list[dict], max_new_tokens: int = 64, batch_size: int = 8) -> list[str]:
-    """Greedy answers for rows with ``images`` (paths) and ``question``, in order."""
-    tokenizer = processor.tokenizer
+    """Greedy answers to the last assistant turn of rows with ``images`` (paths) and ``messages``, given the turns
+    before it, in order."""
     was_training = model.training
     model.eval()
     answers = []
@@ -37,9 +42,9 @@ def generate_answers(model, processor, rows: list[dict], max_new_tokens: int = 6
         for start in range(0, len(rows), batch_size):
             chunk = rows[start : start + batch_size]
             images = [open_images(row["images"]) for row in chunk]
-            prompts = [build_prompt(tokenizer, row["question"], len(imgs)) for row, imgs in zip(chunk, images)]
-            new_tokens = generate_new_tokens(model, processor, prompts, images, max_new_tokens)
-            answers += [text.strip() for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+            conversations = [prompt_messages(row["messages"]) for row in chunk]
+            new_tokens = generate_new_tokens(model, processor, conversations, images, max_new_tokens)
+            answers += [text.strip() for text in processor.batch_decode(new_tokens, skip_special_tokens=True)]
     finally:
         model.train(was_training)
     return answers

@@ -16,7 +16,7 @@ from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, Repo
 from PIL import Image
 from transformers import AutoModelForCausalLM, AutoProcessor, TextStreamer
 
-from .collator import build_prompt, open_images
+from .collator import conversation, open_images
 from .data import DEFAULT_QUESTION
 from .generation import generate_new_tokens
 
@@ -64,9 +64,9 @@ def merge(model, processor, out_dir: str) -> Path:
 
 
 def answer(model, processor, images: list[Image.Image], question: str, max_new_tokens: int = 128, stream: bool = True):
-    prompt = build_prompt(processor.tokenizer, question, len(images))
     streamer = TextStreamer(processor.tokenizer, skip_prompt=True, skip_special_tokens=True) if stream else None
-    new_tokens = generate_new_tokens(model, processor, [prompt], [images], max_new_tokens, streamer)
+    messages = conversation(question, len(images))
+    new_tokens = generate_new_tokens(model, processor, [messages], [images], max_new_tokens, streamer)
     return processor.decode(new_tokens[0], skip_special_tokens=True).strip()
 
 

@@ -17,12 +17,8 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 from transformers import GenerationConfig, TokenizersBackend
 
 from .phi3_v import Phi3VConfig, Phi3VForCausalLM
+from .phi3_v.processing_phi3_v import HUB_CHAT_TEMPLATE
 
-CHAT_TEMPLATE = (
-    "{% for message in messages %}{{'<|' + message['role'] + '|>' + '\\n' + message['content'] + '<|end|>\\n' }}"
-    "{% endfor %}{% if add_generation_prompt and messages[-1]['role'] != 'assistant' %}{{- '<|assistant|>\\n' -}}"
-    "{% endif %}"
-)
 BASE_VOCAB = 32000  # the hub vocabulary size: special tokens start at 32000, as on the hub
 
 
@@ -96,7 +92,7 @@ def build_tokenizer(vocab_size: int = 1200) -> TokenizersBackend:
         pad_token="<|endoftext|>",
         unk_token="<unk>",
         padding_side="right",
-        chat_template=CHAT_TEMPLATE,
+        chat_template=HUB_CHAT_TEMPLATE,  # as the hub files have it; Phi3VProcessor renders typed content
         model_max_length=131072,
     )
 

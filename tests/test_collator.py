@@ -3,8 +3,9 @@ import torch
 from PIL import Image
 from transformers import AutoProcessor
 
-from phi3v_recipe.collator import IGNORE_INDEX, VisionSFTCollator, build_prompt, encode_example
+from phi3v_recipe.collator import IGNORE_INDEX, VisionSFTCollator, conversation, encode_conversation, render
 
+from .conftest import HUB_MODELS
 from .test_processor import photo
 
 
@@ -24,8 +25,18 @@ def image_files(tmp_path_factory):
     return paths
 
 
+def encode_example(processor, question, answer, images):
+    """(ids, labels) of a single-turn example."""
+    encoded = encode_conversation(processor, conversation(question, len(images), answer), images)
+    return encoded["input_ids"], encoded["labels"]
+
+
+def make_row(images, question, answer):
+    return {"images": images, "messages": conversation(question, len(images), answer)}
+
+
 def test_prompt_uses_the_chat_template(processor):
-    prompt = build_prompt(processor.tokenizer, "What is shown in this image?", 2)
+    prompt = render(processor, conversation("What is shown in this image?", 2), add_generation_prompt=True)
     assert prompt == "<|user|>\n<|image_1|>\n<|image_2|>\nWhat is shown in this image?<|end|>\n<|assistant|>\n"
 
 
@@ -46,23 +57,32 @@ def test_labels_train_only_the_answer(processor):
     assert sum(1 for i in ids if i < 0) == processor.num_image_tokens(640, 480)
 
 
-def test_real_tokenizer_labels_match_the_official_recipe(shared):
-    """With the hub tokenizer the closing tokens are <|end|> ▁\\n <|endoftext|> (32007, 29871, 13, 32000)."""
-    processor = AutoProcessor.from_pretrained(shared / "hub" / "Phi-3-vision-128k-instruct", num_crops=4)
-    ids, labels = encode_example(processor, "What is shown in this image?", "The answer", [photo(64, 48)])
-    assert [label for label in labels if label != IGNORE_INDEX] == [450, 1234, 32007, 29871, 13, 32000]
+@pytest.mark.parametrize("name", HUB_MODELS)
+def test_real_tokenizer_ids_are_the_official_recipes(shared, name):
+    """The official fine-tuning encodes the prompt with the processor and `{answer}<|end|>\\n<|endoftext|>` apart;
+    the conversation through the chat template gives the same ids, and trains the answer's (32007, 29871, 13, 32000
+    close it)."""
+    processor = AutoProcessor.from_pretrained(shared / "hub" / name, num_crops=4)
+    question, answer, images = "What is shown in this image?", "The answer", [photo(64, 48)]
+    ids, labels = encode_example(processor, question, answer, images)
+    prompt = f"<|user|>\n<|image_1|>\n{question}<|end|>\n<|assistant|>\n"
+    official_prompt = processor(prompt, images)["input_ids"][0]
+    official_answer = processor.tokenizer(f"{answer}<|end|>\n<|endoftext|>", add_special_tokens=False).input_ids
+    assert ids == official_prompt + official_answer
+    assert labels == [IGNORE_INDEX] * len(official_prompt) + official_answer
+    assert official_answer == [450, 1234, 32007, 29871, 13, 32000]
 
 
 def test_batch_mixes_crop_and_image_counts(processor, image_files):
-    rows = [
-        {"images": [image_files["landscape"]], "question": "What is shown in this image?", "answer": "A"},
-        {"images": [image_files["portrait"], image_files["tiny"]], "question": "Compare.", "answer": "Two things"},
-        {"images": [image_files["wide"]], "question": "And this?", "answer": "A long answer with more words"},
+    examples = [
+        ([image_files["landscape"]], "What is shown in this image?", "A"),
+        ([image_files["portrait"], image_files["tiny"]], "Compare.", "Two things"),
+        ([image_files["wide"]], "And this?", "A long answer with more words"),
     ]
-    batch = VisionSFTCollator(processor)(rows)
+    batch = VisionSFTCollator(processor)([make_row(*example) for example in examples])
     singles = [
-        encode_example(processor, r["question"], r["answer"], [Image.open(p).convert("RGB") for p in r["images"]])
-        for r in rows
+        encode_example(processor, question, answer, [Image.open(p).convert("RGB") for p in paths])
+        for paths, question, answer in examples
     ]
     longest = max(len(ids) for ids, _ in singles)
     assert batch["input_ids"].shape == batch["labels"].shape == batch["attention_mask"].shape == (3, longest)
@@ -82,8 +102,7 @@ def test_batch_mixes_crop_and_image_counts(processor, image_files):
 
 
 def test_padding_to_a_multiple(processor, image_files):
-    rows = [{"images": [image_files["landscape"]], "question": "Q", "answer": "A"}]
-    batch = VisionSFTCollator(processor, pad_to_multiple_of=64)(rows)
+    batch = VisionSFTCollator(processor, pad_to_multiple_of=64)([make_row([image_files["landscape"]], "Q", "A")])
     assert batch["input_ids"].shape[1] % 64 == 0
     ids, _ = encode_example(processor, "Q", "A", [Image.open(image_files["landscape"]).convert("RGB")])
     assert batch["attention_mask"].sum() == len(ids)
@@ -95,8 +114,8 @@ def test_batch_feeds_the_model(tiny_dir, processor, image_files):
 
     model = AutoModelForCausalLM.from_pretrained(tiny_dir)
     rows = [
-        {"images": [image_files["landscape"]], "question": "Q", "answer": "A"},
-        {"images": [image_files["portrait"], image_files["tiny"]], "question": "Q2", "answer": "B C"},
+        make_row([image_files["landscape"]], "Q", "A"),
+        make_row([image_files["portrait"], image_files["tiny"]], "Q2", "B C"),
     ]
     batch = VisionSFTCollator(processor)(rows)
     loss = model(**batch).loss

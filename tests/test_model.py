@@ -26,8 +26,8 @@ def model(tiny_dir):
 def two_samples(processor):
     """Two prompts with different crop and image counts (1 landscape image; 1 portrait + 1 tiny image)."""
     return [
-        processor(PROMPT_1, [photo(1000, 750)]),
-        processor(PROMPT_2, [photo(300, 900, seed=1), photo(5, 5, seed=2)]),
+        processor(PROMPT_1, [photo(1000, 750)], return_tensors="pt"),
+        processor(PROMPT_2, [photo(300, 900, seed=1), photo(5, 5, seed=2)], return_tensors="pt"),
     ]
 
 
@@ -41,8 +41,8 @@ def test_logits_match_reference(model, tiny_state_dict, tiny_config_dict, two_sa
 
 
 def test_image_features_change_logits(model, processor):
-    a = processor(PROMPT_1, [photo(1000, 750, seed=3)])
-    b = processor(PROMPT_1, [photo(1000, 750, seed=4)])
+    a = processor(PROMPT_1, [photo(1000, 750, seed=3)], return_tensors="pt")
+    b = processor(PROMPT_1, [photo(1000, 750, seed=4)], return_tensors="pt")
     with torch.no_grad():
         assert not torch.allclose(model(**a).logits[0, -1], model(**b).logits[0, -1])
 
@@ -81,13 +81,13 @@ def test_sdpa_matches_eager(tiny_dir, model, two_samples):
 def test_padded_batch_equals_samples_alone(processor, model, side):
     texts = [PROMPT_1, PROMPT_2]
     images = [[photo(1000, 750)], [photo(300, 900, seed=1), photo(5, 5, seed=2)]]
-    batch = processor(texts, images, padding_side=side)
+    batch = processor(texts, images, padding_side=side, return_tensors="pt")
     # Positions count real tokens only (as generate() does), so left padding does not shift them.
     position_ids = (batch["attention_mask"].cumsum(-1) - 1).clamp(min=0)
     with torch.no_grad():
         batched = model(**batch, position_ids=position_ids).logits
         for row, (text, imgs) in enumerate(zip(texts, images)):
-            alone = model(**processor(text, imgs)).logits[0]
+            alone = model(**processor(text, imgs, return_tensors="pt")).logits[0]
             mask = batch["attention_mask"][row].bool()
             torch.testing.assert_close(batched[row][mask], alone, atol=1e-4, rtol=1e-4)
 
@@ -159,7 +159,10 @@ def test_greedy_generate_with_cache_equals_stepwise_argmax(model, processor, two
 def test_sampling_generate_and_batched_generate(model, processor):
     torch.manual_seed(0)
     batch = processor(
-        [PROMPT_1, PROMPT_2], [[photo(1000, 750)], [photo(300, 900, seed=1), photo(5, 5, seed=2)]], padding_side="left"
+        [PROMPT_1, PROMPT_2],
+        [[photo(1000, 750)], [photo(300, 900, seed=1), photo(5, 5, seed=2)]],
+        padding_side="left",
+        return_tensors="pt",
     )
     out = model.generate(**batch, max_new_tokens=4, do_sample=True, top_k=50, eos_token_id=None)
     assert out.shape == (2, batch["input_ids"].shape[1] + 4)
@@ -167,7 +170,9 @@ def test_sampling_generate_and_batched_generate(model, processor):
     for row, (text, imgs) in enumerate(
         [(PROMPT_1, [photo(1000, 750)]), (PROMPT_2, [photo(300, 900, seed=1), photo(5, 5, seed=2)])]
     ):
-        alone = model.generate(**processor(text, imgs), max_new_tokens=3, do_sample=False, eos_token_id=None)
+        alone = model.generate(
+            **processor(text, imgs, return_tensors="pt"), max_new_tokens=3, do_sample=False, eos_token_id=None
+        )
         assert greedy[row, -3:].tolist() == alone[0, -3:].tolist()
 
 

@@ -83,14 +83,14 @@ def test_predict_offline_from_the_hub_cache(adapter_dir, tiny_dir, image_file, t
 
 
 def test_merge_reload_gives_base_plus_adapter_logits(adapter_dir, image_file, tmp_path):
-    from phi3v_recipe.collator import build_prompt
+    from phi3v_recipe.collator import conversation, render
     from phi3v_recipe.predict import load_for_inference, merge
 
     model, processor = load_for_inference(str(adapter_dir), dtype=torch.float32)
-    prompt = build_prompt(processor.tokenizer, "What is shown in this image?", 1)
+    prompt = render(processor, conversation("What is shown in this image?", 1), add_generation_prompt=True)
     from PIL import Image
 
-    inputs = processor(prompt, [Image.open(image_file).convert("RGB")])
+    inputs = processor(prompt, [Image.open(image_file).convert("RGB")], return_tensors="pt")
     with torch.no_grad():
         expected = model(**inputs).logits
         with model.disable_adapter():

@@ -95,13 +95,13 @@ def test_real_tokenizer_ids_match_fixture(shared, name):
     processor = AutoProcessor.from_pretrained(shared / "hub" / name, num_crops=16)
     assert processor.image_processor.num_crops == 16
 
-    out = processor(fixture["prompt"], [photo(1000, 750)])
+    out = processor(fixture["prompt"], [photo(1000, 750)], return_tensors="pt")
     assert out["input_ids"][0].tolist() == expand(fixture["input_ids_compressed"])
     assert out["input_ids"].shape[1] == fixture["total_len"] == 1939
     assert out["attention_mask"].all()
 
     processor4 = AutoProcessor.from_pretrained(shared / "hub" / name, num_crops=4)
-    two = processor4(fixture["two_images_prompt"], [photo(1000, 750), photo(800, 600, seed=1)])
+    two = processor4(fixture["two_images_prompt"], [photo(1000, 750), photo(800, 600, seed=1)], return_tensors="pt")
     assert two["input_ids"][0].tolist() == expand(fixture["two_images_input_ids_compressed"])
     assert two["pixel_values"].shape == (2, 5, 3, 336, 336)
 
@@ -114,7 +114,7 @@ def test_real_tokenizer_ids_match_fixture(shared, name):
 def test_tiny_processor_layout(tiny_dir):
     processor = AutoProcessor.from_pretrained(tiny_dir)
     tok = processor.tokenizer
-    out = processor(PROMPT, [photo(1000, 750)])
+    out = processor(PROMPT, [photo(1000, 750)], return_tensors="pt")
     ids = out["input_ids"][0].tolist()
     n = processor.num_image_tokens(1000, 750)
     user, end, assistant = (tok.convert_tokens_to_ids(t) for t in ["<|user|>", "<|end|>", "<|assistant|>"])
@@ -150,8 +150,8 @@ def test_batch_equals_single_samples_padded(tiny_dir):
     texts = [PROMPT, "<|user|>\n<|image_1|>\n<|image_2|>\nCompare the images.<|end|>\n<|assistant|>\n", "<|user|>\nhi"]
     images = [[photo(1000, 750)], [photo(300, 900, seed=1), photo(5, 5, seed=2)], []]
     for side in ["right", "left"]:
-        batch = processor(texts, images, padding_side=side)
-        singles = [processor(t, imgs) for t, imgs in zip(texts, images)]
+        batch = processor(texts, images, padding_side=side, return_tensors="pt")
+        singles = [processor(t, imgs, return_tensors="pt") for t, imgs in zip(texts, images)]
         longest = max(s["input_ids"].shape[1] for s in singles)
         assert batch["input_ids"].shape == (3, longest)
         for row, single in enumerate(singles):
@@ -175,4 +175,4 @@ def test_processor_save_and_reload(tiny_dir, tmp_path):
     again = AutoProcessor.from_pretrained(tmp_path)
     assert again.image_processor.num_crops == 2
     out1, out2 = processor(PROMPT, [photo(640, 480)]), again(PROMPT, [photo(640, 480)])
-    assert out1["input_ids"].tolist() == out2["input_ids"].tolist()
+    assert out1["input_ids"] == out2["input_ids"]

@@ -186,6 +186,8 @@ class Phi3VForCausalLM(Phi3VPreTrainedModel, Phi3ForCausalLM):
         logits_to_keep: int | torch.Tensor = 0,
         **kwargs,
     ):
+        if labels is not None:  # image positions (negative ids) are never targets, whoever copied them into labels
+            labels = labels.masked_fill(labels < 0, -100)
         return super().forward(
             input_ids=input_ids,
             attention_mask=attention_mask,

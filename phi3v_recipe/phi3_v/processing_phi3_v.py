@@ -2,17 +2,49 @@
 
 Matches the reference processor on one sample: every text chunk around an image tag is tokenised on its own
 (so a BOS follows every image), and the N-th image becomes a run of ``-N`` ids as long as its token count.
-Unlike the reference it also takes a batch (a list of texts, each with its list of images) and pads it.
+Beyond the reference it takes a batch (texts with their lists of images, or a flat list of images shared out by
+the texts' tags), pads it, loads images given as paths or URLs, truncates without cutting an image, returns
+token offsets (for assistant-only masks), and renders chat messages with typed content (``{"type": "image"}``)
+through a chat template of its own.
 """
 
 import re
 
-import torch
 from PIL import Image
 from transformers.image_processing_utils import BatchFeature
 from transformers.processing_utils import ProcessorMixin
 
 IMAGE_TAG = re.compile(r"<\|image_(\d+)\|>")
+
+# The template both hub checkpoints ship in tokenizer_config.json: it only renders string content.
+HUB_CHAT_TEMPLATE = (
+    "{% for message in messages %}{{'<|' + message['role'] + '|>' + '\\n' + message['content'] + '<|end|>\\n' }}"
+    "{% endfor %}{% if add_generation_prompt and messages[-1]['role'] != 'assistant' %}{{- '<|assistant|>\\n' -}}"
+    "{% endif %}"
+)
+
+# The same format for string content, byte for byte. Typed content (`{"type": "text"}` / `{"type": "image"}`) is
+# rendered in order, each image as `<|image_N|>\n`, numbered across the whole conversation. Assistant turns are
+# wrapped in generation markers so that `return_assistant_tokens_mask=True` marks their text and `<|end|>\n`.
+CHAT_TEMPLATE = (
+    "{%- macro render(content, images) -%}"
+    "{%- if content is string -%}{{- content -}}"
+    "{%- else -%}{%- for item in content -%}"
+    "{%- if item['type'] == 'text' -%}{{- item['text'] -}}"
+    "{%- elif item['type'] == 'image' -%}{%- set images.count = images.count + 1 -%}"
+    "{{- '<|image_' ~ images.count ~ '|>\\n' -}}"
+    "{%- else -%}{{- raise_exception('Phi-3-Vision chat messages hold text and image items, not ' ~ item['type']) -}}"
+    "{%- endif -%}{%- endfor -%}{%- endif -%}"
+    "{%- endmacro -%}"
+    "{%- set images = namespace(count=0) -%}"
+    "{%- for message in messages -%}"
+    "{{- '<|' + message['role'] + '|>\\n' -}}"
+    "{%- if message['role'] == 'assistant' -%}"
+    "{%- generation -%}{{- render(message['content'] or '', images) + '<|end|>\\n' -}}{%- endgeneration -%}"
+    "{%- else -%}{{- render(message['content'] or '', images) + '<|end|>\\n' -}}{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt and messages[-1]['role'] != 'assistant' -%}{{- '<|assistant|>\\n' -}}{%- endif -%}"
+)
 
 
 def image_tag_numbers(text: str) -> list[int]:
@@ -33,66 +65,188 @@ def check_image_tags(text: str, num_images: int) -> None:
         )
 
 
+def _is_image(value) -> bool:
+    return isinstance(value, (Image.Image, str))
+
+
 class Phi3VProcessor(ProcessorMixin):
-    def __init__(self, image_processor, tokenizer, chat_template=None):
-        super().__init__(image_processor, tokenizer, chat_template=chat_template)
+    """The image processor and the tokenizer of Phi-3-Vision.
+
+    Batches are left-padded unless ``padding_side`` says otherwise: the padding batched generation needs (training
+    collators ask for right padding explicitly). ``add_special_tokens=False`` drops the BOS at the start of a text;
+    the BOS after each image is part of the image's layout and always stays.
+    """
+
+    def __init__(self, image_processor, tokenizer, chat_template=None, **kwargs):
+        # A checkpoint's own string-only template (the hub's) is replaced by ours, which renders the same strings.
+        if chat_template is None or chat_template == HUB_CHAT_TEMPLATE:
+            chat_template = CHAT_TEMPLATE
+        super().__init__(image_processor, tokenizer, chat_template=chat_template, **kwargs)
+        if tokenizer.chat_template in (None, HUB_CHAT_TEMPLATE):  # so that the tokenizer renders typed content too
+            tokenizer.chat_template = chat_template
+        tokenizer.padding_side = "left"
 
     def num_image_tokens(self, width: int, height: int) -> int:
         """Image tokens for an image of this size (arithmetic only; for length-grouped batching)."""
         return self.image_processor.num_image_tokens(width, height)
 
-    def sample_ids(self, text: str, images: list[Image.Image], image_sizes: list[tuple[int, int]] | None = None):
-        """Token ids of one prompt, image tags expanded to runs of ``-N``. ``image_sizes`` (W, H) may stand in for
-        the images when only the ids are needed."""
-        sizes = image_sizes if image_sizes is not None else [image.size for image in images]
-        check_image_tags(text, len(sizes))
-        chunks = self.tokenizer(IMAGE_TAG.split(text)[::2]).input_ids
-        ids = list(chunks[0])
-        for n, ((width, height), chunk) in enumerate(zip(sizes, chunks[1:]), start=1):
-            ids += [-n] * self.num_image_tokens(width, height)
-            ids += chunk
-        return ids
+    def encode(
+        self,
+        text: str,
+        image_sizes: list[tuple[int, int]],
+        add_special_tokens: bool = True,
+        return_offsets: bool = False,
+    ):
+        """Token ids of one text, each ``<|image_N|>`` expanded to a run of ``-N`` as long as the N-th image's token
+        count (``image_sizes``: (W, H) per image, no pixels needed). With ``return_offsets``, also the (start, end)
+        characters of each token in ``text`` (image and BOS tokens are empty spans)."""
+        check_image_tags(text, len(image_sizes))
+        pieces = IMAGE_TAG.split(text)[::2]
+        starts = [0] + [match.end() for match in IMAGE_TAG.finditer(text)]
+        encoded = self.tokenizer(pieces, return_offsets_mapping=return_offsets)  # a BOS before every piece
+        if not add_special_tokens:
+            first = self.tokenizer(pieces[0], add_special_tokens=False, return_offsets_mapping=return_offsets)
+            encoded["input_ids"][0] = first["input_ids"]
+            if return_offsets:
+                encoded["offset_mapping"][0] = first["offset_mapping"]
+        ids, offsets = [], []
+        for n, start in enumerate(starts):
+            if n > 0:
+                width, height = image_sizes[n - 1]
+                count = self.num_image_tokens(width, height)
+                ids += [-n] * count
+                offsets += [(start, start)] * count
+            ids += encoded["input_ids"][n]
+            if return_offsets:
+                offsets += [
+                    (start + a, start + b) if b > a else (start, start) for a, b in encoded["offset_mapping"][n]
+                ]
+        return (ids, offsets) if return_offsets else ids
+
+    def sample_ids(
+        self, text: str, images: list[Image.Image] | None, image_sizes: list[tuple[int, int]] | None = None
+    ):
+        """Token ids of one prompt with its images (or their (W, H) sizes), image tags expanded to runs of ``-N``."""
+        return self.encode(text, image_sizes if image_sizes is not None else [image.size for image in images])
 
     def __call__(
         self,
-        text: str | list[str],
-        images: Image.Image | list | None = None,
+        text: str | list[str] | None = None,
+        images=None,
+        videos=None,
+        audio=None,
+        padding: bool | str = True,
         padding_side: str | None = None,
-        return_tensors: str = "pt",
+        truncation: bool | None = None,
+        max_length: int | None = None,
+        pad_to_multiple_of: int | None = None,
+        add_special_tokens: bool = True,
+        return_offsets_mapping: bool = False,
+        return_text_replacement_offsets: bool = False,
+        return_attention_mask: bool = True,
+        return_tensors: str | None = None,
         **kwargs,
     ) -> BatchFeature:
-        """One prompt with its images, or a batch: ``text=[t1, t2]``, ``images=[[imgs of t1], [imgs of t2]]``.
-        A batch is padded with the tokenizer's pad id on ``padding_side`` (default: the tokenizer's)."""
+        """One prompt with its images, or a batch: ``text=[t1, t2]`` with ``images=[[imgs of t1], [imgs of t2]]`` (or
+        one flat list, shared out in order by the tags of each text). Images are PIL images, paths or URLs.
+        A batch is padded to its longest row (or to ``max_length`` with ``padding="max_length"``). As with other
+        transformers processors, ``return_tensors="pt"`` asks for tensors."""
         if kwargs:
             raise TypeError(f"Unexpected arguments for Phi3VProcessor: {sorted(kwargs)}.")
+        if videos is not None or audio is not None:
+            raise ValueError("Phi-3-Vision takes images only: give video as a list of frames (images).")
+        if text is None:
+            raise ValueError("Phi-3-Vision needs a text with one <|image_N|> placeholder per image.")
         batched = not isinstance(text, str)
         texts = list(text) if batched else [text]
-        if images is None:
-            per_text = [[] for _ in texts]
-        elif batched:
-            per_text = [list(imgs) for imgs in images]
-        else:
-            per_text = [[images] if isinstance(images, Image.Image) else list(images)]
-        if len(per_text) != len(texts):
-            raise ValueError(f"Got {len(texts)} texts but {len(per_text)} image lists; give one list per text.")
+        per_text = self._images_per_text(texts, images, batched)
+        per_text = [[self._load_image(image) for image in imgs] for imgs in per_text]
 
-        rows = [self.sample_ids(t, imgs) for t, imgs in zip(texts, per_text)]
-        longest = max(len(r) for r in rows)
+        rows = [
+            self.encode(t, [image.size for image in imgs], add_special_tokens, return_offsets_mapping)
+            for t, imgs in zip(texts, per_text)
+        ]
+        ids_rows = [row[0] if return_offsets_mapping else row for row in rows]
+        offset_rows = [row[1] for row in rows] if return_offsets_mapping else None
+        if truncation and max_length is not None:
+            for i, ids in enumerate(ids_rows):
+                if len(ids) > max_length and any(token < 0 for token in ids[max_length:]):
+                    raise ValueError(
+                        f"Text {i} has {len(ids)} tokens (text + image tokens); max_length={max_length} would cut "
+                        "through an image. Raise max_length (TRL's SFTConfig defaults to 1024), set it to None, "
+                        "or lower num_crops."
+                    )
+            ids_rows = [ids[:max_length] for ids in ids_rows]
+            offset_rows = offset_rows and [offsets[:max_length] for offsets in offset_rows]
+
+        longest = max(len(ids) for ids in ids_rows)
+        if padding == "max_length" and max_length is not None:
+            longest = max(longest, max_length)
+        if pad_to_multiple_of:
+            longest = -(-longest // pad_to_multiple_of) * pad_to_multiple_of
         side = padding_side or self.tokenizer.padding_side
-        input_ids = torch.full((len(rows), longest), self.tokenizer.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(rows), longest), dtype=torch.long)
-        for i, row in enumerate(rows):
-            span = slice(0, len(row)) if side == "right" else slice(longest - len(row), longest)
-            input_ids[i, span] = torch.tensor(row)
-            attention_mask[i, span] = 1
-        data = {"input_ids": input_ids, "attention_mask": attention_mask}
+        pad_id = self.tokenizer.pad_token_id
+        data = {"input_ids": [], "attention_mask": []}
+        if offset_rows is not None:
+            data["offset_mapping"] = []
+        for i, ids in enumerate(ids_rows):
+            fill = longest - len(ids) if padding or len(ids_rows) > 1 else 0
+            before, after = (fill, 0) if side == "left" else (0, fill)
+            data["input_ids"].append([pad_id] * before + ids + [pad_id] * after)
+            data["attention_mask"].append([0] * before + [1] * len(ids) + [0] * after)
+            if offset_rows is not None:
+                data["offset_mapping"].append([(0, 0)] * before + offset_rows[i] + [(0, 0)] * after)
+        if not return_attention_mask:
+            del data["attention_mask"]
+        if return_text_replacement_offsets:  # the text itself is never expanded: image runs are ids only
+            data["text_replacement_offsets"] = [[] for _ in texts]
         all_images = [image for imgs in per_text for image in imgs]
+        out = BatchFeature(data=data, tensor_type=return_tensors, skip_tensor_conversion=["text_replacement_offsets"])
         if all_images:
-            data.update(self.image_processor(all_images, return_tensors="pt"))
-        return BatchFeature(data=data, tensor_type=return_tensors)
+            out.update(self.image_processor(all_images, return_tensors=return_tensors))
+        return out
 
-    def batch_decode(self, *args, **kwargs):
-        return self.tokenizer.batch_decode(*args, **kwargs)
+    def _load_image(self, image) -> Image.Image:
+        """A PIL image as is (exactly as the reference sees it); a path or URL loaded as transformers does."""
+        image = self.image_processor.fetch_images(image)
+        if not isinstance(image, Image.Image):
+            raise TypeError(f"Phi-3-Vision takes PIL images, file paths or URLs; got {type(image).__name__}.")
+        return image
 
-    def decode(self, *args, **kwargs):
-        return self.tokenizer.decode(*args, **kwargs)
+    @staticmethod
+    def _images_per_text(texts: list[str], images, batched: bool) -> list[list]:
+        if images is None:
+            return [[] for _ in texts]
+        if _is_image(images):
+            images = [images]
+        images = list(images)
+        if not batched:  # a list of images, or that list nested once (as apply_chat_template passes it)
+            return [list(images[0]) if len(images) == 1 and isinstance(images[0], (list, tuple)) else images]
+        if all(isinstance(item, (list, tuple)) for item in images):
+            if len(images) != len(texts):
+                raise ValueError(f"Got {len(texts)} texts but {len(images)} image lists; give one list per text.")
+            return [list(imgs) for imgs in images]
+        counts = [len(image_tag_numbers(t)) for t in texts]
+        if sum(counts) != len(images):
+            raise ValueError(
+                f"The texts hold {sum(counts)} <|image_N|> placeholders but {len(images)} images were given."
+            )
+        bounds = [sum(counts[:i]) for i in range(len(counts) + 1)]
+        return [images[a:b] for a, b in zip(bounds, bounds[1:])]
+
+    @staticmethod
+    def _text_ids(ids) -> list[list[int]]:
+        """Rows of ids without the image positions (negative ids), which are not in the vocabulary."""
+        rows = ids.tolist() if hasattr(ids, "tolist") else ids
+        if rows and isinstance(rows[0], int):
+            rows = [rows]
+        return [[i for i in row if i >= 0] for row in rows]
+
+    def batch_decode(self, sequences, **kwargs) -> list[str]:
+        return self.tokenizer.batch_decode(self._text_ids(sequences), **kwargs)
+
+    def decode(self, token_ids, **kwargs) -> str:
+        return self.tokenizer.decode(self._text_ids(token_ids)[0], **kwargs)
+
+    def post_process_image_text_to_text(self, generated_outputs, skip_special_tokens=True, **kwargs) -> list[str]:
+        return self.batch_decode(generated_outputs, skip_special_tokens=skip_special_tokens, **kwargs)
