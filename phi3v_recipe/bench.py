@@ -104,7 +104,8 @@ def bench_preprocessing(processor, folder: Path, repeats: int = 2) -> list[dict]
                 }
             )
     # decode + process + collate one batch of 8 rows (num_crops 16)
-    from .collator import VisionSFTCollator, conversation
+    from .collator import VisionSFTCollator
+    from .conversation import conversation
 
     batch = [
         {"images": [str(p)], "messages": conversation("What is shown in this image?", 1, "Product: X")}

@@ -1,7 +1,7 @@
 """Conversations, labels and batches for supervised fine-tuning on image+text conversations.
 
 An example is a conversation (system / user / assistant turns with typed content: text items and ``{"type":
-"image"}`` items) rendered by the processor's chat template, the one place prompts are built. A single-turn example
+"image"}`` items, see ``conversation.py``) rendered by the processor's chat template. A single-turn example
 is ``<s><|user|>\\n<|image_1|>\\n{question}<|end|>\\n<|assistant|>\\n`` then ``{answer}<|end|>\\n<|endoftext|>``, as in
 the official Phi-3-Vision fine-tuning. Only the assistant turns are trained (their text, ``<|end|>`` and the newline
 after it) and the ``<|endoftext|>`` that closes the conversation: system and user turns, image positions and padding
@@ -14,39 +14,6 @@ import torch
 from PIL import Image
 
 IGNORE_INDEX = -100
-
-
-def conversation(question: str, num_images: int, answer: str | None = None) -> list[dict]:
-    """The messages of a single-turn example: the images, then the question; the answer (if any) replies."""
-    content = [{"type": "image"}] * num_images + [{"type": "text", "text": question}]
-    messages = [{"role": "user", "content": content}]
-    if answer is not None:
-        messages.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
-    return messages
-
-
-def text_of(message: dict) -> str:
-    """The text of a message (its text items joined), whether its content is a string or typed items."""
-    content = message["content"]
-    if isinstance(content, str):
-        return content
-    return "".join(item["text"] for item in content if item["type"] == "text")
-
-
-def prompt_messages(messages: list[dict]) -> list[dict]:
-    """The conversation up to (without) its last assistant turn: what the model is asked to continue."""
-    last = max(i for i, message in enumerate(messages) if message["role"] == "assistant")
-    return messages[:last]
-
-
-def render(processor, messages: list[dict], add_generation_prompt: bool = False) -> str:
-    """The conversation as text, through the processor's chat template."""
-    return processor.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=False)
-
-
-def conversation_length(processor, messages: list[dict], image_sizes: list[tuple[int, int]]) -> int:
-    """Tokens of the training example (text + image tokens + the closing end-of-text), from image sizes alone."""
-    return len(processor.encode(render(processor, messages), image_sizes)) + 1
 
 
 def encode_conversation(processor, messages: list[dict], images: list[Image.Image]) -> dict:

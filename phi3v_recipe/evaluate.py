@@ -1,11 +1,17 @@
-"""Scored evaluation: generate answers for the eval split and grade every field of the answer template.
+"""Scored evaluation: generate the last assistant turn of each eval conversation and score it with the recipe's metric.
 
     python -m phi3v_recipe.evaluate --config recipes/X.yaml [--adapter DIR_OR_REPO] [--max_samples N]
 
-Text fields get exact-match accuracy and token F1 (for Burberry: category accuracy, title exact match / F1);
-numeric fields get MAE and median absolute percentage error over parsed answers, and the share within 10% over
-all answers (an unparseable answer counts as a miss). Printed side by side with trivial baselines (train median,
-majority value) and with the base model without the adapter. Writes metrics.json and predictions.jsonl.
+Metrics (``metric`` in the recipe):
+- ``template``: every field of the answer template is graded. Text fields get exact-match accuracy and token F1
+  (Burberry: category accuracy, title exact match / F1); numeric fields get MAE and median absolute percentage error
+  over parsed answers, and the share within 10% over all answers (an unparseable answer counts as a miss).
+- ``exact_match``: the answer equals one of the references (case, surrounding spaces and a final period ignored).
+- ``anls``: the standard DocVQA average normalised Levenshtein similarity, threshold 0.5, best over the references.
+- ``accuracy``: the answer read as one of the recipe's ``labels`` equals the true label (unparseable = miss).
+
+Printed side by side with the trivial baseline (train median / majority value, most common answer or label) and
+with the base model without the adapter. Writes metrics.json and predictions.jsonl.
 """
 
 import argparse
@@ -16,7 +22,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from .data import format_number, template_fields
+from .data import as_label, format_number, normalize, template_fields
 from .generation import generate_answers
 
 
@@ -95,6 +101,82 @@ def baseline_predictions(train_rows: list[dict], n: int, fields: list[str], nume
     return [dict(guess) for _ in range(n)]
 
 
+def levenshtein(a: str, b: str) -> int:
+    """Edit distance (insertions, deletions, substitutions)."""
+    previous = list(range(len(b) + 1))
+    for i, char_a in enumerate(a, start=1):
+        current = [i]
+        for j, char_b in enumerate(b, start=1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (char_a != char_b)))
+        previous = current
+    return previous[-1]
+
+
+def anls(prediction: str, references: list[str], threshold: float = 0.5) -> float:
+    """ANLS of one answer (DocVQA): 1 - normalised edit distance to the closest reference, 0 at or beyond the
+    threshold. Compared in lower case with spaces collapsed, as the DocVQA evaluation does."""
+    pred = " ".join(prediction.lower().split())
+    best = 0.0
+    for reference in references:
+        ref = " ".join(str(reference).lower().split())
+        distance = levenshtein(pred, ref) / max(len(pred), len(ref), 1)
+        best = max(best, 1 - distance if distance < threshold else 0.0)
+    return best
+
+
+def row_score(recipe, answer: str, row: dict):
+    """One answer's result under the recipe's metric (per field for the template metric)."""
+    metric = recipe.scoring()
+    if metric == "template":
+        found = parse_answer(answer, recipe.answer_template)
+        fields = template_fields(recipe.answer_template)
+        return {
+            name: field_result(found.get(name) if found else None, row[name], name in recipe.numeric_fields)
+            for name in fields
+        }
+    if metric == "anls":
+        return anls(answer, row["answers"])
+    if metric == "accuracy":
+        return as_label(answer, recipe.labels) == as_label(row["answers"][0], recipe.labels)
+    return any(normalize(answer) == normalize(reference) for reference in row["answers"])
+
+
+def score_answers(recipe, answers: list[str], rows: list[dict]) -> dict:
+    """Metrics of the answers to ``rows`` under the recipe's metric."""
+    metric = recipe.scoring()
+    if metric == "template":
+        fields = template_fields(recipe.answer_template)
+        truths = [{name: row[name] for name in fields} for row in rows]
+        parsed = [parse_answer(answer, recipe.answer_template) for answer in answers]
+        return score(parsed, truths, fields, recipe.numeric_fields)
+    metrics = {}
+    if metric == "accuracy":
+        metrics["parse_rate"] = statistics.fmean(as_label(a, recipe.labels) is not None for a in answers)
+    results = [row_score(recipe, answer, row) for answer, row in zip(answers, rows)]
+    metrics[metric] = statistics.fmean(float(result) for result in results)
+    if metric == "anls":
+        metrics["exact_match"] = statistics.fmean(
+            any(normalize(a) == normalize(r) for r in row["answers"]) for a, row in zip(answers, rows)
+        )
+    return metrics
+
+
+def baseline_answer(recipe, train_rows: list[dict]) -> tuple[str, str]:
+    """(the trivial answer, what it is): train median / most common value per template field, the majority label,
+    or the most common answer."""
+    metric = recipe.scoring()
+    if metric == "template":
+        fields = template_fields(recipe.answer_template)
+        guess = baseline_predictions(train_rows, 1, fields, recipe.numeric_fields)[0]
+        return recipe.answer_template.format(**guess), "train median / most common value per field"
+    if metric == "accuracy":
+        labels = [as_label(row["answers"][0], recipe.labels) for row in train_rows]
+        majority = Counter(label for label in labels if label is not None).most_common(1)
+        return (majority[0][0] if majority else recipe.labels[0]), "the majority label"
+    answers = Counter(row["answers"][0] for row in train_rows)
+    return answers.most_common(1)[0][0], "the most common train answer"
+
+
 def format_table(columns: dict[str, dict]) -> str:
     """Metrics side by side: one row per metric, one column per system."""
     names = list(columns)
@@ -124,33 +206,24 @@ def evaluate(
     """Score ``model`` on ``eval_rows`` (and, given ``base_model_context``, the base model without the adapter);
     print the table; write predictions.jsonl and metrics.json into ``output_dir``; return the metrics written
     (``eval_*`` for the model, ``base_model_*`` and ``baseline_*`` for the others)."""
-    fields, numeric = template_fields(recipe.answer_template), recipe.numeric_fields
-    truths = [{name: row[name] for name in fields} for row in eval_rows]
     answers = generate_answers(model, processor, eval_rows, max_new_tokens, batch_size)
-    parsed = [parse_answer(a, recipe.answer_template) for a in answers]
-    columns = {"model": score(parsed, truths, fields, numeric)}
+    columns = {"model": score_answers(recipe, answers, eval_rows)}
     if base_model_context is not None:
         with base_model_context():
             base_answers = generate_answers(model, processor, eval_rows, max_new_tokens, batch_size)
-        columns["base model"] = score(
-            [parse_answer(a, recipe.answer_template) for a in base_answers], truths, fields, numeric
-        )
-    columns["baseline"] = score(
-        baseline_predictions(train_rows, len(eval_rows), fields, numeric), truths, fields, numeric
-    )
-    print(f"Scored evaluation on {len(eval_rows)} rows (baseline: train median / most common value):")
+        columns["base model"] = score_answers(recipe, base_answers, eval_rows)
+    trivial, what = baseline_answer(recipe, train_rows)
+    columns["baseline"] = score_answers(recipe, [trivial] * len(eval_rows), eval_rows)
+    print(f"Scored evaluation ({recipe.scoring()}) on {len(eval_rows)} rows (baseline: {what}, {trivial!r}):")
     print(format_table(columns))
 
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    results = [row_score(recipe, answer, row) for answer, row in zip(answers, eval_rows)]
     with (out / "predictions.jsonl").open("w") as f:
-        for row, answer, fields_found in zip(eval_rows, answers, parsed):
-            f.write(
-                json.dumps(
-                    {"images": row["images"], "truth": row["answer"], "prediction": answer, "parsed": fields_found}
-                )
-                + "\n"
-            )
+        for row, answer, result in zip(eval_rows, answers, results):
+            record = {"images": row["images"], "truth": row["answers"][0], "references": row["answers"]}
+            f.write(json.dumps(record | {"prediction": answer, "score": result}) + "\n")
     scored = {f"eval_{k}": v for k, v in columns["model"].items()}
     scored |= {
         f"{name.replace(' ', '_')}_{k}": v for name in columns if name != "model" for k, v in columns[name].items()
@@ -158,11 +231,11 @@ def evaluate(
     metrics_path = out / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
     metrics_path.write_text(json.dumps(metrics | scored, indent=2) + "\n")
-    _log_to_wandb(columns["model"], eval_rows, answers, parsed, truths, numeric)
+    _log_to_wandb(columns["model"], eval_rows, answers, results)
     return scored
 
 
-def _log_to_wandb(metrics, rows, answers, parsed, truths, numeric):
+def _log_to_wandb(metrics, rows, answers, results):
     try:
         import wandb
     except ImportError:
@@ -170,13 +243,9 @@ def _log_to_wandb(metrics, rows, answers, parsed, truths, numeric):
     if wandb.run is None:
         return
     wandb.log({f"eval/{k}": v for k, v in metrics.items()})
-    table = wandb.Table(columns=["image", "truth", "prediction", "errors"])
-    for row, answer, found, truth in zip(rows, answers, parsed, truths):
-        errors = {
-            name: field_result(found.get(name) if found else None, value, name in numeric)
-            for name, value in truth.items()
-        }
-        table.add_data(wandb.Image(row["images"][0]), row["answer"], answer, json.dumps(errors))
+    table = wandb.Table(columns=["image", "truth", "prediction", "score"])
+    for row, answer, result in zip(rows, answers, results):
+        table.add_data(wandb.Image(row["images"][0]), row["answers"][0], answer, json.dumps(result))
     wandb.log({"eval/scored_predictions": table})
 
 
@@ -202,6 +271,7 @@ def main(argv: list[str] | None = None) -> dict:
     adapter = own.adapter or training_args.output_dir
     model, processor = load_for_inference(adapter, own.base, num_crops=recipe.num_crops)
     data = prepare_data(recipe, processor, training_args.max_length)
+    recipe = data.args  # the format and columns resolved
     if data.eval is None:
         raise ValueError("The recipe has no eval split (eval_fraction is 0); set eval_fraction > 0.")
     eval_rows = data.eval.to_list()[: own.max_samples]

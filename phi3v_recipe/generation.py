@@ -2,7 +2,8 @@
 
 import torch
 
-from .collator import open_images, prompt_messages, render
+from .collator import open_images
+from .conversation import prompt_messages, render
 
 
 def stop_token_ids(tokenizer) -> list[int]:

@@ -16,7 +16,8 @@ from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, Repo
 from PIL import Image
 from transformers import AutoModelForCausalLM, AutoProcessor, TextStreamer
 
-from .collator import conversation, open_images
+from .collator import open_images
+from .conversation import conversation
 from .data import DEFAULT_QUESTION
 from .generation import generate_new_tokens
 

@@ -50,5 +50,5 @@ class PredictionTableCallback(TrainerCallback):
         answers = generate_answers(model, self.processor, self.rows, self.max_new_tokens)
         table = wandb.Table(columns=["step", "image", "truth", "prediction"])
         for row, answer in zip(self.rows, answers):
-            table.add_data(state.global_step, wandb.Image(row["images"][0]), row["answer"], answer)
+            table.add_data(state.global_step, wandb.Image(row["images"][0]), row["answers"][0], answer)
         wandb.log({"eval/predictions": table, "train/global_step": state.global_step})

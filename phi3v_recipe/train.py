@@ -163,6 +163,7 @@ def main(argv: list[str] | None = None) -> SFTTrainer:
     )
     with args.main_process_first(desc="preparing the data"):
         data = prepare_data(recipe, processor, args.max_length)
+    recipe = data.args  # the row format and columns settled from the source
     if args.process_index == 0:
         skipped_file = data.write_skipped(os.path.join(args.output_dir, "skipped_rows.csv"))
         print(f"Data: {data.summary()} (skipped rows listed in {skipped_file})")

@@ -3,7 +3,8 @@ import torch
 from PIL import Image
 from transformers import AutoProcessor
 
-from phi3v_recipe.collator import IGNORE_INDEX, VisionSFTCollator, conversation, encode_conversation, render
+from phi3v_recipe.collator import IGNORE_INDEX, VisionSFTCollator, encode_conversation
+from phi3v_recipe.conversation import conversation, render
 
 from .conftest import HUB_MODELS
 from .test_processor import photo

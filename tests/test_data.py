@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 from transformers import AutoProcessor
 
+from phi3v_recipe.conversation import text_of
 from phi3v_recipe.data import BadRow, DataArguments, format_number, prepare_data
 from phi3v_recipe.synthetic import write_sample_set
 
@@ -130,8 +131,8 @@ def test_jsonl_with_several_images_and_a_question_column(processor, tmp_path):
     )
     data = prepare_data(args, processor, max_length=4096)
     assert data.train["images"] == [[str(tmp_path / "a.png"), str(tmp_path / "b.png")], [str(tmp_path / "b.png")]]
-    assert data.train["question"] == ["Which is taller?", "What is shown in this image?"]
-    assert data.train["answer"] == ["It is the second", "It is portrait"]
+    assert [text_of(m[0]) for m in data.train["messages"]] == ["Which is taller?", "What is shown in this image?"]
+    assert [a[0] for a in data.train["answers"]] == ["It is the second", "It is portrait"]
     assert data.train["length"][0] > data.train["length"][1] + 300  # two images vs one
 
 
@@ -153,7 +154,7 @@ def test_dataset_with_an_embedded_image_column(processor, tmp_path):
         image_cache_dir=str(tmp_path / "cache"),
     )
     data = prepare_data(args, processor, max_length=4096)
-    assert data.train["answer"] == ["red", "green", "blue"] and not data.skipped
+    assert [a[0] for a in data.train["answers"]] == ["red", "green", "blue"] and not data.skipped
     first = Image.open(data.train["images"][0][0])
     assert first.size == (64, 48)
 
@@ -175,7 +176,7 @@ def test_image_folder_with_metadata(processor, tmp_path):
     )
     data = prepare_data(args, processor, max_length=4096)
     assert len(data.train) == len(data.eval) == 2
-    assert sorted([*data.train["answer"], *data.eval["answer"]]) == [f"item {i}" for i in range(4)]
+    assert sorted(a[0] for a in [*data.train["answers"], *data.eval["answers"]]) == [f"item {i}" for i in range(4)]
 
 
 def test_split_is_deterministic_and_seeded(processor, tmp_path):

@@ -83,7 +83,7 @@ def test_predict_offline_from_the_hub_cache(adapter_dir, tiny_dir, image_file, t
 
 
 def test_merge_reload_gives_base_plus_adapter_logits(adapter_dir, image_file, tmp_path):
-    from phi3v_recipe.collator import conversation, render
+    from phi3v_recipe.conversation import conversation, render
     from phi3v_recipe.predict import load_for_inference, merge
 
     model, processor = load_for_inference(str(adapter_dir), dtype=torch.float32)
