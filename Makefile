@@ -35,10 +35,15 @@ tiny: outputs/tiny-phi3v/config.json
 outputs/tiny-phi3v/config.json: | setup
 	$(BIN)/python -m phi3v_recipe.tiny outputs/tiny-phi3v
 
-sample-data: data/sample/burberry.csv
+sample-data: data/sample/burberry.csv data/sample/docvqa/docvqa.jsonl
 
 data/sample/burberry.csv: | setup
-	$(BIN)/python -m phi3v_recipe.synthetic --rows 3040 --seed 0 --out data/sample
+	$(BIN)/python -m phi3v_recipe.synthetic --task burberry --rows 3040 --seed 0 --out data/sample
+
+# One stand-in per official task (docvqa, nlvr2, frames, messages) for the demo_* twins of their recipes.
+data/sample/docvqa/docvqa.jsonl: | setup
+	for task in docvqa nlvr2 frames messages; do \
+		$(BIN)/python -m phi3v_recipe.synthetic --task $$task --seed 0 --out data/sample/$$task || exit 1; done
 
 # make train RECIPE=burberry_lora [ACCELERATE_CONFIG=accelerate_configs/fsdp.yaml] [ARGS="--learning_rate 1e-4"] [RESUME=1]
 RECIPE ?= burberry_lora

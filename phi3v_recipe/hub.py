@@ -10,19 +10,17 @@ from pathlib import Path
 from huggingface_hub import HfApi, get_token
 
 CARD_TEMPLATE = """---
-base_model: {base_model}
-library_name: peft
+{front_matter}library_name: peft
 tags: [phi3_v, phi3v-recipe, trl, sft, vision-language]
 ---
 
 # {title}
 
-Fine-tuned from [`{base_model}`](https://huggingface.co/{base_model}) with
-[phi3v-recipe](https://github.com/) (TRL `SFTTrainer`, answer-only loss).
+Fine-tuned from {base_link} with phi3v-recipe (TRL `SFTTrainer`, loss on the assistant's answers only).
 
 - Dataset: `{dataset}`
 - Recipe: `{recipe}`
-- Task: the user turn is `<|image_1|>` + "{question}"; the answer is `{answer_template}`.
+- Task: {task}
 
 ## Metrics
 
@@ -30,21 +28,35 @@ Fine-tuned from [`{base_model}`](https://huggingface.co/{base_model}) with
 
 ## Usage
 
+phi3v-recipe is not on PyPI: install it from its source folder (`pip install .`, or `make setup` there), then:
+
 ```bash
-pip install phi3v-recipe
 python -m phi3v_recipe.predict --adapter {repo_or_dir} --image product.jpg
 ```
 
 ```python
 import phi3v_recipe  # registers the native phi3_v model: no trust_remote_code
 from peft import PeftModel
-from transformers import AutoModelForCausalLM, AutoProcessor
+from transformers import AutoModelForImageTextToText, AutoProcessor
 
-base = AutoModelForCausalLM.from_pretrained("{base_model}", dtype="auto")
+base = AutoModelForImageTextToText.from_pretrained("{base_model}", dtype="auto")
 model = PeftModel.from_pretrained(base, "{repo_or_dir}")
 processor = AutoProcessor.from_pretrained("{repo_or_dir}")
 ```
 """
+
+
+def is_hub_id(name: str) -> bool:
+    """Whether ``name`` reads as a Hub repo id (``owner/name``) rather than a local folder."""
+    parts = name.split("/")
+    return len(parts) == 2 and all(parts) and not Path(name).exists() and not name.startswith((".", "~"))
+
+
+def task_description(recipe) -> str:
+    """One line on what the model was trained to answer."""
+    if recipe.data_format == "template":
+        return f'the user turn is the image(s) + "{recipe.question}"; the answer is `{recipe.answer_template}`.'
+    return f"{recipe.data_format} conversations (every assistant turn trained), scored by {recipe.scoring()}."
 
 
 class PushNotReady(ValueError):
@@ -69,34 +81,26 @@ def check_push_ready(hub_model_id: str | None, hub_token: str | None) -> str:
 
 
 def format_metrics(metrics: dict) -> str:
-    if not metrics:
+    rows = [(k, v) for k, v in sorted(metrics.items()) if v is not None]
+    if not rows:
         return "No evaluation was run."
-    rows = "\n".join(
-        f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in sorted(metrics.items())
-    )
-    return "| metric | value |\n|---|---|\n" + rows
+    body = "\n".join(f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in rows)
+    return "| metric | value |\n|---|---|\n" + body
 
 
-def write_model_card(
-    out_dir: str | Path,
-    base_model: str,
-    dataset: str,
-    recipe: str,
-    question: str,
-    answer_template: str,
-    metrics: dict,
-    repo_or_dir: str,
-) -> Path:
+def write_model_card(out_dir: str | Path, base_model: str, recipe_path: str, recipe, metrics: dict, repo_or_dir: str):
     """Write README.md (the model card) and metrics.json into ``out_dir``."""
     out = Path(out_dir)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    hub = is_hub_id(base_model)
     card = CARD_TEMPLATE.format(
         title=Path(repo_or_dir).name,
+        front_matter=f"base_model: {base_model}\n" if hub else "",
+        base_link=f"[`{base_model}`](https://huggingface.co/{base_model})" if hub else f"`{base_model}`",
         base_model=base_model,
-        dataset=dataset,
-        recipe=recipe,
-        question=question,
-        answer_template=answer_template,
+        dataset=recipe.dataset,
+        recipe=recipe_path,
+        task=task_description(recipe),
         metrics=format_metrics(metrics),
         repo_or_dir=repo_or_dir,
     )

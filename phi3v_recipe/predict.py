@@ -2,6 +2,8 @@
 
     python -m phi3v_recipe.predict --adapter USER/NAME --image bag.jpg [--image more.jpg] [--question "..."]
     python -m phi3v_recipe.predict --adapter outputs/demo --image bag.jpg --merge outputs/merged
+    python -m phi3v_recipe.predict --adapter outputs/demo --image a.png --question "Colour?" --question "And the shape?"
+    python -m phi3v_recipe.predict --adapter outputs/demo --messages chat.json [--interactive]
 
 The base model defaults to the one named in the adapter's config. With ``HF_HUB_OFFLINE=1`` everything is read
 from the local Hugging Face cache. ``--merge OUT`` writes base + adapter as one model in the hub layout.
@@ -17,8 +19,9 @@ from PIL import Image
 from transformers import AutoModelForCausalLM, AutoProcessor, TextStreamer
 
 from .collator import open_images
-from .conversation import conversation
+from .conversation import assistant_turn, conversation, count_images, text_of, user_turn
 from .data import DEFAULT_QUESTION
+from .data.formats import normalize_messages
 from .generation import generate_new_tokens
 
 
@@ -64,34 +67,95 @@ def merge(model, processor, out_dir: str) -> Path:
     return Path(out_dir)
 
 
-def answer(model, processor, images: list[Image.Image], question: str, max_new_tokens: int = 128, stream: bool = True):
+def reply(model, processor, messages: list[dict], images: list[Image.Image], max_new_tokens: int = 128, stream=True):
+    """The model's answer to a conversation that ends with a user turn (streamed to stdout unless ``stream`` is
+    False)."""
     streamer = TextStreamer(processor.tokenizer, skip_prompt=True, skip_special_tokens=True) if stream else None
-    messages = conversation(question, len(images))
     new_tokens = generate_new_tokens(model, processor, [messages], [images], max_new_tokens, streamer)
     return processor.decode(new_tokens[0], skip_special_tokens=True).strip()
 
 
-def main(argv: list[str] | None = None) -> str:
+def answer(model, processor, images: list[Image.Image], question: str, max_new_tokens: int = 128, stream: bool = True):
+    """The answer to one question about the images."""
+    return reply(model, processor, conversation(question, len(images)), images, max_new_tokens, stream)
+
+
+def read_messages(path: str) -> tuple[list[dict], list[str]]:
+    """A conversation from a JSON file (a list of messages, or {"messages": [...]}) and the image files its image
+    items name (``path``, ``url`` or ``image``), in order."""
+    raw = json.loads(Path(path).read_text())
+    raw = raw["messages"] if isinstance(raw, dict) else raw
+    named = [
+        item.get("path") or item.get("url") or item.get("image")
+        for message in raw
+        if not isinstance(message.get("content"), str)
+        for item in message.get("content") or []
+        if item.get("type") == "image"
+    ]
+    return raw, [name for name in named if name]
+
+
+def main(argv: list[str] | None = None) -> list[str]:
     import phi3v_recipe  # noqa: F401  (registers phi3_v)
 
-    parser = argparse.ArgumentParser(description="Answer a question about images with a fine-tuned Phi-3-Vision.")
+    parser = argparse.ArgumentParser(description="Answer questions about images with a fine-tuned Phi-3-Vision.")
     parser.add_argument("--adapter", required=True, help="Adapter folder or Hub repo id.")
     parser.add_argument("--base", default=None, help="Base model (default: the adapter config's base model).")
-    parser.add_argument("--image", action="append", required=True, help="An image path; repeat for several.")
-    parser.add_argument("--question", default=DEFAULT_QUESTION)
+    parser.add_argument("--image", action="append", default=[], help="An image path; repeat for several.")
+    parser.add_argument(
+        "--question", action="append", default=[], help="A question; repeat for follow-ups (each sees the history)."
+    )
+    parser.add_argument("--messages", default=None, help="A JSON conversation to continue (typed or string content).")
+    parser.add_argument("--interactive", action="store_true", help="Then read follow-up questions from stdin.")
     parser.add_argument("--num_crops", type=int, default=None)
     parser.add_argument("--max_new_tokens", type=int, default=128)
     parser.add_argument("--merge", metavar="OUT", default=None, help="Also write the merged model to OUT.")
     args = parser.parse_args(argv)
-    for path in args.image:
+    raw, named = read_messages(args.messages) if args.messages else ([], [])
+    paths = named + args.image
+    if not paths:
+        raise SystemExit("Give an image: --image PATH (repeat for several), or image items in --messages.")
+    for path in paths:
         if not Path(path).is_file():
             raise SystemExit(f"--image {path}: no such file.")
-    images = open_images(args.image)
+    images = open_images(paths)
+    messages = normalize_messages(raw, len(images)) if raw else []
+    if messages and count_images(messages) != len(images):
+        raise SystemExit(
+            f"The conversation has {count_images(messages)} image items but {len(images)} images were given "
+            "(image items' paths and --image flags): give one image per item."
+        )
+    questions = args.question or ([] if messages and messages[-1]["role"] == "user" else [DEFAULT_QUESTION])
     model, processor = load_for_inference(args.adapter, args.base, args.num_crops)
-    text = answer(model, processor, images, args.question, args.max_new_tokens)
+
+    answers = []
+
+    several = len(questions) + args.interactive + bool(messages and messages[-1]["role"] == "user") > 1
+
+    def ask(question: str | None) -> None:
+        if question is not None:
+            messages.append(user_turn(question, 0 if messages else len(images)))
+        if several:
+            print(f"Q: {text_of(messages[-1])}")
+        text = reply(model, processor, messages, images, args.max_new_tokens)
+        messages.append(assistant_turn(text))
+        answers.append(text)
+
+    if messages and messages[-1]["role"] == "user":
+        ask(None)
+    for question in questions:
+        ask(question)
+    while args.interactive:
+        try:
+            question = input("Follow-up (empty to stop): ").strip()
+        except EOFError:
+            break
+        if not question:
+            break
+        ask(question)
     if args.merge:
         print(f"Merged model written to {merge(model, processor, args.merge)}")
-    return text
+    return answers
 
 
 if __name__ == "__main__":

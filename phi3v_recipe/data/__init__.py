@@ -113,6 +113,10 @@ class DataArguments:
     )
     labels: list[str] | None = field(default=None, metadata={"help": "The label set of the accuracy metric."})
     eval_fraction: float = field(default=0.1, metadata={"help": "Share of the rows held out for evaluation."})
+    eval_split: str | None = field(
+        default=None,
+        metadata={"help": "Read the eval rows from this split of the source (e.g. validation) instead of holding out."},
+    )
     split_seed: int = field(default=42, metadata={"help": "Seed of the (deterministic) train/eval split."})
     max_rows: int | None = field(default=None, metadata={"help": "Use only the first N rows of the source."})
     strict: bool = field(default=False, metadata={"help": "Fail on the first bad row instead of skipping it."})
@@ -191,7 +195,22 @@ def resolve(args: DataArguments, table: datasets.Dataset) -> DataArguments:
 
 
 def prepare_data(args: DataArguments, processor, max_length: int | None) -> PreparedData:
-    """Load the source, turn every row into a checked conversation, compute lengths and split into train / eval."""
+    """Load the source, turn every row into a checked conversation, compute lengths and split into train / eval
+    (deterministically, or from ``eval_split``)."""
+    train, skipped, args = _prepare_split(args, processor, max_length)
+    if args.eval_split is not None:
+        held_out, eval_skipped, _ = _prepare_split(
+            dataclasses.replace(args, dataset_split=args.eval_split), processor, max_length
+        )
+        return PreparedData(train, held_out, skipped + eval_skipped, args)
+    if args.eval_fraction == 0 or len(train) < 2:
+        return PreparedData(train, None, skipped, args)
+    split = train.train_test_split(test_size=args.eval_fraction, seed=args.split_seed)
+    return PreparedData(split["train"], split["test"], skipped, args)
+
+
+def _prepare_split(args: DataArguments, processor, max_length: int | None):
+    """(the rows of one split that can be trained on, the skipped ones with the reason, the resolved arguments)."""
     table, base_dir = load_table(args)
     if args.max_rows is not None:
         table = table.select(range(min(args.max_rows, len(table))))
@@ -207,7 +226,7 @@ def prepare_data(args: DataArguments, processor, max_length: int | None) -> Prep
     tokens = control_tokens(processor.tokenizer)
 
     keep, records, skipped = [], [], []
-    for index, row in enumerate(tqdm(table, desc="Checking rows", unit="row")):
+    for index, row in enumerate(tqdm(table, desc=f"Checking rows ({args.dataset_split})", unit="row")):
         try:
             images = refs[index]
             if isinstance(images, BadRow):
@@ -235,12 +254,10 @@ def prepare_data(args: DataArguments, processor, max_length: int | None) -> Prep
         keep.append(index)
         records.append({"images": images, "messages": messages, "answers": answers, "length": length})
 
-    kept = table.select(keep)
     ours = ("images", "messages", "answers", "length")
-    kept = kept.remove_columns([name for name in ours if name in kept.column_names])
+    kept = table.select(keep).remove_columns([name for name in ours if name in table.column_names])
+    if not kept.column_names:  # nothing of the source's own left to keep beside ours
+        return datasets.Dataset.from_list(records), skipped, args
     for name in ours:
         kept = kept.add_column(name, [r[name] for r in records])
-    if args.eval_fraction == 0 or len(kept) < 2:
-        return PreparedData(kept, None, skipped, args)
-    split = kept.train_test_split(test_size=args.eval_fraction, seed=args.split_seed)
-    return PreparedData(split["train"], split["test"], skipped, args)
+    return kept, skipped, args

@@ -1,7 +1,5 @@
 """A synthetic Burberry-like product set, drawn offline and deterministically.
 
-    python -m phi3v_recipe.synthetic --rows 3040 --seed 0 --out data/sample
-
 Writes ``OUT/images/*.png`` and ``OUT/burberry.csv`` with the columns of DBQ/Burberry.Product.prices.United.States
 (`product_code`, `title`, `category3_code`, `full_price`, `imageurl`, ...) plus `local_image_path`. The answer is
 learnable from the picture: the category is the product's silhouette, the price follows the material (drawn as a
@@ -9,7 +7,6 @@ texture: plain canvas, smooth leather, the house check, a monogram, cashmere kni
 frame the product fills) and the colour; the title names those attributes.
 """
 
-import argparse
 import csv
 import random
 from dataclasses import dataclass
@@ -244,17 +241,3 @@ def write_sample_set(out_dir: str | Path, rows: int = 3040, seed: int = 0) -> Pa
                 }
             )
     return csv_path
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description="Write the synthetic Burberry-like sample set (images + CSV).")
-    parser.add_argument("--rows", type=int, default=3040)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="data/sample")
-    args = parser.parse_args()
-    path = write_sample_set(args.out, rows=args.rows, seed=args.seed)
-    print(f"Wrote {args.rows} synthetic products to {path}")
-
-
-if __name__ == "__main__":
-    main()
