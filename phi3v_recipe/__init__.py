@@ -2,25 +2,49 @@
 
 Importing the package registers the native ``phi3_v`` model with transformers' Auto classes (one class serves
 ``AutoModelForCausalLM`` and ``AutoModelForImageTextToText``), so hub checkpoints load without ``trust_remote_code``
-and the ``image-text-to-text`` pipeline works.
+and the ``image-text-to-text`` pipeline works. The ``phi3v-recipe`` command registers only after parsing its
+arguments, so that its ``--help`` answers at once.
 """
 
-from transformers import (
-    AutoConfig,
-    AutoImageProcessor,
-    AutoModel,
-    AutoModelForCausalLM,
-    AutoModelForImageTextToText,
-    AutoProcessor,
-)
+import logging
+import sys
+from pathlib import Path
 
-from .phi3_v import Phi3VConfig, Phi3VForCausalLM, Phi3VImageProcessor, Phi3VModel, Phi3VProcessor
+__all__ = ["Phi3VConfig", "Phi3VForCausalLM", "Phi3VImageProcessor", "Phi3VModel", "Phi3VProcessor", "register"]
 
-AutoConfig.register("phi3_v", Phi3VConfig, exist_ok=True)
-AutoModel.register(Phi3VConfig, Phi3VModel, exist_ok=True)
-AutoModelForCausalLM.register(Phi3VConfig, Phi3VForCausalLM, exist_ok=True)
-AutoModelForImageTextToText.register(Phi3VConfig, Phi3VForCausalLM, exist_ok=True)
-AutoImageProcessor.register(Phi3VConfig, image_processor_classes={"pil": Phi3VImageProcessor}, exist_ok=True)
-AutoProcessor.register(Phi3VConfig, Phi3VProcessor, exist_ok=True)
 
-__all__ = ["Phi3VConfig", "Phi3VForCausalLM", "Phi3VImageProcessor", "Phi3VModel", "Phi3VProcessor"]
+def register() -> None:
+    """Register ``phi3_v`` with the transformers Auto classes (idempotent)."""
+    from transformers import (
+        AutoConfig,
+        AutoImageProcessor,
+        AutoModel,
+        AutoModelForCausalLM,
+        AutoModelForImageTextToText,
+        AutoProcessor,
+    )
+
+    from .phi3_v import Phi3VConfig, Phi3VForCausalLM, Phi3VImageProcessor, Phi3VModel, Phi3VProcessor
+
+    AutoConfig.register("phi3_v", Phi3VConfig, exist_ok=True)
+    AutoModel.register(Phi3VConfig, Phi3VModel, exist_ok=True)
+    AutoModelForCausalLM.register(Phi3VConfig, Phi3VForCausalLM, exist_ok=True)
+    AutoModelForImageTextToText.register(Phi3VConfig, Phi3VForCausalLM, exist_ok=True)
+    AutoImageProcessor.register(Phi3VConfig, image_processor_classes={"pil": Phi3VImageProcessor}, exist_ok=True)
+    AutoProcessor.register(Phi3VConfig, Phi3VProcessor, exist_ok=True)
+
+
+def __getattr__(name: str):
+    if name in __all__:
+        from . import phi3_v
+
+        return getattr(phi3_v, name)
+    raise AttributeError(f"module 'phi3v_recipe' has no attribute {name!r}")
+
+
+# bitsandbytes says at import, on CPUs with AVX512-BF16, that the optional `kernels` package is missing; 4-bit
+# layers work without it (on a slower path). That one logger is quieted; its errors still show.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+
+if Path(sys.argv[0]).name != "phi3v-recipe":
+    register()

@@ -1,73 +1,179 @@
 """Recipes: YAML files whose keys map 1:1 onto TRL's `SFTConfig`, TRL's `ModelConfig` and our `RecipeArguments`.
 
-Parsed with TRL's `TrlParser`; command-line flags override the YAML. An unknown or misspelled key is an error that
-names the key (and the closest known one) before anything is loaded.
+Parsed with TRL's `TrlParser`; command-line flags override the YAML (full names only: abbreviations are refused).
+Everything that can be checked without loading a model is checked here, before anything is loaded: unknown or
+misspelled keys and flags (naming the closest known one), YAML syntax (file, line, column), types and ranges, and a
+model folder that does not exist. Each problem is a one-line ``UserError``.
 """
 
 import difflib
-import sys
-from dataclasses import dataclass, field, fields
+import re
+from dataclasses import fields
+from pathlib import Path
 
 from trl import ModelConfig, SFTConfig, TrlParser
 
-from .data import DataArguments
+from .arguments import RecipeArguments
+from .errors import UserError
+
+TYPES = (RecipeArguments, SFTConfig, ModelConfig)
+DTYPES = ("auto", "bfloat16", "float16", "float32")
+ATTENTION = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
-@dataclass
-class RecipeArguments(DataArguments):
-    """Our own recipe keys: the data (see DataArguments) plus what is specific to Phi-3-Vision."""
+def known_keys() -> set[str]:
+    return {f.name for cls in TYPES for f in fields(cls)} | {"env"}
 
-    num_crops: int | None = field(
-        default=None,
-        metadata={
-            "help": "Max HD crops per image (1-16; the model card advises 16 single-image, 4 multi-image). "
-            "Default: the checkpoint's preprocessor_config.json."
-        },
-    )
-    freeze_vision_tower: bool = field(
-        default=True, metadata={"help": "Keep the CLIP vision tower frozen (LoRA on the language model by default)."}
-    )
-    predictions_to_log: int = field(
-        default=8, metadata={"help": "Eval samples whose generated answers are logged as a table at each evaluation."}
-    )
 
-    def __post_init__(self):
-        super().__post_init__()
-        if self.num_crops is not None and not 1 <= self.num_crops <= 16:
-            raise ValueError(
-                f"num_crops must be between 1 and 16 (as in the official fine-tuning), got {self.num_crops}."
+def recipes_here() -> list[str]:
+    """The recipe names in ./recipes (what `make train RECIPE=...` accepts)."""
+    return sorted(p.stem for p in Path("recipes").glob("*.yaml"))
+
+
+def read_recipe(path: str) -> dict:
+    """The recipe file as a mapping; a missing file, a YAML syntax error or an unknown key is a one-line error."""
+    import yaml
+
+    file = Path(path)
+    if not file.is_file():
+        names = ", ".join(recipes_here()) or "none found in ./recipes"
+        raise UserError(f"Recipe {path} does not exist. Recipes: {names} (give recipes/<name>.yaml).")
+    try:
+        recipe = yaml.safe_load(file.read_text()) or {}
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else path
+        raise UserError(f"{where}: YAML syntax error: {err.problem}.") from None
+    if not isinstance(recipe, dict):
+        raise UserError(f"{path} must be a YAML mapping of recipe keys to values, got {type(recipe).__name__}.")
+    known = known_keys()
+    for key in recipe:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            raise UserError(
+                f"Unknown key '{key}' in {path}.{hint} Every key must be a field of SFTConfig, "
+                "ModelConfig or RecipeArguments (phi3v-recipe train --help lists them)."
             )
+    return recipe
 
 
-def _known_keys(dataclass_types) -> set[str]:
-    return {f.name for cls in dataclass_types for f in fields(cls)} | {"env"}
+class RecipeParser(TrlParser):
+    """TrlParser whose errors are one line (not a usage dump) and that takes no abbreviated flags."""
+
+    def __init__(self):
+        super().__init__(TYPES, allow_abbrev=False)
+
+    def error(self, message):
+        raise UserError(f"{message} (phi3v-recipe train --help lists the keys).")
 
 
-def parse_recipe(argv: list[str] | None = None) -> tuple[RecipeArguments, SFTConfig, ModelConfig]:
-    """Parse ``--config recipe.yaml [--key value ...]`` into (recipe, training, model) arguments."""
-    types = (RecipeArguments, SFTConfig, ModelConfig)
-    parser = TrlParser(types)
-    args = list(sys.argv[1:] if argv is None else argv)
-    if "--config" in args:
-        import yaml
-
-        path = args[args.index("--config") + 1]
-        with open(path) as f:
-            recipe = yaml.safe_load(f) or {}
-        known = _known_keys(types)
-        for key in recipe:
-            if key not in known:
+def check_flags(args: list[str]) -> None:
+    """Every ``--flag`` is a recipe key (or --config), spelled out in full."""
+    known = known_keys() - {"env"}
+    for arg in args:
+        if arg.startswith("--") and len(arg) > 2:
+            key = arg[2:].split("=", 1)[0].replace("-", "_")
+            if key != "config" and key not in known:
                 close = difflib.get_close_matches(key, known, n=1)
-                hint = f" Did you mean '{close[0]}'?" if close else ""
-                raise ValueError(
-                    f"Unknown key '{key}' in {path}.{hint} Every key must be a field of SFTConfig, "
-                    "ModelConfig or RecipeArguments."
-                )
-    recipe_args, training_args, model_args = parser.parse_args_and_config(args)
-    if training_args.trust_remote_code:
-        raise ValueError("trust_remote_code must stay false: phi3v_recipe ships a native Phi-3-Vision.")
-    if model_args.model_name_or_path is None:
-        raise ValueError(
+                hint = f" Did you mean --{close[0]}?" if close else ""
+                raise UserError(f"Unknown flag --{key}.{hint} Flags are recipe keys, written in full.")
+
+
+def check_model_path(name: str) -> None:
+    """A model that names a local folder must be one (with a config.json); anything else must read as a Hub id."""
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise UserError(
+                f"model_name_or_path={name!r} is a folder without config.json: not a model in the hub layout."
+            )
+        return
+    if name.startswith((".", "/", "~")) or not HUB_ID.match(name):
+        raise UserError(
+            f"model_name_or_path={name!r}: no such folder, and not a Hub id (owner/name). Make the tiny model with "
+            "`make tiny`, or give a Hub id like microsoft/Phi-3-vision-128k-instruct."
+        )
+
+
+def check_values(recipe: RecipeArguments, training: SFTConfig, model: ModelConfig) -> None:
+    """Types and ranges of TRL's keys (YAML values skip argparse's checks), before anything is loaded."""
+    if model.model_name_or_path is None:
+        raise UserError(
             "model_name_or_path is required (a Hub id like microsoft/Phi-3-vision-128k-instruct, or a folder)."
         )
-    return recipe_args, training_args, model_args
+    check_model_path(model.model_name_or_path)
+    if training.trust_remote_code:
+        raise UserError("trust_remote_code must stay false: phi3v_recipe ships a native Phi-3-Vision.")
+    if model.dtype not in (None, *DTYPES):
+        raise UserError(f"dtype={model.dtype!r} is not one of {', '.join(DTYPES)}.")
+    if model.attn_implementation not in (None, *ATTENTION):
+        raise UserError(f"attn_implementation={model.attn_implementation!r} is not one of {', '.join(ATTENTION)}.")
+    if model.use_peft and model.lora_r < 1:
+        raise UserError(f"lora_r must be at least 1, got {model.lora_r}.")
+    if model.use_peft and model.lora_alpha <= 0:
+        raise UserError(f"lora_alpha must be positive, got {model.lora_alpha}.")
+    if not 0 <= model.lora_dropout < 1:
+        raise UserError(f"lora_dropout must be in [0, 1), got {model.lora_dropout}.")
+    positive = {
+        "learning_rate": training.learning_rate,
+        "per_device_train_batch_size": training.per_device_train_batch_size,
+        "per_device_eval_batch_size": training.per_device_eval_batch_size,
+        "gradient_accumulation_steps": training.gradient_accumulation_steps,
+    }
+    for key, value in positive.items():
+        if not value > 0:
+            raise UserError(f"{key} must be positive, got {value}.")
+    if training.max_length is not None and training.max_length < 1:
+        raise UserError(f"max_length must be at least 1 (or null for no limit), got {training.max_length}.")
+    if training.max_steps <= 0 and training.num_train_epochs <= 0:
+        raise UserError(
+            f"max_steps={training.max_steps} and num_train_epochs={training.num_train_epochs}: the run would train "
+            "0 steps. Set num_train_epochs > 0 or max_steps > 0."
+        )
+    from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
+
+    valid = {*INTEGRATION_TO_CALLBACK, "all", "none"}
+    for name in training.report_to or []:
+        if name not in valid:
+            close = difflib.get_close_matches(name, valid, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise UserError(f"report_to: {name!r} is not a logging integration.{hint} Use [wandb], or [none].")
+
+
+def config_path(args: list[str]) -> str | None:
+    """The value of ``--config`` (None without the flag); a flag with no value is an error."""
+    for i, arg in enumerate(args):
+        if arg == "--config" or arg.startswith("--config="):
+            value = arg.split("=", 1)[1] if "=" in arg else (args[i + 1] if i + 1 < len(args) else "")
+            if not value or value.startswith("--"):
+                raise UserError("--config needs a recipe file, e.g. --config recipes/demo.yaml.")
+            return value
+    return None
+
+
+def parse_recipe(argv: list[str]) -> tuple[RecipeArguments, SFTConfig, ModelConfig]:
+    """Parse ``--config recipe.yaml [--key value ...]`` into (recipe, training, model) arguments, all checked."""
+    args = list(argv)
+    path = config_path(args)
+    if path is not None:
+        read_recipe(path)
+        args = [a for a in args if not a.startswith("--config=")]
+        if "--config" not in args:
+            args = ["--config", path, *args]
+    check_flags(args)
+    try:
+        recipe, training, model = RecipeParser().parse_args_and_config(args)
+    except UserError:
+        raise
+    except ValueError as err:  # TrainingArguments' own checks of the values given
+        message = str(err)
+        if "support bf16/gpu" in message:
+            raise UserError(
+                f"{path or 'This recipe'} trains in bf16 on a GPU, and this machine has none. Use recipes/demo.yaml "
+                "(make demo), or run it on the CPU (slowly) with --use_cpu true --bf16 false."
+            ) from None
+        raise UserError(f"{path or 'recipe'}: {message}") from None
+    check_values(recipe, training, model)
+    return recipe, training, model

@@ -1,20 +1,25 @@
-"""Fetch product images by URL into a local cache, robustly, and write a dataset as images + CSV.
+"""Fetch images by URL into a local cache, robustly, and write a dataset as images + CSV.
 
     python -m phi3v_recipe.download --dataset DBQ/Burberry.Product.prices.United.States --out data/burberry
 
-Concurrent downloads with timeouts, retries with exponential back-off (not for 4xx answers), a size limit and
-http(s) URLs only. Each image is stored as ``CACHE/<id><ext>`` (written atomically), so a re-run fetches nothing
-twice and an interrupted run continues where it stopped. Rows whose image cannot be had are skipped, counted and
-listed in ``failed.csv`` beside the output CSV.
+On httpx (the HTTP client huggingface_hub uses): concurrent downloads, retries with exponential back-off (for
+network errors, 429 and 5xx answers only), an overall deadline per image (a server that trickles bytes cannot hold
+a worker), a size limit, and http(s) only, redirects included. No URL can stop a run: whatever goes wrong with one
+(a malformed URL, any HTTP error, bytes that are not an image) is that row's counted failure, listed in
+``failed.csv``.
+
+The cache is keyed by a hash of the URL, so a row can only ever get the image its own URL names, whatever its id
+(duplicate, empty, or a prefix of another). Files are written under a unique temporary name and renamed into place
+once they decode as an image, so an interrupted run, a transfer that ended early or two runs into the same folder
+at once never leave a bad image behind; a cached file is decoded again before it is trusted.
 """
 
-import argparse
 import csv
+import hashlib
 import io
-import re
+import os
+import tempfile
 import time
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,14 +27,17 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
-USER_AGENT = "phi3v-recipe/0.1 (+https://github.com/) image fetcher"
+from .errors import ArgumentParser, UserError, run
+
+USER_AGENT = "phi3v-recipe/0.1 image fetcher"
 EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp"}
 
 
 @dataclass
 class FetchSettings:
     workers: int = 16
-    timeout: float = 10.0
+    timeout: float = 10.0  # to connect, and between two chunks of an answer
+    deadline: float = 60.0  # for the whole download of one image, retries excluded
     retries: int = 3
     backoff: float = 0.5  # seconds before the first retry, doubled at each further one
     max_bytes: int = 20 * 1024 * 1024
@@ -39,127 +47,173 @@ class FetchError(Exception):
     """An image that cannot be had; the message is the reason recorded for the row."""
 
 
-def safe_name(key: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]", "_", str(key))
+class Retry(Exception):
+    """A failure worth another try (network errors, 429, 5xx)."""
 
 
-def cached_path(cache_dir: Path, key: str) -> Path | None:
-    matches = sorted(cache_dir.glob(f"{safe_name(key)}.*"))
-    return next((p for p in matches if p.suffix != ".part"), None)
+def cache_key(url: str) -> str:
+    return hashlib.sha256(url.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
-def _download(url: str, settings: FetchSettings) -> bytes:
-    request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
-    with urllib.request.urlopen(request, timeout=settings.timeout) as response:
-        data = response.read(settings.max_bytes + 1)
-    if len(data) > settings.max_bytes:
-        raise FetchError(f"larger than the {settings.max_bytes}-byte limit")
-    return data
-
-
-def fetch_one(url: str, key: str, cache_dir: Path, settings: FetchSettings) -> Path:
-    """Return the cached image for ``key``, downloading ``url`` first if needed. Raises FetchError."""
-    if (hit := cached_path(cache_dir, key)) is not None:
-        return hit
-    if not isinstance(url, str) or not url.lower().startswith(("http://", "https://")):
-        raise FetchError(f"not an http(s) URL: {url!r}")
-    for attempt in range(settings.retries + 1):
-        try:
-            data = _download(url, settings)
-            break
-        except urllib.error.HTTPError as err:
-            if 400 <= err.code < 500 or attempt == settings.retries:
-                raise FetchError(f"HTTP {err.code}") from err
-        except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as err:
-            if attempt == settings.retries:
-                reason = getattr(err, "reason", err)
-                raise FetchError(f"network error after {attempt + 1} tries: {reason}") from err
-        time.sleep(settings.backoff * 2**attempt)
+def decodes(data: bytes) -> str | None:
+    """The image format of ``data`` if it fully decodes as an image, else None."""
     try:
         with Image.open(io.BytesIO(data)) as image:
-            image_format = image.format
-            image.verify()
-    except Exception as err:
-        raise FetchError(f"not a readable image ({type(err).__name__})") from err
-    path = cache_dir / f"{safe_name(key)}{EXTENSIONS.get(image_format, '.img')}"
-    partial = path.with_name(path.name + ".part")
-    partial.write_bytes(data)
-    partial.replace(path)  # atomic: an interrupted run never leaves a half-written image behind
+            image.load()
+            return image.format
+    except Exception:
+        return None
+
+
+def cached_path(cache_dir: Path, url: str) -> Path | None:
+    """The cached image of this URL, if there is one that still decodes (a broken one is removed)."""
+    key = cache_key(url)
+    for extension in {*EXTENSIONS.values(), ".img"}:
+        path = cache_dir / f"{key}{extension}"
+        if path.is_file():
+            if decodes(path.read_bytes()) is not None:
+                return path
+            path.unlink(missing_ok=True)
+    return None
+
+
+def _download(client, url: str, settings: FetchSettings) -> bytes:
+    import httpx
+
+    start = time.monotonic()
+    try:
+        with client.stream("GET", url) as response:
+            if response.status_code == 429 or response.status_code >= 500:
+                raise Retry(f"HTTP {response.status_code}")
+            if response.status_code >= 400:
+                raise FetchError(f"HTTP {response.status_code}")
+            if response.url.scheme not in ("http", "https"):
+                raise FetchError(f"redirected to a non-http(s) URL: {response.url}")
+            chunks, size = [], 0
+            for chunk in response.iter_bytes():
+                size += len(chunk)
+                if size > settings.max_bytes:
+                    raise FetchError(f"larger than the {settings.max_bytes}-byte limit")
+                if time.monotonic() - start > settings.deadline:
+                    raise Retry(f"took longer than the {settings.deadline:g}s deadline")
+                chunks.append(chunk)
+            return b"".join(chunks)
+    except httpx.UnsupportedProtocol as err:
+        raise FetchError(f"not an http(s) URL (or redirected to one that is not): {err}") from None
+    except (httpx.InvalidURL, httpx.TooManyRedirects) as err:
+        raise FetchError(f"bad URL: {err}") from None
+    except httpx.HTTPError as err:  # timeouts, refused or dropped connections, bodies cut short
+        raise Retry(f"{type(err).__name__}: {err}") from None
+
+
+def fetch_one(client, url, cache_dir: Path, settings: FetchSettings) -> Path:
+    """Return the cached image for ``url``, downloading it first if needed. Raises FetchError with the reason."""
+    if not isinstance(url, str) or not url.strip():
+        raise FetchError(f"no URL ({url!r})")
+    url = url.strip()
+    if not url.lower().startswith(("http://", "https://")):
+        raise FetchError(f"not an http(s) URL: {url!r}")
+    if (hit := cached_path(cache_dir, url)) is not None:
+        return hit
+    for attempt in range(settings.retries + 1):
+        try:
+            data = _download(client, url, settings)
+            break
+        except Retry as err:
+            if attempt == settings.retries:
+                raise FetchError(f"failed after {attempt + 1} tries: {err}") from None
+        time.sleep(settings.backoff * 2**attempt)
+    image_format = decodes(data)
+    if image_format is None:
+        raise FetchError("not a readable image (or cut short)")
+    path = cache_dir / f"{cache_key(url)}{EXTENSIONS.get(image_format, '.img')}"
+    with tempfile.NamedTemporaryFile(dir=cache_dir, prefix=".part-", delete=False) as partial:
+        partial.write(data)
+    os.replace(partial.name, path)  # atomic: readers see the whole image or none
     return path
 
 
 def fetch_images(
-    rows: list[dict], url_column: str, id_column: str, cache_dir: str | Path, settings: FetchSettings | None = None
-) -> tuple[dict[str, Path], dict[str, str]]:
-    """Fetch every row's image. Returns ``({id: local path}, {id: failure reason})``."""
+    urls: list, cache_dir: str | Path, settings: FetchSettings | None = None, desc: str = "Fetching images"
+) -> list[Path | FetchError]:
+    """Fetch every URL (one per row). Returns, per row, the local image path or the FetchError that says why not."""
+    import httpx
+
     settings = settings or FetchSettings()
     cache = Path(cache_dir)
     cache.mkdir(parents=True, exist_ok=True)
-    paths, failures = {}, {}
+    timeout = httpx.Timeout(settings.timeout)
+    headers = {"User-Agent": USER_AGENT}
+    with httpx.Client(timeout=timeout, follow_redirects=True, headers=headers, max_redirects=5) as client:
 
-    def work(row):
-        key = str(row[id_column])
-        try:
-            return key, fetch_one(row[url_column], key, cache, settings), None
-        except FetchError as err:
-            return key, None, str(err)
+        def work(url):
+            try:
+                return fetch_one(client, url, cache, settings)
+            except FetchError as err:
+                return err
+            except Exception as err:  # one URL never stops the run: anything else is that row's failure too
+                return FetchError(f"{type(err).__name__}: {err}")
 
-    with ThreadPoolExecutor(max_workers=settings.workers) as pool:
-        for key, path, reason in tqdm(pool.map(work, rows), total=len(rows), desc="Fetching images", unit="img"):
-            if path is None:
-                failures[key] = reason
-            else:
-                paths[key] = path
-    return paths, failures
+        with ThreadPoolExecutor(max_workers=settings.workers) as pool:
+            return list(tqdm(pool.map(work, urls), total=len(urls), desc=desc, unit="img"))
+
+
+def write_csv(path: Path, columns: list[str], rows: list) -> None:
+    """Write a CSV under a temporary name and rename it, so a reader (or a second run) never sees half a file."""
+    with tempfile.NamedTemporaryFile(
+        "w", dir=path.parent, prefix=".part-", suffix=".csv", delete=False, newline=""
+    ) as f:
+        writer = csv.writer(f)
+        writer.writerow(columns)
+        writer.writerows(rows)
+    os.replace(f.name, path)
 
 
 def write_local_copy(
     rows: list[dict], url_column: str, id_column: str, out_dir: str | Path, settings: FetchSettings | None = None
 ) -> Path:
-    """Fetch the images into ``OUT/images`` and write ``OUT/<name>.csv`` (with `local_image_path`, relative to the
+    """Fetch the images into ``OUT/images`` and write ``OUT/data.csv`` (with `local_image_path`, relative to the
     CSV) for the rows that have an image, plus ``OUT/failed.csv`` for the rows that do not. Returns the CSV path."""
     out = Path(out_dir)
-    paths, failures = fetch_images(rows, url_column, id_column, out / "images", settings)
-    columns = list(rows[0]) + ["local_image_path"] if rows else ["local_image_path"]
-    csv_path = out / "data.csv"
-    with csv_path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        for row in rows:
-            if (path := paths.get(str(row[id_column]))) is not None:
-                writer.writerow({**row, "local_image_path": path.relative_to(out).as_posix()})
-    with (out / "failed.csv").open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow([id_column, url_column, "reason"])
-        for row in rows:
-            if (reason := failures.get(str(row[id_column]))) is not None:
-                writer.writerow([row[id_column], row[url_column], reason])
-    print(f"{len(paths)} rows with images written to {csv_path}; {len(failures)} skipped (see {out / 'failed.csv'})")
-    return csv_path
+    columns = list(rows[0]) if rows else []
+    for name in (url_column, id_column):
+        if rows and name not in columns:
+            raise UserError(f"The dataset has no column {name!r}; its columns are {columns}.")
+    results = fetch_images([row[url_column] for row in rows], out / "images", settings)
+    kept = [[*row.values(), r.relative_to(out).as_posix()] for row, r in zip(rows, results) if isinstance(r, Path)]
+    failed = [[row[id_column], row[url_column], str(r)] for row, r in zip(rows, results) if isinstance(r, FetchError)]
+    write_csv(out / "data.csv", [*columns, "local_image_path"], kept)
+    write_csv(out / "failed.csv", [id_column, url_column, "reason"], failed)
+    print(
+        f"{len(kept)} rows with images written to {out / 'data.csv'}; {len(failed)} skipped (see {out / 'failed.csv'})"
+    )
+    return out / "data.csv"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description="Download a dataset's images and write it as images + CSV.")
+def main(argv: list[str] | None = None) -> None:
+    parser = ArgumentParser(description="Download a dataset's images and write it as images + CSV.")
     parser.add_argument("--dataset", default="DBQ/Burberry.Product.prices.United.States", help="Hub id or CSV/JSONL")
     parser.add_argument("--split", default="train")
-    parser.add_argument("--url-column", default="imageurl")
-    parser.add_argument("--id-column", default="product_code")
+    parser.add_argument("--url_column", default="imageurl")
+    parser.add_argument("--id_column", default="product_code")
     parser.add_argument("--out", default="data/burberry")
     parser.add_argument("--limit", type=int, default=None, help="only the first N rows")
     parser.add_argument("--workers", type=int, default=FetchSettings.workers)
     parser.add_argument("--timeout", type=float, default=FetchSettings.timeout)
+    parser.add_argument("--deadline", type=float, default=FetchSettings.deadline)
     parser.add_argument("--retries", type=int, default=FetchSettings.retries)
-    parser.add_argument("--max-bytes", type=int, default=FetchSettings.max_bytes)
-    args = parser.parse_args()
+    parser.add_argument("--max_bytes", type=int, default=FetchSettings.max_bytes)
+    args = parser.parse_args(argv)
 
+    from .arguments import DataArguments
     from .data import load_table
 
-    table = load_table(args.dataset, split=args.split)
+    table, _ = load_table(DataArguments(dataset=args.dataset, dataset_split=args.split))
     if args.limit is not None:
         table = table.select(range(min(args.limit, len(table))))
-    settings = FetchSettings(args.workers, args.timeout, args.retries, max_bytes=args.max_bytes)
+    settings = FetchSettings(args.workers, args.timeout, args.deadline, args.retries, max_bytes=args.max_bytes)
     write_local_copy(table.to_list(), args.url_column, args.id_column, args.out, settings)
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -14,7 +14,6 @@ Printed side by side with the trivial baseline (train median / majority value, m
 with the base model without the adapter. Writes metrics.json and predictions.jsonl.
 """
 
-import argparse
 import json
 import re
 import statistics
@@ -22,8 +21,9 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from .data import as_label, format_number, normalize, template_fields
-from .generation import generate_answers
+from .answers import as_label, format_number, normalize
+from .arguments import template_fields
+from .errors import ArgumentParser, UserError, run
 
 
 def template_regex(template: str) -> re.Pattern:
@@ -206,6 +206,8 @@ def evaluate(
     """Score ``model`` on ``eval_rows`` (and, given ``base_model_context``, the base model without the adapter);
     print the table; write predictions.jsonl and metrics.json into ``output_dir``; return the metrics written
     (``eval_*`` for the model, ``base_model_*`` and ``baseline_*`` for the others)."""
+    from .generation import generate_answers
+
     answers = generate_answers(model, processor, eval_rows, max_new_tokens, batch_size)
     columns = {"model": score_answers(recipe, answers, eval_rows)}
     if base_model_context is not None:
@@ -250,13 +252,7 @@ def _log_to_wandb(metrics, rows, answers, results):
 
 
 def main(argv: list[str] | None = None) -> dict:
-    import phi3v_recipe  # noqa: F401
-
-    from .config import parse_recipe
-    from .data import prepare_data
-    from .predict import load_for_inference
-
-    parser = argparse.ArgumentParser(description="Scored evaluation of an adapter on a recipe's eval split.")
+    parser = ArgumentParser(description="Scored evaluation of an adapter on a recipe's eval split.")
     parser.add_argument(
         "--adapter", default=None, help="Adapter folder or Hub repo (default: the recipe's output_dir)."
     )
@@ -267,13 +263,23 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--output_dir", default=None, help="Where metrics.json / predictions.jsonl go.")
     parser.add_argument("--skip_base", action="store_true", help="Do not also score the base model.")
     own, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+
+    from .config import config_path, parse_recipe
+    from .data import prepare_data
+    from .predict import load_for_inference
+
     recipe, training_args, model_args = parse_recipe(rest)
     adapter = own.adapter or training_args.output_dir
+    if own.adapter is None and not Path(adapter).is_dir():
+        raise UserError(
+            f"{adapter} (the recipe's output_dir) does not exist: this recipe has not been trained here yet. Train "
+            f"it first (phi3v-recipe train --config {config_path(rest)}), or pass --adapter FOLDER_OR_HUB_ID."
+        )
     model, processor = load_for_inference(adapter, own.base, num_crops=recipe.num_crops)
     data = prepare_data(recipe, processor, training_args.max_length)
     recipe = data.args  # the format and columns resolved
     if data.eval is None:
-        raise ValueError("The recipe has no eval split (eval_fraction is 0); set eval_fraction > 0.")
+        raise UserError("The recipe has no eval split (eval_fraction is 0 and no eval_split): set one.")
     eval_rows = data.eval.to_list()[: own.max_samples]
     output_dir = own.output_dir or (str(Path(adapter) / "eval") if Path(adapter).is_dir() else "outputs/eval")
     context = None if own.skip_base or not hasattr(model, "disable_adapter") else model.disable_adapter
@@ -293,4 +299,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

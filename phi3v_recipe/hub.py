@@ -1,13 +1,28 @@
-"""The Hugging Face Hub side: a token check before training, the model card, and a push that never loses work.
+"""The Hugging Face Hub side: models and datasets found (or a clear error) before anything is loaded, a push that
+is checked before training and never loses work, and the model card.
 
-python -m phi3v_recipe.hub push OUTPUT_DIR --repo-id USER/NAME [--private]   # (re)try an upload
+    python -m phi3v_recipe.hub push OUTPUT_DIR --repo_id USER/NAME [--private]   # (re)try an upload
+
+A Hub id is looked up in the local cache first. When the Hub cannot be reached, a cached repo is used offline at
+once (no retries), and an uncached one is an error that names it and says how to fetch it.
 """
 
 import argparse
 import json
+import os
+import re
+import sys
+from functools import cache
 from pathlib import Path
 
-from huggingface_hub import HfApi, get_token
+from huggingface_hub import HfApi, constants, get_token, try_to_load_from_cache
+
+from .errors import UserError
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+PLACEHOLDER = re.compile(r"your[-_]?(user(name)?|name|org|account)|<|>|^user/|username", re.IGNORECASE)
+# Never uploaded: checkpoints (optimizer state), the W&B run folder, pickles (training_args.bin) and local records.
+PUSH_IGNORE = ["checkpoint-*", ".checkpoint-staging/*", "wandb/*", "*.pt", "*.pth", "*.bin", "run_recipe.json"]
 
 CARD_TEMPLATE = """---
 {front_matter}library_name: peft
@@ -59,23 +74,99 @@ def task_description(recipe) -> str:
     return f"{recipe.data_format} conversations (every assistant turn trained), scored by {recipe.scoring()}."
 
 
-class PushNotReady(ValueError):
+class PushNotReady(UserError):
     """push_to_hub was asked for but cannot succeed; raised before any model is loaded."""
 
 
-def check_push_ready(hub_model_id: str | None, hub_token: str | None) -> str:
-    """Return the token to push with, or raise PushNotReady with the fix."""
+@cache
+def hub_unreachable() -> str | None:
+    """Why the Hub cannot be reached now (offline mode, no network), or None; one quick request, no retries."""
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE=1"
+    import httpx
+
+    try:
+        httpx.head(constants.ENDPOINT, timeout=5, follow_redirects=True)
+    except httpx.HTTPError as err:
+        return f"{type(err).__name__}: {err}"
+    return None
+
+
+def go_offline() -> None:
+    """Read everything from the local cache from now on (what HF_HUB_OFFLINE=1 does), for this process and its
+    children."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    constants.HF_HUB_OFFLINE = True
+    if "datasets" in sys.modules:
+        sys.modules["datasets"].config.HF_HUB_OFFLINE = True
+
+
+def ensure_available(name: str, what: str, filename: str = "config.json", repo_type: str = "model") -> None:
+    """A local folder, or a Hub repo that is cached or can be downloaded; otherwise a UserError that names it and
+    says how to get it. A cached repo is read offline when the Hub cannot be reached."""
+    if Path(name).expanduser().is_dir():
+        return
+    if not HUB_ID.match(name) or name.startswith((".", "/", "~")):
+        raise UserError(f"The {what} {name!r} is not a folder here, nor a Hub id (owner/name).")
+    cached = isinstance(try_to_load_from_cache(name, filename, repo_type=repo_type), str)
+    why = hub_unreachable()
+    if why is None or cached:
+        if why is not None and not constants.HF_HUB_OFFLINE:
+            print(f"The Hub cannot be reached ({why}): using the cached copy of {name}.")
+            go_offline()
+        return
+    fetch = f"hf download {name}" + (" --repo-type dataset" if repo_type == "dataset" else "")
+    raise UserError(
+        f"The {what} {name!r} is not a local folder and not in the Hugging Face cache ({constants.HF_HUB_CACHE}), "
+        f"and the Hub cannot be reached ({why}). Fetch it once where the Hub is reachable ({fetch}) and use that "
+        "cache here" + ("; the tiny demo model is made by `make tiny`." if what == "model" else ".")
+    )
+
+
+def check_push_ready(hub_model_id: str | None, hub_token: str | None, before_training: bool = True) -> str:
+    """Return the token to push with, or raise PushNotReady with the fix. When the Hub can be reached, the token
+    must be valid, allowed to write, and its owner allowed to write to the repo's namespace."""
+    keep_local = ", or set push_to_hub: false to keep the result local" if before_training else ""
     if not hub_model_id:
         raise PushNotReady(
-            "push_to_hub is true but hub_model_id is not set. Add `hub_model_id: <user>/<name>` to the "
-            "recipe (or pass --hub_model_id), or set push_to_hub: false."
+            "push_to_hub is true but hub_model_id is not set. Pass --hub_model_id your-hf-name/repo-name, "
+            "or set push_to_hub: false."
+        )
+    if not HUB_ID.match(hub_model_id) or PLACEHOLDER.search(hub_model_id):
+        raise PushNotReady(
+            f"hub_model_id={hub_model_id!r} is a placeholder or not a Hub repo id (owner/name). Pass "
+            "--hub_model_id your-hf-name/repo-name, or set push_to_hub: false."
         )
     token = hub_token or get_token()
     if not token:
         raise PushNotReady(
-            f"push_to_hub is true but no Hugging Face token was found, so pushing to {hub_model_id} would fail after "
-            "training. Fix: run `hf auth login`, or export HF_TOKEN=<a write token> (docker: -e HF_TOKEN), "
-            "or set push_to_hub: false to keep the result local."
+            f"No Hugging Face token was found, so nothing can be pushed to {hub_model_id}. Run `hf auth login`, "
+            f"or export HF_TOKEN with a write token (docker: -e HF_TOKEN){keep_local}."
+        )
+    why = hub_unreachable()
+    if why is not None:
+        print(f"The Hub cannot be reached ({why}): the token is not checked now; the push runs after training.")
+        return token
+    from huggingface_hub.errors import HfHubHTTPError
+
+    try:
+        me = HfApi().whoami(token=token)
+    except HfHubHTTPError as err:
+        status = getattr(err.response, "status_code", None)
+        if status == 401:
+            raise PushNotReady(
+                "The Hugging Face token is not valid (401): log in again with `hf auth login`."
+            ) from None
+        raise
+    role = me.get("auth", {}).get("accessToken", {}).get("role")
+    if role == "read":
+        raise PushNotReady("The Hugging Face token is read-only: make a write token and log in with it.")
+    namespace = hub_model_id.split("/")[0]
+    allowed = {me.get("name")} | {org.get("name") for org in me.get("orgs", [])}
+    if namespace not in allowed:
+        raise PushNotReady(
+            f"The token belongs to {me.get('name')!r}, who cannot write to {namespace!r} (their namespaces: "
+            f"{', '.join(sorted(n for n in allowed if n))}). Use hub_model_id {me.get('name')}/<repo>."
         )
     return token
 
@@ -110,42 +201,59 @@ def write_model_card(out_dir: str | Path, base_model: str, recipe_path: str, rec
 
 
 def retry_command(out_dir: str | Path, repo_id: str, private: bool) -> str:
-    return f"python -m phi3v_recipe.hub push {out_dir} --repo-id {repo_id}" + (" --private" if private else "")
+    return f"python -m phi3v_recipe.hub push {out_dir} --repo_id {repo_id}" + (" --private" if private else "")
 
 
-def push_folder(out_dir: str | Path, repo_id: str, token: str | None = None, private: bool = False) -> str | None:
-    """Upload ``out_dir`` to ``repo_id``. On failure keep the folder, print the retry command and return None."""
+class PushFailed(UserError):
+    """The upload failed after training; the output folder is kept and the message says how to retry."""
+
+
+def push_folder(out_dir: str | Path, repo_id: str, token: str | None = None, private: bool = False) -> str:
+    """Upload ``out_dir`` to ``repo_id`` (checkpoints, W&B files and pickles left out). On failure the folder is
+    kept and PushFailed says how to retry."""
     try:
         api = HfApi(token=token)
         api.create_repo(repo_id, private=private, exist_ok=True)
         info = api.upload_folder(
             repo_id=repo_id,
             folder_path=str(out_dir),
-            ignore_patterns=["checkpoint-*", "wandb/*", "*.pt", "*.pth"],
+            ignore_patterns=PUSH_IGNORE,
             commit_message="Upload adapter trained with phi3v-recipe",
         )
     except Exception as err:  # any failure: the local result is what matters now
-        print(
-            f"Push to {repo_id} failed ({type(err).__name__}: {err}).\n"
-            f"The trained adapter is safe in {out_dir}. Retry with:\n  {retry_command(out_dir, repo_id, private)}"
-        )
-        return None
+        raise PushFailed(
+            f"Push to {repo_id} failed ({type(err).__name__}: {err}). The trained adapter is kept in {out_dir}; "
+            f"retry with: {retry_command(out_dir, repo_id, private)}"
+        ) from None
     print(f"Pushed {out_dir} to https://huggingface.co/{repo_id}")
     return str(info)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Push a trained output folder to the Hugging Face Hub.")
     sub = parser.add_subparsers(dest="command", required=True)
     push = sub.add_parser("push", help="upload an output folder (adapter, processor, model card)")
     push.add_argument("out_dir")
-    push.add_argument("--repo-id", required=True)
+    push.add_argument("--repo_id", required=True, help="owner/name of the model repo to push to")
     push.add_argument("--private", action="store_true")
-    args = parser.parse_args()
-    token = check_push_ready(args.repo_id, None)
-    if push_folder(args.out_dir, args.repo_id, token, args.private) is None:
-        raise SystemExit(1)
+    args = parser.parse_args(argv)
+    out = Path(args.out_dir)
+    weights = [name for name in ("adapter_model.safetensors", "model.safetensors") if (out / name).is_file()]
+    if not out.is_dir() or not weights:
+        state = "does not exist" if not out.is_dir() else "holds no adapter_model.safetensors or model.safetensors"
+        raise UserError(f"{out} {state}: nothing to push. Give the output_dir of a finished training run.")
+    try:
+        token = check_push_ready(args.repo_id, None)
+    except PushNotReady as err:
+        raise UserError(
+            str(err)
+            .replace("push_to_hub is true but no", "No")
+            .replace(", or set push_to_hub: false to keep the result local", "")
+        ) from None
+    push_folder(out, args.repo_id, token, args.private)
 
 
 if __name__ == "__main__":
-    main()
+    from .errors import run
+
+    run(main)

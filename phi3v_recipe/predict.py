@@ -9,46 +9,80 @@ The base model defaults to the one named in the adapter's config. With ``HF_HUB_
 from the local Hugging Face cache. ``--merge OUT`` writes base + adapter as one model in the hub layout.
 """
 
-import argparse
 import json
 from pathlib import Path
 
-from huggingface_hub import snapshot_download
-from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
-from PIL import Image
-from transformers import AutoModelForCausalLM, AutoProcessor, TextStreamer
-
-from .collator import open_images
+from .arguments import DEFAULT_QUESTION
 from .conversation import assistant_turn, conversation, count_images, text_of, user_turn
-from .data import DEFAULT_QUESTION
-from .data.formats import normalize_messages
-from .generation import generate_new_tokens
+from .errors import ArgumentParser, UserError, run
 
 
-def resolve(repo_or_dir: str, what: str) -> Path:
-    """A local folder as is; otherwise a Hub repo id, downloaded (or found in the cache when offline)."""
-    if Path(repo_or_dir).is_dir():
-        return Path(repo_or_dir)
+def resolve(repo_or_dir: str, what: str, filename: str) -> Path:
+    """A local folder as is; otherwise a Hub repo id, from the cache or downloaded. A clear error when it is neither."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    from .hub import ensure_available
+
+    path = Path(repo_or_dir).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists() or repo_or_dir.startswith((".", "/", "~")):
+        raise UserError(f"The {what} {repo_or_dir!r} is not a folder.")
+    ensure_available(repo_or_dir, what, filename)
     try:
         return Path(snapshot_download(repo_or_dir))
-    except (RepositoryNotFoundError, LocalEntryNotFoundError, HfHubHTTPError, ValueError) as err:
-        raise SystemExit(
-            f"Cannot find the {what} '{repo_or_dir}': it is not a local folder, and the Hub (or, with "
-            f"HF_HUB_OFFLINE=1, the local cache) has no such repository ({type(err).__name__}). Check the id, "
-            "log in for a private repository (`hf auth login`), or download it once while online."
+    except GatedRepoError:
+        raise UserError(
+            f"The {what} {repo_or_dir!r} is gated: accept its terms on the Hub, then `hf auth login`."
         ) from None
+    except RepositoryNotFoundError:
+        raise UserError(
+            f"The Hub has no {what} {repo_or_dir!r} (or it is private: log in with `hf auth login`)."
+        ) from None
+
+
+def read_adapter_config(adapter_dir: Path, adapter: str) -> dict:
+    """The adapter's config, with a clear error when the folder is not a (complete) PEFT adapter."""
+    config_file = adapter_dir / "adapter_config.json"
+    if not config_file.is_file():
+        trained = (adapter_dir / "model.safetensors").is_file() or (
+            adapter_dir / "model.safetensors.index.json"
+        ).is_file()
+        hint = " It holds a full model: use it as --base with no adapter, or `phi3v-recipe app`." if trained else ""
+        raise UserError(
+            f"{adapter} holds no adapter_config.json, so it is not a trained adapter.{hint} Train one first "
+            "(phi3v-recipe train --config ...), or give the output_dir of a finished run."
+        )
+    weights = adapter_dir / "adapter_model.safetensors"
+    if not weights.is_file():
+        raise UserError(f"{weights} is missing: the adapter folder is incomplete (was the run interrupted?).")
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(weights), "pt") as f:
+            f.keys()
+    except Exception as err:
+        raise UserError(f"{weights} is not a readable safetensors file ({type(err).__name__}: {err}).") from None
+    try:
+        return json.loads(config_file.read_text())
+    except json.JSONDecodeError as err:
+        raise UserError(f"{config_file} is not valid JSON ({err}).") from None
 
 
 def load_for_inference(adapter: str, base: str | None = None, num_crops: int | None = None, dtype="auto"):
     """(model, processor): the base model with the adapter applied, in eval mode."""
     from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoProcessor
 
-    adapter_dir = resolve(adapter, "adapter")
-    config_file = adapter_dir / "adapter_config.json"
-    if not config_file.is_file():
-        raise SystemExit(f"{adapter_dir} has no adapter_config.json: is it a PEFT adapter folder?")
-    base = base or json.loads(config_file.read_text())["base_model_name_or_path"]
-    base_dir = resolve(base, "base model")
+    adapter_dir = resolve(adapter, "adapter", "adapter_config.json")
+    recorded = read_adapter_config(adapter_dir, adapter).get("base_model_name_or_path")
+    if base is not None and recorded and base != recorded:
+        print(f"Warning: the adapter was trained on {recorded!r}; applying it to {base!r} as asked (--base).")
+    base = base or recorded
+    if not base:
+        raise UserError(f"{adapter} does not name its base model: pass --base MODEL.")
+    base_dir = resolve(base, "base model", "config.json")
     has_processor = any(
         (adapter_dir / name).exists() for name in ("processor_config.json", "preprocessor_config.json")
     )
@@ -59,6 +93,22 @@ def load_for_inference(adapter: str, base: str | None = None, num_crops: int | N
     return model, processor
 
 
+def open_images_or_fail(paths: list[str]) -> list:
+    """The images, opened; a missing file or one that is not an image is a one-line error naming it."""
+    from PIL import Image, UnidentifiedImageError
+
+    images = []
+    for path in paths:
+        if not Path(path).is_file():
+            raise UserError(f"--image {path}: no such file.")
+        try:
+            with Image.open(path) as image:
+                images.append(image.convert("RGB"))
+        except (UnidentifiedImageError, OSError) as err:
+            raise UserError(f"--image {path}: not a readable image ({type(err).__name__}).") from None
+    return images
+
+
 def merge(model, processor, out_dir: str) -> Path:
     """Fold the adapter into the base weights and save a plain Phi-3-Vision in the hub layout."""
     merged = model.merge_and_unload()
@@ -67,15 +117,19 @@ def merge(model, processor, out_dir: str) -> Path:
     return Path(out_dir)
 
 
-def reply(model, processor, messages: list[dict], images: list[Image.Image], max_new_tokens: int = 128, stream=True):
+def reply(model, processor, messages: list[dict], images: list, max_new_tokens: int = 128, stream=True):
     """The model's answer to a conversation that ends with a user turn (streamed to stdout unless ``stream`` is
     False)."""
+    from transformers import TextStreamer
+
+    from .generation import generate_new_tokens
+
     streamer = TextStreamer(processor.tokenizer, skip_prompt=True, skip_special_tokens=True) if stream else None
     new_tokens = generate_new_tokens(model, processor, [messages], [images], max_new_tokens, streamer)
     return processor.decode(new_tokens[0], skip_special_tokens=True).strip()
 
 
-def answer(model, processor, images: list[Image.Image], question: str, max_new_tokens: int = 128, stream: bool = True):
+def answer(model, processor, images: list, question: str, max_new_tokens: int = 128, stream: bool = True):
     """The answer to one question about the images."""
     return reply(model, processor, conversation(question, len(images)), images, max_new_tokens, stream)
 
@@ -83,8 +137,15 @@ def answer(model, processor, images: list[Image.Image], question: str, max_new_t
 def read_messages(path: str) -> tuple[list[dict], list[str]]:
     """A conversation from a JSON file (a list of messages, or {"messages": [...]}) and the image files its image
     items name (``path``, ``url`` or ``image``), in order."""
-    raw = json.loads(Path(path).read_text())
+    try:
+        raw = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise UserError(f"--messages {path}: no such file.") from None
+    except json.JSONDecodeError as err:
+        raise UserError(f"--messages {path}: not valid JSON ({err}).") from None
     raw = raw["messages"] if isinstance(raw, dict) else raw
+    if not isinstance(raw, list) or not all(isinstance(m, dict) and "role" in m for m in raw):
+        raise UserError(f"--messages {path}: expected a list of messages with a role and a content.")
     named = [
         item.get("path") or item.get("url") or item.get("image")
         for message in raw
@@ -96,9 +157,7 @@ def read_messages(path: str) -> tuple[list[dict], list[str]]:
 
 
 def main(argv: list[str] | None = None) -> list[str]:
-    import phi3v_recipe  # noqa: F401  (registers phi3_v)
-
-    parser = argparse.ArgumentParser(description="Answer questions about images with a fine-tuned Phi-3-Vision.")
+    parser = ArgumentParser(description="Answer questions about images with a fine-tuned Phi-3-Vision.")
     parser.add_argument("--adapter", required=True, help="Adapter folder or Hub repo id.")
     parser.add_argument("--base", default=None, help="Base model (default: the adapter config's base model).")
     parser.add_argument("--image", action="append", default=[], help="An image path; repeat for several.")
@@ -114,14 +173,13 @@ def main(argv: list[str] | None = None) -> list[str]:
     raw, named = read_messages(args.messages) if args.messages else ([], [])
     paths = named + args.image
     if not paths:
-        raise SystemExit("Give an image: --image PATH (repeat for several), or image items in --messages.")
-    for path in paths:
-        if not Path(path).is_file():
-            raise SystemExit(f"--image {path}: no such file.")
-    images = open_images(paths)
+        raise UserError("Give an image: --image PATH (repeat for several), or image items in --messages.")
+    images = open_images_or_fail(paths)
+    from .data.formats import normalize_messages
+
     messages = normalize_messages(raw, len(images)) if raw else []
     if messages and count_images(messages) != len(images):
-        raise SystemExit(
+        raise UserError(
             f"The conversation has {count_images(messages)} image items but {len(images)} images were given "
             "(image items' paths and --image flags): give one image per item."
         )
@@ -159,4 +217,4 @@ def main(argv: list[str] | None = None) -> list[str]:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

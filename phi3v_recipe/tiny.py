@@ -1,6 +1,6 @@
 """Write a tiny random Phi-3-Vision checkpoint in the hub layout, offline, in seconds.
 
-    python -m phi3v_recipe.tiny OUT_DIR [--seed 0] [--num-crops 4]
+    python -m phi3v_recipe.tiny OUT_DIR [--seed 0] [--num_crops 4]
 
 The checkpoint has the hub's files (config.json with `rope_scaling: su`, model.safetensors, tokenizer.json /
 tokenizer_config.json, preprocessor_config.json, generation_config.json) and the hub's special-token ids, with
@@ -8,16 +8,10 @@ a small vocabulary trained here, a 2-layer Phi-3 decoder and a 3-layer CLIP towe
 image-token counts are the real ones). The demo and the tests use it.
 """
 
-import argparse
 import json
 from pathlib import Path
 
-import torch
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-from transformers import GenerationConfig, TokenizersBackend
-
-from .phi3_v import Phi3VConfig, Phi3VForCausalLM
-from .phi3_v.processing_phi3_v import HUB_CHAT_TEMPLATE
+from .errors import ArgumentParser, run
 
 BASE_VOCAB = 32000  # the hub vocabulary size: special tokens start at 32000, as on the hub
 
@@ -46,8 +40,13 @@ the a an of and with in on for to is are was it this that men women kids
 """
 
 
-def build_tokenizer(vocab_size: int = 1200) -> TokenizersBackend:
+def build_tokenizer(vocab_size: int = 1200):
     """A byte-fallback BPE with the Phi-3 normaliser, BOS post-processor, special tokens and chat template."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import TokenizersBackend
+
+    from .phi3_v.processing_phi3_v import HUB_CHAT_TEMPLATE
+
     tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True))
     tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
     # Train on words (split at "▁") so merges stay inside words; the hub tokenizer itself has no pre-tokenizer.
@@ -168,9 +167,13 @@ def preprocessor_config_dict(num_crops: int) -> dict:
     }
 
 
-def build_model(seed: int = 0) -> Phi3VForCausalLM:
+def build_model(seed: int = 0):
     """The tiny model with random weights; separators and norms are randomised too so that no part is a no-op.
     The output head gets a 1/sqrt(hidden) scale so that a few LoRA steps can move the logits (as a trained head can)."""
+    import torch
+
+    from .phi3_v import Phi3VConfig, Phi3VForCausalLM
+
     torch.manual_seed(seed)
     config = Phi3VConfig.from_dict(tiny_config_dict())
     config._attn_implementation = "eager"
@@ -189,6 +192,8 @@ def build_model(seed: int = 0) -> Phi3VForCausalLM:
 
 def write_tiny_checkpoint(out_dir: str | Path, seed: int = 0, num_crops: int = 4, max_shard_size: str = "5GB") -> Path:
     """Write the tiny checkpoint (model, tokenizer, processor, generation config) to ``out_dir``."""
+    from transformers import GenerationConfig
+
     out = Path(out_dir)
     build_model(seed).save_pretrained(out, max_shard_size=max_shard_size)
     # The hub's own files, written as the hub has them (save_pretrained would modernise config.json).
@@ -199,15 +204,15 @@ def write_tiny_checkpoint(out_dir: str | Path, seed: int = 0, num_crops: int = 4
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> None:
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out_dir")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--num-crops", type=int, default=4)
-    args = parser.parse_args()
+    parser.add_argument("--num_crops", type=int, default=4)
+    args = parser.parse_args(argv)
     out = write_tiny_checkpoint(args.out_dir, seed=args.seed, num_crops=args.num_crops)
     print(f"Wrote a tiny random Phi-3-Vision checkpoint to {out}")
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

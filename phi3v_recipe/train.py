@@ -7,24 +7,29 @@ Load recipe -> check the Hub push can succeed -> build data -> build model -> bu
 evaluate -> model card -> push.
 """
 
+import contextlib
 import dataclasses
+import errno
 import json
-import os
+import shutil
 import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 import yaml
 from accelerate import PartialState
 from transformers import AutoModelForCausalLM, AutoProcessor
+from transformers.trainer_utils import rotate_checkpoints
 from transformers.utils import is_flash_attn_2_available
 from trl import SFTTrainer, get_peft_config, get_quantization_config
 
-from . import hub
+from . import hub, runs
 from .collator import IGNORE_INDEX, VisionSFTCollator
-from .config import parse_recipe
+from .config import config_path, parse_recipe
 from .data import prepare_data
+from .errors import UserError, run
 from .evaluate import evaluate
 from .tracking import PredictionTableCallback, configure_wandb
 
@@ -52,7 +57,7 @@ def resolved_recipe(recipe, model_args, training_args) -> str:
     return yaml.safe_dump(json.loads(json.dumps(resolved, default=str)), sort_keys=True)
 
 
-def load_model(model_args, recipe):
+def load_model(model_args, recipe, processor):
     """The base model (optionally in 4/8-bit), with the parts that must not train frozen."""
     quantization_config = get_quantization_config(model_args)
     if quantization_config is not None:
@@ -69,12 +74,20 @@ def load_model(model_args, recipe):
         quantization_config=quantization_config,
         device_map={"": PartialState().local_process_index} if on_gpu else None,
     )
+    if Path(model_args.model_name_or_path).expanduser().is_dir():  # the adapter records where its base is: absolute,
+        model.config._name_or_path = str(Path(model_args.model_name_or_path).expanduser().resolve())  # any cwd works
     image_embedding = model.model.vision_embed_tokens
     # CLIP's last layer(s) and post_layernorm never reach the outputs: frozen, so DDP/FSDP see no unused gradients.
     for module in image_embedding.unused_modules():
         module.requires_grad_(False)
     if recipe.freeze_vision_tower:
         image_embedding.img_processor.requires_grad_(False)
+    # The hub config.json says eos 2 (`</s>`); the chat format ends an answer with <|end|> then <|endoftext|>.
+    tokenizer = processor.tokenizer
+    for config in (model.config, model.generation_config):
+        config.bos_token_id, config.pad_token_id = tokenizer.bos_token_id, tokenizer.pad_token_id
+    model.config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.eos_token_id = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|end|>")]
     return model
 
 
@@ -126,6 +139,31 @@ class Phi3VSFTTrainer(SFTTrainer):
         self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
         return loss
 
+    _staging = None  # set while a checkpoint is being written aside
+
+    def _get_output_dir(self, trial):
+        return str(self._staging) if self._staging is not None else super()._get_output_dir(trial)
+
+    def _save_checkpoint(self, model, trial):
+        """Write the checkpoint aside, then rename it into place: a checkpoint is complete or absent. Older ones are
+        rotated only once the new one is in place."""
+        out = Path(self.args.output_dir)
+        self._staging = out / runs.STAGING
+        try:
+            with disk_full_is_a_user_error(out):
+                super()._save_checkpoint(model, trial)
+        finally:
+            self._staging = None
+        self.accelerator.wait_for_everyone()  # every process has written its part (RNG states)
+        if self.args.should_save:
+            name = f"checkpoint-{self.state.global_step}"
+            if (out / name).exists():
+                shutil.rmtree(out / name)
+            (out / runs.STAGING / name).rename(out / name)
+            shutil.rmtree(out / runs.STAGING, ignore_errors=True)
+            rotate_checkpoints(str(out), self.args.save_total_limit, self.state.best_model_checkpoint, use_mtime=True)
+        self.accelerator.wait_for_everyone()
+
     def log(self, logs, start_time=None):
         if "loss" in logs:
             now, step = time.perf_counter(), self.state.global_step
@@ -144,18 +182,66 @@ def resume_value(value):
     return True if str(value).lower() in ("true", "yes", "last") else value
 
 
+@contextlib.contextmanager
+def disk_full_is_a_user_error(out: Path):
+    """A full disk while saving is one line that says so, not a traceback; what was saved before stays intact."""
+    try:
+        yield
+    except OSError as err:
+        if err.errno != errno.ENOSPC:
+            raise
+        raise UserError(
+            f"No space left on the disk of {out} while saving ({err.filename or 'a file'}). Free some space or set "
+            "output_dir on another disk; the checkpoints saved before are intact (resume with "
+            "--resume_from_checkpoint true)."
+        ) from None
+
+
+def hide_token_in_argv(argv: list[str]) -> None:
+    """Mask a --hub_token value in this process's command line, which loggers (W&B) record."""
+    for args in (argv, sys.argv):
+        for i, arg in enumerate(args):
+            if arg == "--hub_token" and i + 1 < len(args):
+                args[i + 1] = "<hidden>"
+            elif arg.startswith("--hub_token="):
+                args[i] = "--hub_token=<hidden>"
+
+
+def check_device(args, recipe_path: str) -> None:
+    """A recipe that trains on a GPU needs one: said at once, with the way out."""
+    has_accelerator = torch.cuda.is_available() or torch.backends.mps.is_available()
+    if not args.use_cpu and not has_accelerator:
+        raise UserError(
+            f"{recipe_path} trains on a GPU, and this machine has none. Try recipes/demo.yaml (make demo), or run "
+            "it on the CPU (slowly) with --use_cpu true --bf16 false."
+        )
+
+
 def main(argv: list[str] | None = None) -> SFTTrainer:
     argv = list(sys.argv[1:] if argv is None else argv)
-    recipe_path = argv[argv.index("--config") + 1] if "--config" in argv else "(command line)"
     recipe, args, model_args = parse_recipe(argv)
+    recipe_path = config_path(argv) or "(command line)"
+    check_device(args, recipe_path)
+    # Secrets never reach a file: the token is taken out of the arguments (saved in training_args.bin) and the
+    # command line (recorded by W&B) before anything is written.
+    token, args.hub_token = args.hub_token, None
+    hide_token_in_argv(argv)
     push, args.push_to_hub = args.push_to_hub, False  # one push at the end, so a failed upload never loses work
-    token = hub.check_push_ready(args.hub_model_id, args.hub_token) if push else None
+    token = hub.check_push_ready(args.hub_model_id, token) if push else None
+    hub.ensure_available(model_args.model_name_or_path, "model")
     # Our collator builds the batches from the raw rows: TRL must neither drop columns nor tokenize the dataset.
     args.remove_unused_columns = False
     args.dataset_kwargs = {"skip_prepare_dataset": True}
-    use_wandb = configure_wandb(args.report_to, args.output_dir)
+    out = Path(args.output_dir)
+    resume = None
     if args.process_index == 0:
+        settings = runs.snapshot(recipe, args, model_args)
+        resume = runs.prepare_output_dir(
+            out, settings, resume_value(args.resume_from_checkpoint), recipe.overwrite_output_dir, args.save_only_model
+        )
         print("Resolved recipe:\n" + resolved_recipe(recipe, model_args, args))
+    args.resume_from_checkpoint = None if resume is None else str(resume)
+    use_wandb = configure_wandb(args.report_to, args.output_dir)
 
     extra = {"num_crops": recipe.num_crops} if recipe.num_crops is not None else {}
     processor = AutoProcessor.from_pretrained(
@@ -165,12 +251,12 @@ def main(argv: list[str] | None = None) -> SFTTrainer:
         data = prepare_data(recipe, processor, args.max_length)
     recipe = data.args  # the row format and columns settled from the source
     if args.process_index == 0:
-        skipped_file = data.write_skipped(os.path.join(args.output_dir, "skipped_rows.csv"))
+        skipped_file = data.write_skipped(out / "skipped_rows.csv")
         print(f"Data: {data.summary()} (skipped rows listed in {skipped_file})")
     if len(data.train) == 0:
-        raise ValueError("No training rows left after the checks; see skipped_rows.csv for why.")
+        raise UserError(f"No training rows left after the checks; see {out / 'skipped_rows.csv'} for why.")
 
-    model = load_model(model_args, recipe)
+    model = load_model(model_args, recipe, processor)
     peft_config = get_peft_config(model_args)
     if peft_config is not None and model_args.lora_target_modules is None:
         peft_config.target_modules = LANGUAGE_MODEL_LORA_TARGETS
@@ -199,11 +285,14 @@ def main(argv: list[str] | None = None) -> SFTTrainer:
                 {"recipe": dataclasses.asdict(recipe), "model": dataclasses.asdict(model_args)}, allow_val_change=True
             )
 
-    train_result = trainer.train(resume_from_checkpoint=resume_value(args.resume_from_checkpoint))
+    train_result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    if trainer.state.global_step == 0:
+        raise UserError("The run trained 0 steps, so nothing was saved or pushed; check max_steps / num_train_epochs.")
     metrics = {f"train_{k}" if not k.startswith("train") else k: v for k, v in train_result.metrics.items()}
     if data.eval is not None:
-        metrics.update(trainer.evaluate())
-    trainer.save_model(args.output_dir)  # the adapter (or full model) as safetensors, and the processor
+        metrics.update(last_evaluation(trainer) or trainer.evaluate())
+    with disk_full_is_a_user_error(out):
+        trainer.save_model(args.output_dir)  # the adapter (or full model) as safetensors, and the processor
     if data.eval is not None and trainer.is_world_process_zero():
         if trainer.is_fsdp_enabled:  # generation needs every shard: score afterwards from the saved model
             print(f"Scored evaluation skipped under FSDP; run: python -m phi3v_recipe.evaluate --config {recipe_path}")
@@ -232,5 +321,15 @@ def main(argv: list[str] | None = None) -> SFTTrainer:
     return trainer
 
 
+def last_evaluation(trainer) -> dict | None:
+    """The evaluation the trainer ran at its last step, if it did (so that it is not run twice)."""
+    for entry in reversed(trainer.state.log_history):
+        if "eval_loss" in entry:
+            if entry.get("step") == trainer.state.global_step:
+                return {k: v for k, v in entry.items() if k.startswith("eval_")}
+            return None
+    return None
+
+
 if __name__ == "__main__":
-    main()
+    run(main)

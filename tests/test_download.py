@@ -1,3 +1,6 @@
+"""The URL fetcher against a real HTTP server on 127.0.0.1: good and bad answers, hostile URLs, slow and cut-short
+transfers, redirects, the cache's keys, and two runs into one folder at once."""
+
 import csv
 import io
 import threading
@@ -6,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from phi3v_recipe.download import FetchSettings, fetch_images, write_local_copy
+from phi3v_recipe.download import FetchError, FetchSettings, cache_key, fetch_images, write_local_copy
 
 from .test_processor import photo
 
@@ -17,8 +20,13 @@ def png_bytes(width=40, height=30, seed=0):
     return buffer.getvalue()
 
 
+class QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request, client_address):
+        pass  # a client that hangs up early (the size limit, the deadline) is expected here
+
+
 class Server:
-    """A real HTTP server on 127.0.0.1 serving good images, 404s, slow answers, corrupt bytes and a huge file."""
+    """A real HTTP server on 127.0.0.1 with good images, errors, slow, trickling and cut-short answers, redirects."""
 
     def __init__(self):
         self.hits: list[str] = []
@@ -30,16 +38,42 @@ class Server:
             "/corrupt.png": b"\x89PNG\r\n\x1a\n" + b"garbage" * 20,
             "/huge.png": png_bytes(1500, 1500),
         }
+        redirects = {
+            "/to-good.png": "/good1.png",
+            "/to-ftp.png": "ftp://127.0.0.1/x.png",
+            "/to-file.png": "file:///etc/passwd",
+        }
         server = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self):
                 server.hits.append(self.path)
+                if self.path in redirects:
+                    self.send_response(302)
+                    self.send_header("Location", redirects[self.path])
+                    self.end_headers()
+                    return
                 if self.path == "/slow.png":
                     time.sleep(1.5)
                 if self.path == "/flaky.png" and server.flaky_left > 0:
                     server.flaky_left -= 1
                     self.send_error(503)
+                    return
+                if self.path == "/trickle.png":  # one byte at a time, forever: only a deadline stops it
+                    self.send_response(200)
+                    self.send_header("Content-Length", "100000")
+                    self.end_headers()
+                    for _ in range(200):
+                        self.wfile.write(b"x")
+                        self.wfile.flush()
+                        time.sleep(0.05)
+                    return
+                if self.path == "/cut.png":  # says 4000 bytes, sends a third of an image, hangs up
+                    body = routes["/good2.png"]
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body[: len(body) // 3])
                     return
                 body = routes.get(self.path) or (
                     routes["/good3.png"] if self.path in ("/slow.png", "/flaky.png") else None
@@ -55,7 +89,7 @@ class Server:
             def log_message(self, *args):
                 pass
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = QuietServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
@@ -71,64 +105,149 @@ def server():
     s.close()
 
 
-SETTINGS = FetchSettings(workers=4, timeout=0.5, retries=2, backoff=0.05, max_bytes=200_000)
+SETTINGS = FetchSettings(workers=4, timeout=0.5, deadline=2.0, retries=2, backoff=0.05, max_bytes=200_000)
 
 
-def rows_for(server):
-    names = ["good1", "good2", "missing", "slow", "corrupt", "huge", "flaky", "ftp"]
-    rows = [{"product_code": name, "imageurl": f"{server.url}/{name}.png"} for name in names]
-    rows[-1]["imageurl"] = "ftp://example.com/x.png"
-    return rows
+def fetch(urls, cache):
+    return dict(zip(urls, fetch_images(urls, cache, SETTINGS)))
 
 
 def test_fetch_keeps_good_rows_and_counts_the_rest(server, tmp_path):
-    paths, failures = fetch_images(rows_for(server), "imageurl", "product_code", tmp_path / "cache", SETTINGS)
+    names = ["good1", "good2", "missing", "slow", "corrupt", "huge", "flaky", "to-good", "cut"]
+    urls = [f"{server.url}/{name}.png" for name in names] + ["ftp://example.com/x.png"]
+    results = dict(zip([*names, "ftp"], fetch_images(urls, tmp_path / "cache", SETTINGS)))
 
-    assert sorted(paths) == ["flaky", "good1", "good2"]  # flaky: a 503, then success on retry
-    assert paths["good1"].read_bytes() == png_bytes(seed=1)
-    assert failures["missing"] == "HTTP 404"
-    assert failures["slow"].startswith("network error after 3 tries")
-    assert failures["corrupt"].startswith("not a readable image")
-    assert "200000-byte limit" in failures["huge"]
-    assert failures["ftp"].startswith("not an http(s) URL")
+    assert sorted(name for name, r in results.items() if not isinstance(r, FetchError)) == [
+        "flaky",  # a 503, then success on retry
+        "good1",
+        "good2",
+        "to-good",  # an http redirect is followed
+    ]
+    assert results["good1"].read_bytes() == png_bytes(seed=1)
+    assert results["to-good"].read_bytes() == png_bytes(seed=1)
+    reasons = {name: str(r) for name, r in results.items() if isinstance(r, FetchError)}
+    assert reasons["missing"] == "HTTP 404"
+    assert reasons["slow"].startswith("failed after 3 tries: ReadTimeout")
+    assert reasons["corrupt"].startswith("not a readable image")
+    assert "200000-byte limit" in reasons["huge"]
+    assert reasons["ftp"].startswith("not an http(s) URL")
+    assert reasons["cut"].startswith("failed after 3 tries")  # a body cut short is retried, never cached
     assert server.hits.count("/missing.png") == 1  # a 4xx is not retried
     assert server.hits.count("/slow.png") == 3  # timeouts are retried (retries=2)
-    assert not list((tmp_path / "cache").glob("*.part"))
+    assert not list((tmp_path / "cache").glob(".part-*"))
+    assert len(list((tmp_path / "cache").iterdir())) == 4  # good1, good2, flaky, to-good: nothing else
 
 
-def test_second_run_fetches_nothing(server, tmp_path):
-    rows = [r for r in rows_for(server) if r["product_code"].startswith("good")]
-    fetch_images(rows, "imageurl", "product_code", tmp_path / "cache", SETTINGS)
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:1/with space.png",
+        "http://127.0.0.1:1/gööd.png",
+        "http://127.0.0.1:1/a\nb.png",
+        "http://[::1",
+        "http://",
+        "https:///nohost.png",
+        "htp://x.png",
+        "",
+        None,
+        42,
+        "http://exa mple.com/x.png",
+    ],
+)
+def test_no_url_can_stop_a_run(url, tmp_path):
+    [result] = fetch_images([url], tmp_path / "cache", FetchSettings(retries=0, timeout=0.5))
+    assert isinstance(result, FetchError) and str(result)
+
+
+def test_redirects_must_stay_http(server, tmp_path):
+    results = fetch([f"{server.url}/to-ftp.png", f"{server.url}/to-file.png"], tmp_path / "cache")
+    for result in results.values():
+        assert isinstance(result, FetchError) and "http(s)" in str(result)
+
+
+def test_a_trickling_server_meets_the_deadline(server, tmp_path):
+    settings = FetchSettings(workers=1, timeout=1.0, deadline=1.0, retries=0)
+    start = time.monotonic()
+    [result] = fetch_images([f"{server.url}/trickle.png"], tmp_path / "cache", settings)
+    assert isinstance(result, FetchError) and "deadline" in str(result)
+    assert time.monotonic() - start < 5  # not the 10 s the trickle lasts
+
+
+def test_second_run_fetches_nothing_and_a_broken_cached_file_is_fetched_again(server, tmp_path):
+    urls = [f"{server.url}/good1.png", f"{server.url}/good2.png"]
+    first = fetch_images(urls, tmp_path / "cache", SETTINGS)
     before = len(server.hits)
-    paths, failures = fetch_images(rows, "imageurl", "product_code", tmp_path / "cache", SETTINGS)
+    assert fetch_images(urls, tmp_path / "cache", SETTINGS) == first
     assert len(server.hits) == before
-    assert sorted(paths) == ["good1", "good2"] and not failures
+    first[1].write_bytes(first[1].read_bytes()[:50])  # damaged on disk since
+    again = fetch_images(urls, tmp_path / "cache", SETTINGS)
+    assert server.hits[before:] == ["/good2.png"] and again[1].read_bytes() == png_bytes(seed=2)
 
 
-def test_interrupted_run_resumes(server, tmp_path):
-    cache = tmp_path / "cache"
-    rows = [r for r in rows_for(server) if r["product_code"].startswith("good")]
-    rows.append({"product_code": "good3", "imageurl": f"{server.url}/good3.png"})
-    fetch_images(rows[:1], "imageurl", "product_code", cache, SETTINGS)  # the run that was cut short
-    (cache / "good2.png.part").write_bytes(b"half a file")  # killed while writing good2
-    server.hits.clear()
-
-    paths, failures = fetch_images(rows, "imageurl", "product_code", cache, SETTINGS)
-
-    assert sorted(server.hits) == ["/good2.png", "/good3.png"]
-    assert sorted(paths) == ["good1", "good2", "good3"] and not failures
-    assert paths["good2"].read_bytes() == png_bytes(seed=2)
+def test_rows_never_get_another_rows_image(server, tmp_path):
+    rows = [
+        {"id": "K", "url": f"{server.url}/good1.png"},
+        {"id": "K.1", "url": f"{server.url}/good2.png"},  # an id that K is a prefix of
+        {"id": "K", "url": f"{server.url}/good3.png"},  # a duplicate id with another image
+        {"id": "", "url": f"{server.url}/good2.png"},  # an empty id
+        {"id": "", "url": f"{server.url}/good1.png"},
+    ]
+    csv_path = write_local_copy(rows, "url", "id", tmp_path / "out", SETTINGS)
+    kept = list(csv.DictReader(csv_path.open()))
+    seeds = {"good1": 1, "good2": 2, "good3": 3}
+    for row in kept:
+        expected = png_bytes(seed=seeds[row["url"].rsplit("/", 1)[1][:-4]])
+        assert (tmp_path / "out" / row["local_image_path"]).read_bytes() == expected, row
+    assert len(kept) == 5
 
 
 def test_local_copy_writes_csv_and_failure_list(server, tmp_path):
-    rows = [{**r, "title": r["product_code"].upper()} for r in rows_for(server)]
+    names = ["good1", "good2", "missing", "corrupt", "flaky"]
+    rows = [{"product_code": n, "imageurl": f"{server.url}/{n}.png", "title": n.upper()} for n in names]
+    rows.append({"product_code": "odd", "imageurl": "not a url\n", "title": "ODD"})
     csv_path = write_local_copy(rows, "imageurl", "product_code", tmp_path / "out", SETTINGS)
     kept = list(csv.DictReader(csv_path.open()))
     assert [r["product_code"] for r in kept] == ["good1", "good2", "flaky"]
     assert all((tmp_path / "out" / r["local_image_path"]).is_file() for r in kept)
     failed = list(csv.DictReader((tmp_path / "out" / "failed.csv").open()))
-    assert {r["product_code"] for r in failed} == {"missing", "slow", "corrupt", "huge", "ftp"}
+    assert {r["product_code"] for r in failed} == {"missing", "corrupt", "odd"}
     assert all(r["reason"] for r in failed)
+
+
+def test_a_missing_column_is_one_error(tmp_path):
+    from phi3v_recipe.errors import UserError
+
+    with pytest.raises(UserError, match=r"no column 'imageurl'; its columns are \['code', 'url'\]"):
+        write_local_copy([{"code": "a", "url": "http://x/y.png"}], "imageurl", "code", tmp_path / "out", SETTINGS)
+
+
+def test_two_runs_into_one_folder_at_once_both_finish(server, tmp_path):
+    rows = [{"id": str(i), "url": f"{server.url}/good{1 + i % 3}.png"} for i in range(12)]
+    errors = []
+
+    def run():
+        try:
+            write_local_copy(rows, "url", "id", tmp_path / "out", SETTINGS)
+        except Exception as err:  # noqa: BLE001 - the test reports whatever went wrong
+            errors.append(err)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    kept = list(csv.DictReader((tmp_path / "out" / "data.csv").open()))
+    assert len(kept) == 12
+    assert all(
+        (tmp_path / "out" / r["local_image_path"]).read_bytes() == png_bytes(seed=1 + int(r["id"]) % 3) for r in kept
+    )
+    assert not list((tmp_path / "out").rglob(".part-*"))
+
+
+def test_cache_names_come_from_the_url():
+    assert cache_key("http://a/b.png") != cache_key("http://a/b.png?v=2")
+    assert len(cache_key("x")) == 32
 
 
 def test_prepare_data_fetches_urls_and_skips_failures(server, tmp_path, tiny_dir):
@@ -138,19 +257,13 @@ def test_prepare_data_fetches_urls_and_skips_failures(server, tmp_path, tiny_dir
 
     rows = [
         {
-            "product_code": "good1",
-            "imageurl": f"{server.url}/good1.png",
-            "title": "A",
+            "product_code": code,
+            "imageurl": f"{server.url}/{code}.png",
+            "title": code,
             "category3_code": "BAGS",
             "full_price": "100.0",
-        },
-        {
-            "product_code": "missing",
-            "imageurl": f"{server.url}/missing.png",
-            "title": "B",
-            "category3_code": "BAGS",
-            "full_price": "200.0",
-        },
+        }
+        for code in ("good1", "missing")
     ]
     path = tmp_path / "remote.csv"
     with path.open("w", newline="") as f:

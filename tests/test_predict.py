@@ -78,7 +78,9 @@ def test_predict_offline_from_the_hub_cache(adapter_dir, tiny_dir, image_file, t
 
     missing = run_predict(["--adapter", "someone/not-there", "--image", str(image_file)], env)
     assert missing.returncode != 0
-    assert "Cannot find the adapter 'someone/not-there'" in missing.stderr
+    assert "error: The adapter 'someone/not-there' is not a local folder and not in the Hugging Face cache" in (
+        missing.stderr
+    )
     assert "Traceback" not in missing.stderr
 
 

@@ -276,7 +276,7 @@ def test_push_without_token_fails_before_training(tiny_dir, sample_csv, tmp_path
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr("phi3v_recipe.hub.get_token", lambda: None)
     monkeypatch.setattr("phi3v_recipe.train.load_model", lambda *a: pytest.fail("the model was loaded"))
-    with pytest.raises(PushNotReady, match="no Hugging Face token.*HF_TOKEN"):
+    with pytest.raises(PushNotReady, match="No Hugging Face token.*HF_TOKEN"):
         main(demo_args(tiny_dir, sample_csv, tmp_path / "out", "--push_to_hub", "true", "--hub_model_id", "me/x"))
     assert not (tmp_path / "out" / "adapter_model.safetensors").exists()
 
@@ -291,8 +291,9 @@ def test_failed_upload_keeps_the_adapter_and_says_how_to_retry(tiny_dir, sample_
         ),
         env,
     )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "Push to me/phi3v-test failed" in result.stdout
-    assert f"python -m phi3v_recipe.hub push {out} --repo-id me/phi3v-test" in result.stdout
+    assert result.returncode == 2, result.stderr[-3000:]  # a failed push fails the command
+    [line] = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert line.startswith("error: Push to me/phi3v-test failed") and "Traceback" not in result.stderr
+    assert f"python -m phi3v_recipe.hub push {out} --repo_id me/phi3v-test" in line
     assert (out / "adapter_model.safetensors").is_file() and (out / "README.md").is_file()
     assert "hf_fake_token_for_test" not in result.stdout + result.stderr

@@ -10,7 +10,7 @@ naming the row.
 import csv
 import dataclasses
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
@@ -18,24 +18,17 @@ from tqdm import tqdm
 
 from ..conversation import conversation_length
 from .checks import BadRow, check_conversation, check_image, control_tokens
+from ..arguments import DEFAULT_ANSWER_TEMPLATE, DEFAULT_QUESTION, DataArguments, template_fields
+from ..answers import as_label, format_number, normalize
 from .formats import (
-    FORMATS,
-    as_label,
     detect_format,
-    format_number,
     image_column,
-    normalize,
     qa_columns,
     required_columns,
-    template_fields,
     to_conversation,
     turn_images,
 )
 from .sources import image_refs, load_table
-
-DEFAULT_QUESTION = "What is shown in this image?"
-DEFAULT_ANSWER_TEMPLATE = "Product: {title}, Category: {category3_code}, Full Price: {full_price}"
-METRICS = ("template", "exact_match", "anls", "accuracy")
 
 __all__ = [
     "DEFAULT_ANSWER_TEMPLATE",
@@ -50,105 +43,6 @@ __all__ = [
     "prepare_data",
     "template_fields",
 ]
-
-
-@dataclass
-class DataArguments:
-    """Where the examples come from, what shape they have, and how they are scored."""
-
-    dataset: str = field(
-        default="data/sample/burberry.csv",
-        metadata={"help": "A Hub dataset id, a local CSV/JSONL/Parquet file, an image folder or a video folder."},
-    )
-    dataset_config: str | None = field(default=None, metadata={"help": "The Hub dataset's configuration name."})
-    dataset_split: str = field(default="train", metadata={"help": "The split to read from the source."})
-    dataset_archive: str | None = field(
-        default=None,
-        metadata={"help": "A .tar/.zip file in the Hub dataset repo to download and read as a folder (UCF-101)."},
-    )
-    data_format: str = field(
-        default="auto", metadata={"help": f"How rows become conversations: auto (from the columns) or one of {FORMATS}."}
-    )
-    image_column: str | None = field(
-        default=None,
-        metadata={
-            "help": "Column with the image(s): paths (a list, or ';'-separated in a CSV) or an Image feature. "
-            "Default: the first of images, image, local_image_path, image_path that exists."
-        },
-    )
-    video_column: str | None = field(
-        default=None,
-        metadata={"help": "Column with a video (a video file, or a list of frames), sampled to max_frames images."},
-    )
-    max_frames: int = field(default=8, metadata={"help": "Frames sampled evenly from each video (official: 8)."})
-    image_url_column: str | None = field(
-        default=None, metadata={"help": "Column of image URLs to fetch (e.g. 'imageurl'); replaces image_column."}
-    )
-    image_root: str | None = field(
-        default=None, metadata={"help": "Folder that relative image paths start from (default: the data file's)."}
-    )
-    id_column: str = field(
-        default="product_code", metadata={"help": "Column that names a row (cache key, reports); else the row index."}
-    )
-    image_cache_dir: str = field(default="data/images", metadata={"help": "Where fetched images are cached."})
-    question: str = field(
-        default=DEFAULT_QUESTION, metadata={"help": "The question asked about every image (template format)."}
-    )
-    question_column: str | None = field(default=None, metadata={"help": "Column with each row's question."})
-    answer_column: str | None = field(
-        default=None, metadata={"help": "Column with each row's answer, or a list of answers (first one trained)."}
-    )
-    answer_template: str = field(
-        default=DEFAULT_ANSWER_TEMPLATE, metadata={"help": "The answer, with {column} fields filled from the row."}
-    )
-    numeric_fields: list[str] = field(
-        default_factory=lambda: ["full_price"], metadata={"help": "Template fields that must be numbers."}
-    )
-    metric: str | None = field(
-        default=None,
-        metadata={
-            "help": f"How answers are scored: one of {METRICS}. Default: template for the template format, "
-            "else exact_match."
-        },
-    )
-    labels: list[str] | None = field(default=None, metadata={"help": "The label set of the accuracy metric."})
-    eval_fraction: float = field(default=0.1, metadata={"help": "Share of the rows held out for evaluation."})
-    eval_split: str | None = field(
-        default=None,
-        metadata={"help": "Read the eval rows from this split of the source (e.g. validation) instead of holding out."},
-    )
-    split_seed: int = field(default=42, metadata={"help": "Seed of the (deterministic) train/eval split."})
-    max_rows: int | None = field(default=None, metadata={"help": "Use only the first N rows of the source."})
-    strict: bool = field(default=False, metadata={"help": "Fail on the first bad row instead of skipping it."})
-    max_image_pixels: int = field(
-        default=50_000_000, metadata={"help": "Images with more pixels are refused (decompression bombs)."}
-    )
-
-    def __post_init__(self):
-        fields = template_fields(self.answer_template)
-        if not fields:
-            raise ValueError(f"answer_template={self.answer_template!r} names no column; use fields like '{{title}}'.")
-        if not 0 <= self.eval_fraction < 1:
-            raise ValueError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}.")
-        unknown = set(self.numeric_fields) - set(fields)
-        if unknown:
-            raise ValueError(
-                f"numeric_fields {sorted(unknown)} are not fields of answer_template {self.answer_template!r}."
-            )
-        if self.data_format not in ("auto", *FORMATS):
-            raise ValueError(f"data_format={self.data_format!r} is not one of auto, {', '.join(FORMATS)}.")
-        if self.metric is not None and self.metric not in METRICS:
-            raise ValueError(f"metric={self.metric!r} is not one of {', '.join(METRICS)}.")
-        if self.metric == "accuracy" and not self.labels:
-            raise ValueError("metric: accuracy needs labels: the list of possible answers (e.g. [True, False]).")
-        if self.labels is not None:
-            self.labels = [str(label) for label in self.labels]
-        if self.max_frames < 1:
-            raise ValueError(f"max_frames must be at least 1, got {self.max_frames}.")
-
-    def scoring(self) -> str:
-        """The metric: the recipe's, else the one that fits the format."""
-        return self.metric or ("template" if self.data_format in ("auto", "template") else "exact_match")
 
 
 @dataclass

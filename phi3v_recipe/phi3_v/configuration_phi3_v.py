@@ -82,9 +82,15 @@ class Phi3VConfig(Phi3Config):
     def convert_rope_params_to_dict(self, default_theta=10_000.0, ignore_keys=None, **kwargs):
         # Hub configs say `"type": "su"`, the old name of longrope. Phi3Config renames it only after validating
         # the other keys, which then fails on transformers 5.x; rename it first.
+        # Also state the scaling factor (max over original positions) that Phi-3 otherwise derives from
+        # `original_max_position_embeddings`: the same attention factor, without transformers' warning about it.
         rope_scaling = kwargs.get("rope_scaling")
         if rope_scaling and rope_scaling.get("type") == "su":
-            kwargs["rope_scaling"] = {k: v for k, v in rope_scaling.items() if k != "type"} | {"rope_type": "longrope"}
+            factor = self.max_position_embeddings / self.original_max_position_embeddings
+            kwargs["rope_scaling"] = {k: v for k, v in rope_scaling.items() if k != "type"} | {
+                "rope_type": "longrope",
+                "factor": factor,
+            }
         return super().convert_rope_params_to_dict(default_theta=default_theta, ignore_keys=ignore_keys, **kwargs)
 
     @property

@@ -10,9 +10,9 @@
 - ``messages``: TRL's conversational format (``messages`` + ``images``), multi-turn, one or two images.
 """
 
-import argparse
 from pathlib import Path
 
+from ..errors import ArgumentParser
 from .burberry import Product, write_sample_set
 from .docvqa import write_docvqa_set
 from .frames import write_frames_set
@@ -37,7 +37,7 @@ def write_task(task: str, out_dir: str | Path, rows: int | None = None, seed: in
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Write a synthetic sample set (images + a CSV / JSONL file).")
+    parser = ArgumentParser(description="Write a synthetic sample set (images + a CSV / JSONL file).")
     parser.add_argument("--task", choices=[*WRITERS, "all"], default="burberry")
     parser.add_argument("--rows", type=int, default=None, help="Rows to draw (default: per task, see --help).")
     parser.add_argument("--seed", type=int, default=0)

@@ -1,3 +1,4 @@
+from ..errors import run
 from . import main
 
-main()
+run(main)

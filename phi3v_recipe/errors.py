@@ -1,0 +1,45 @@
+"""User errors: mistakes in a recipe, a flag, a file or the environment, shown as one or two lines.
+
+Every command runs through ``run``: a ``UserError`` prints ``error: <what is wrong, the value, the fix>`` and exits
+with status 2; any other exception is a bug and keeps its traceback. ``--debug`` (or ``PHI3V_DEBUG=1``) shows the
+traceback of user errors too.
+"""
+
+import argparse
+import os
+import sys
+
+
+class UserError(ValueError):
+    """Something the user can fix: the message says what is wrong, with the value, and the fix."""
+
+
+def debugging(argv: list[str]) -> bool:
+    return "--debug" in argv or os.environ.get("PHI3V_DEBUG", "") not in ("", "0")
+
+
+def run(main, argv: list[str] | None = None):
+    """Call ``main(argv)`` (``--debug`` removed); a UserError becomes one line on stderr and exit status 2."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = debugging(argv)
+    try:
+        return main([arg for arg in argv if arg != "--debug"])
+    except UserError as err:
+        if debug:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        print("Interrupted.", file=sys.stderr)
+        raise SystemExit(130) from None
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse for our commands: full flag names only, and an error is one line (not a usage dump)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message):
+        raise UserError(f"{message} (see {self.prog} --help).")

@@ -1,0 +1,143 @@
+"""A run on disk: an output folder holds one run, its checkpoints are complete or absent, and a resume continues the
+same run.
+
+- ``run_recipe.json`` in the output folder is the resolved recipe of the run that owns it (no secrets). A fresh run
+  refuses a folder that holds another run unless told to overwrite it; a resume refuses a folder whose run had a
+  different recipe, naming the keys that differ.
+- Checkpoints are written aside (``.checkpoint-staging``) and renamed into place when complete, so a kill or a full
+  disk during a save leaves the older checkpoints as they were. A resume picks the newest complete checkpoint and
+  says which, and why it skipped any other.
+"""
+
+import json
+import shutil
+from pathlib import Path
+
+from .errors import UserError
+
+RECIPE_FILE = "run_recipe.json"
+STAGING = ".checkpoint-staging"
+# Keys a resumed run may change: how it is launched, logged, saved or pushed, and how long it trains.
+MAY_CHANGE_ON_RESUME = {
+    "resume_from_checkpoint",
+    "overwrite_output_dir",
+    "max_steps",
+    "num_train_epochs",
+    "logging_steps",
+    "logging_dir",
+    "eval_steps",
+    "save_steps",
+    "save_total_limit",
+    "report_to",
+    "run_name",
+    "disable_tqdm",
+    "dataloader_num_workers",
+    "push_to_hub",
+    "hub_model_id",
+    "hub_private_repo",
+    "predictions_to_log",
+    "output_dir",
+    "local_rank",
+}
+WEIGHTS = ("adapter_model.safetensors", "model.safetensors", "model.safetensors.index.json")
+RUN_FILES = (*WEIGHTS, "trainer_state.json", "metrics.json", RECIPE_FILE)
+
+
+def snapshot(recipe, training, model) -> dict:
+    """The run's settings as JSON values: every key of ours, of the model and of training (secrets masked)."""
+    import dataclasses
+
+    values = dataclasses.asdict(recipe) | dataclasses.asdict(model) | training.to_dict()
+    return {k: v for k, v in json.loads(json.dumps(values, default=str)).items() if "token" not in k}
+
+
+def holds_a_run(out: Path) -> bool:
+    return out.is_dir() and (any((out / name).exists() for name in RUN_FILES) or any(out.glob("checkpoint-*")))
+
+
+def checkpoint_problems(path: Path, save_only_model: bool = False) -> list[str]:
+    """What a checkpoint folder lacks to be resumed from (an empty list: it is complete)."""
+    problems = []
+    if not (path / "trainer_state.json").is_file():
+        problems.append("no trainer_state.json")
+    if not any((path / name).is_file() for name in WEIGHTS):
+        problems.append("no weights")
+    if not save_only_model:
+        problems += [f"no {name}" for name in ("optimizer.pt", "scheduler.pt") if not (path / name).is_file()]
+    return problems
+
+
+def checkpoint_step(path: Path) -> int:
+    try:
+        return int(path.name.split("-")[-1])
+    except ValueError:
+        return -1
+
+
+def newest_complete_checkpoint(out: Path, save_only_model: bool = False) -> Path:
+    """The newest complete ``checkpoint-N`` in ``out``, saying which one and why any newer one was passed over."""
+    checkpoints = sorted((p for p in out.glob("checkpoint-*") if p.is_dir()), key=checkpoint_step, reverse=True)
+    for path in checkpoints:
+        problems = checkpoint_problems(path, save_only_model)
+        if not problems:
+            print(f"Resuming from {path} (the newest complete checkpoint).")
+            return path
+        print(f"Skipping {path}: incomplete ({', '.join(problems)}).")
+    raise UserError(
+        f"Nothing to resume in {out}: no complete checkpoint-N folder. Start afresh without --resume_from_checkpoint "
+        "(add --overwrite_output_dir true if the folder holds a run)."
+    )
+
+
+def differences(before: dict, now: dict) -> list[str]:
+    keys = sorted((set(before) | set(now)) - MAY_CHANGE_ON_RESUME)
+    return [f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in keys if before.get(k) != now.get(k)]
+
+
+def write_json(path: Path, value) -> None:
+    partial = path.with_name(f".{path.name}.part")
+    partial.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n")
+    partial.replace(path)
+
+
+def prepare_output_dir(out: Path, settings: dict, resume, overwrite: bool, save_only_model: bool) -> Path | None:
+    """Make ``out`` this run's folder; return the checkpoint to resume from (None for a fresh run)."""
+    staging = out / STAGING
+    if staging.exists():
+        print(f"Removing an unfinished checkpoint save left in {staging} (the run was stopped during a save).")
+        shutil.rmtree(staging)
+    if resume:
+        recorded = out / RECIPE_FILE
+        if recorded.is_file():
+            changed = differences(json.loads(recorded.read_text()), settings)
+            if changed:
+                raise UserError(
+                    f"{out} holds a run with another recipe, so it cannot be resumed with this one. Keys that differ: "
+                    f"{'; '.join(changed)}. Resume with the same recipe, or start afresh in another output_dir."
+                )
+        if resume is True:
+            return newest_complete_checkpoint(out, save_only_model)
+        path = Path(resume)
+        problems = checkpoint_problems(path, save_only_model) if path.is_dir() else ["no such folder"]
+        if problems:
+            raise UserError(f"Cannot resume from {path}: {', '.join(problems)}.")
+        print(f"Resuming from {path} (as asked).")
+        return path
+    if holds_a_run(out):
+        if not overwrite:
+            raise UserError(
+                f"{out} already holds a run (its adapter, checkpoints or metrics). Resume it with "
+                "--resume_from_checkpoint true, start afresh there with --overwrite_output_dir true (deletes it), "
+                "or choose another --output_dir."
+            )
+        if not (out / RECIPE_FILE).is_file():  # only a folder this tool made is emptied wholesale
+            raise UserError(
+                f"{out} holds results that phi3v-recipe did not write (no {RECIPE_FILE}), so overwrite_output_dir "
+                "will not delete them: choose another --output_dir, or empty that folder yourself."
+            )
+        print(f"Deleting the previous run in {out} (overwrite_output_dir).")
+        for child in out.iterdir():
+            shutil.rmtree(child) if child.is_dir() else child.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / RECIPE_FILE, settings)
+    return None
