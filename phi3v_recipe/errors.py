@@ -18,6 +18,12 @@ def debugging(argv: list[str]) -> bool:
     return "--debug" in argv or os.environ.get("PHI3V_DEBUG", "") not in ("", "0")
 
 
+def fresh_line() -> str:
+    """A newline when a progress bar is still drawn on stderr's current line, so the error starts a line."""
+    tqdm = sys.modules.get("tqdm")
+    return "\n" if tqdm is not None and tqdm.tqdm._instances else ""
+
+
 def run(main, argv: list[str] | None = None):
     """Call ``main(argv)`` (``--debug`` removed); a UserError becomes one line on stderr and exit status 2."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -27,7 +33,7 @@ def run(main, argv: list[str] | None = None):
     except UserError as err:
         if debug:
             raise
-        print(f"error: {err}", file=sys.stderr)
+        print(f"{fresh_line()}error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
     except KeyboardInterrupt:
         print("Interrupted.", file=sys.stderr)

@@ -187,11 +187,12 @@ def disk_full_is_a_user_error(out: Path):
     """A full disk while saving is one line that says so, not a traceback; what was saved before stays intact."""
     try:
         yield
-    except OSError as err:
-        if err.errno != errno.ENOSPC:
+    except Exception as err:  # the tokenizer's Rust writer says it as a plain Exception ("os error 28")
+        if not (isinstance(err, OSError) and err.errno == errno.ENOSPC) and "No space left on device" not in str(err):
             raise
+        where = getattr(err, "filename", None) or "a file"
         raise UserError(
-            f"No space left on the disk of {out} while saving ({err.filename or 'a file'}). Free some space or set "
+            f"No space left on the disk of {out} while saving ({where}). Free some space or set "
             "output_dir on another disk; the checkpoints saved before are intact (resume with "
             "--resume_from_checkpoint true)."
         ) from None

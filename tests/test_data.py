@@ -9,6 +9,7 @@ from transformers import AutoProcessor
 
 from phi3v_recipe.conversation import text_of
 from phi3v_recipe.data import BadRow, DataArguments, format_number, prepare_data
+from phi3v_recipe.errors import UserError
 from phi3v_recipe.synthetic import write_sample_set
 
 from .test_processor import photo
@@ -228,7 +229,7 @@ def test_format_number_rejects(raw):
 
 
 def test_missing_local_dataset_says_how_to_get_it(processor):
-    with pytest.raises(FileNotFoundError, match="make sample-data"):
+    with pytest.raises(UserError, match="make sample-data"):
         prepare_data(DataArguments(dataset="data/nowhere/burberry.csv"), processor, 4096)
 
 

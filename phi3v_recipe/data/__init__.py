@@ -16,6 +16,7 @@ from pathlib import Path
 import datasets
 from tqdm import tqdm
 
+from ..errors import UserError
 from ..conversation import conversation_length
 from .checks import BadRow, check_conversation, check_image, control_tokens
 from ..arguments import DEFAULT_ANSWER_TEMPLATE, DEFAULT_QUESTION, DataArguments, template_fields
@@ -81,7 +82,7 @@ def resolve(args: DataArguments, table: datasets.Dataset) -> DataArguments:
     if args.image_url_column and args.image_url_column not in columns:
         missing.append(args.image_url_column)
     if missing:
-        raise ValueError(
+        raise UserError(
             f"dataset={args.dataset!r} ({fmt} format) has no column {', '.join(map(repr, missing))}; its columns are "
             f"{columns}. Fix the recipe's column names (answer_template, question_column, answer_column, ...)."
         )
@@ -112,7 +113,7 @@ def _prepare_split(args: DataArguments, processor, max_length: int | None):
     base_dir = Path(args.image_root) if args.image_root else base_dir
     column, is_video = image_column(args.data_format, table.column_names, args)
     if column is not None and column not in table.column_names:
-        raise ValueError(f"image column {column!r} is not a column of {args.dataset}: {table.column_names}")
+        raise UserError(f"image column {column!r} is not a column of {args.dataset}: {table.column_names}")
     refs = image_refs(table, args, column, base_dir, is_video)
     ids = table[args.id_column] if args.id_column in table.column_names else list(range(len(table)))
     if column is not None:  # never decoded while iterating: its images are checked below, as files
