@@ -2,17 +2,22 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# On a CPU-only machine, torch is pinned to the CPU build (a plain `torch` would pull several GB of CUDA).
+# torch: the CUDA build on a machine with an NVIDIA GPU (PyPI's default), the CPU build elsewhere (PyTorch's CPU-only
+# index: a few hundred MB instead of several GB). A wheelhouse that pip already knows (its find-links) holding the
+# pinned torch is used as it is, offline. Override: make setup TORCH_INDEX=https://download.pytorch.org/whl/cu128
 TORCH ?= torch==2.13.0
+TORCH_INDEX ?= $(if $(shell command -v nvidia-smi 2>/dev/null),,https://download.pytorch.org/whl/cpu)
+RECIPES := $(sort $(basename $(notdir $(wildcard recipes/*.yaml))))
 
-.PHONY: setup test test-all lint format tiny sample-data train demo demo-learn docker-build docker-train bench
+.PHONY: setup test test-all lint format tiny sample-data train demo demo-learn docker-build docker-train docker-smoke bench app
 
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet "$(TORCH)"
+	$(BIN)/pip install --quiet --no-index --no-deps "$(TORCH)" 2>/dev/null \
+		|| $(BIN)/pip install --quiet "$(TORCH)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX) --extra-index-url https://pypi.org/simple)
 	$(BIN)/pip install --quiet -e ".[dev]"
 	touch $@
 
@@ -46,24 +51,27 @@ data/sample/docvqa/docvqa.jsonl: | setup
 		$(BIN)/python -m phi3v_recipe.synthetic --task $$task --seed 0 --out data/sample/$$task || exit 1; done
 
 # make train RECIPE=burberry_lora [ACCELERATE_CONFIG=accelerate_configs/fsdp.yaml] [ARGS="--learning_rate 1e-4"] [RESUME=1]
-RECIPE ?= burberry_lora
+# accelerate --quiet: a failed run shows its own one-line error, not a second traceback from the launcher.
+RECIPE ?=
 ACCELERATE_CONFIG ?= accelerate_configs/single_gpu.yaml
 ARGS ?=
 RESUME ?=
 train: setup
-	$(BIN)/accelerate launch --config_file $(ACCELERATE_CONFIG) -m phi3v_recipe.train \
+	@test -n "$(RECIPE)" || { echo "error: say which recipe: make train RECIPE=<name>. Recipes: $(RECIPES)." >&2; exit 2; }
+	@test -f recipes/$(RECIPE).yaml || { echo "error: recipes/$(RECIPE).yaml does not exist. Recipes: $(RECIPES)." >&2; exit 2; }
+	$(BIN)/accelerate launch --quiet --config_file $(ACCELERATE_CONFIG) -m phi3v_recipe.train \
 		--config recipes/$(RECIPE).yaml $(if $(RESUME),--resume_from_checkpoint true) $(ARGS)
 
 # The whole pipeline on the embedded default: tiny model + synthetic sample set, on the CPU, offline.
 demo: setup outputs/tiny-phi3v/config.json data/sample/burberry.csv
 	$(BIN)/python -m phi3v_recipe.train --config recipes/demo.yaml $(if $(RESUME),--resume_from_checkpoint true) $(ARGS)
-	@echo "One prediction with the trained adapter (the tiny model is random: expect noise):"
+	@echo "One prediction with the trained model, on a sample photo:"
 	$(BIN)/python -m phi3v_recipe.predict --adapter outputs/demo --image data/sample/images/SYN000000000.png --max_new_tokens 32
 	@echo
 	@echo "Demo outputs:"
 	@echo "  tiny base model        outputs/tiny-phi3v"
 	@echo "  sample data            data/sample/burberry.csv (+ images/)"
-	@echo "  adapter + model card   outputs/demo (adapter_model.safetensors, README.md, metrics.json)"
+	@echo "  model + model card     outputs/demo (model.safetensors, README.md, metrics.json, plots/)"
 	@echo "  scored evaluation      outputs/demo/metrics.json, outputs/demo/predictions.jsonl"
 	@echo "  skipped rows           outputs/demo/skipped_rows.csv"
 	@echo "  W&B offline run        outputs/demo/wandb (upload: .venv/bin/wandb sync outputs/demo/wandb/offline-run-*)"

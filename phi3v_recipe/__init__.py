@@ -8,6 +8,7 @@ arguments, so that its ``--help`` answers at once.
 
 import logging
 import sys
+import warnings
 from pathlib import Path
 
 __all__ = ["Phi3VConfig", "Phi3VForCausalLM", "Phi3VImageProcessor", "Phi3VModel", "Phi3VProcessor", "register"]
@@ -45,6 +46,11 @@ def __getattr__(name: str):
 # bitsandbytes says at import, on CPUs with AVX512-BF16, that the optional `kernels` package is missing; 4-bit
 # layers work without it (on a slower path). That one logger is quieted; its errors still show.
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+# transformers 5 renamed gradient checkpointing to activation checkpointing. Our recipes use the new keys, but PEFT
+# 0.21 still reads `is_gradient_checkpointing` and TRL 1.16's SFTConfig still sets `gradient_checkpointing`, each a
+# FutureWarning on every run. Those two messages only are silenced.
+warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+warnings.filterwarnings("ignore", message="`gradient_checkpointing` is deprecated", category=FutureWarning)
 
 if Path(sys.argv[0]).name != "phi3v-recipe":
     register()

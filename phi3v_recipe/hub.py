@@ -101,14 +101,14 @@ def go_offline() -> None:
         sys.modules["datasets"].config.HF_HUB_OFFLINE = True
 
 
-def ensure_available(name: str, what: str, filename: str = "config.json", repo_type: str = "model") -> None:
+def ensure_available(name: str, what: str, filenames=("config.json",), repo_type: str = "model") -> None:
     """A local folder, or a Hub repo that is cached or can be downloaded; otherwise a UserError that names it and
     says how to get it. A cached repo is read offline when the Hub cannot be reached."""
     if Path(name).expanduser().is_dir():
         return
     if not HUB_ID.match(name) or name.startswith((".", "/", "~")):
         raise UserError(f"The {what} {name!r} is not a folder here, nor a Hub id (owner/name).")
-    cached = isinstance(try_to_load_from_cache(name, filename, repo_type=repo_type), str)
+    cached = any(isinstance(try_to_load_from_cache(name, f, repo_type=repo_type), str) for f in filenames)
     why = hub_unreachable()
     if why is None or cached:
         if why is not None and not constants.HF_HUB_OFFLINE:

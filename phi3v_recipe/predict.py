@@ -17,7 +17,7 @@ from .conversation import assistant_turn, conversation, count_images, text_of, u
 from .errors import ArgumentParser, UserError, run
 
 
-def resolve(repo_or_dir: str, what: str, filename: str) -> Path:
+def resolve(repo_or_dir: str, what: str, filenames: tuple[str, ...]) -> Path:
     """A local folder as is; otherwise a Hub repo id, from the cache or downloaded. A clear error when it is neither."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
@@ -29,7 +29,7 @@ def resolve(repo_or_dir: str, what: str, filename: str) -> Path:
         return path
     if path.exists() or repo_or_dir.startswith((".", "/", "~")):
         raise UserError(f"The {what} {repo_or_dir!r} is not a folder.")
-    ensure_available(repo_or_dir, what, filename)
+    ensure_available(repo_or_dir, what, filenames)
     try:
         return Path(snapshot_download(repo_or_dir))
     except GatedRepoError:
@@ -46,13 +46,10 @@ def read_adapter_config(adapter_dir: Path, adapter: str) -> dict:
     """The adapter's config, with a clear error when the folder is not a (complete) PEFT adapter."""
     config_file = adapter_dir / "adapter_config.json"
     if not config_file.is_file():
-        trained = (adapter_dir / "model.safetensors").is_file() or (
-            adapter_dir / "model.safetensors.index.json"
-        ).is_file()
-        hint = " It holds a full model: use it as --base with no adapter, or `phi3v-recipe app`." if trained else ""
         raise UserError(
-            f"{adapter} holds no adapter_config.json, so it is not a trained adapter.{hint} Train one first "
-            "(phi3v-recipe train --config ...), or give the output_dir of a finished run."
+            f"{adapter} holds neither an adapter (adapter_config.json) nor a model (config.json and weights), so it "
+            "is not a trained output. Train first (phi3v-recipe train --config ...), or give the output_dir of a "
+            "finished run."
         )
     weights = adapter_dir / "adapter_model.safetensors"
     if not weights.is_file():
@@ -70,23 +67,34 @@ def read_adapter_config(adapter_dir: Path, adapter: str) -> dict:
         raise UserError(f"{config_file} is not valid JSON ({err}).") from None
 
 
+def is_full_model(folder: Path) -> bool:
+    """A fully fine-tuned output (config.json and weights, no adapter): it loads as it is."""
+    weights = (folder / "model.safetensors").is_file() or (folder / "model.safetensors.index.json").is_file()
+    return not (folder / "adapter_config.json").is_file() and (folder / "config.json").is_file() and weights
+
+
 def load_for_inference(adapter: str, base: str | None = None, num_crops: int | None = None, dtype="auto"):
-    """(model, processor): the base model with the adapter applied, in eval mode."""
+    """(model, processor) in eval mode: the base model with the adapter applied, or a fully fine-tuned model."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoProcessor
 
-    adapter_dir = resolve(adapter, "adapter", "adapter_config.json")
+    extra = {"num_crops": num_crops} if num_crops is not None else {}
+    adapter_dir = resolve(adapter, "adapter", ("adapter_config.json", "config.json"))
+    if is_full_model(adapter_dir):
+        if base is not None:
+            print(f"Warning: {adapter} is a fully fine-tuned model, not an adapter: --base {base} is not used.")
+        processor = AutoProcessor.from_pretrained(adapter_dir, **extra)
+        return AutoModelForCausalLM.from_pretrained(adapter_dir, dtype=dtype).eval(), processor
     recorded = read_adapter_config(adapter_dir, adapter).get("base_model_name_or_path")
     if base is not None and recorded and base != recorded:
         print(f"Warning: the adapter was trained on {recorded!r}; applying it to {base!r} as asked (--base).")
     base = base or recorded
     if not base:
         raise UserError(f"{adapter} does not name its base model: pass --base MODEL.")
-    base_dir = resolve(base, "base model", "config.json")
+    base_dir = resolve(base, "base model", ("config.json",))
     has_processor = any(
         (adapter_dir / name).exists() for name in ("processor_config.json", "preprocessor_config.json")
     )
-    extra = {"num_crops": num_crops} if num_crops is not None else {}
     processor = AutoProcessor.from_pretrained(adapter_dir if has_processor else base_dir, **extra)
     model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype)
     model = PeftModel.from_pretrained(model, adapter_dir).eval()
@@ -158,7 +166,9 @@ def read_messages(path: str) -> tuple[list[dict], list[str]]:
 
 def main(argv: list[str] | None = None) -> list[str]:
     parser = ArgumentParser(description="Answer questions about images with a fine-tuned Phi-3-Vision.")
-    parser.add_argument("--adapter", required=True, help="Adapter folder or Hub repo id.")
+    parser.add_argument(
+        "--adapter", required=True, help="A trained output (adapter, or fully fine-tuned model): folder or Hub id."
+    )
     parser.add_argument("--base", default=None, help="Base model (default: the adapter config's base model).")
     parser.add_argument("--image", action="append", default=[], help="An image path; repeat for several.")
     parser.add_argument(

@@ -121,7 +121,7 @@ def test_gradient_checkpointing_gives_same_gradients(tiny_dir, two_samples):
     for checkpointing in [False, True]:
         model = AutoModelForCausalLM.from_pretrained(tiny_dir, attn_implementation="eager").train()
         if checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         model(**inputs, labels=labels).loss.backward()
         grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
     assert grads[0].keys() == grads[1].keys()

@@ -197,7 +197,7 @@ def test_a_full_disk_is_one_line_and_keeps_what_was_saved(tiny_dir, sample_csv, 
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"lora_r": 0}, "lora_r must be at least 1, got 0"),
+        ({"use_peft": True, "lora_r": 0}, "lora_r must be at least 1, got 0"),
         ({"dtype": "bfloat61"}, "dtype='bfloat61' is not one of auto, bfloat16, float16, float32"),
         ({"report_to": ["wandbb"]}, "report_to: 'wandbb' is not a logging integration. Did you mean 'wandb'?"),
         ({"max_rows": -5}, "max_rows must be at least 1"),
@@ -247,7 +247,9 @@ def test_a_yaml_syntax_error_names_the_file_line_and_column(tmp_path):
 
 def test_a_bad_recipe_fails_at_once_as_one_line(tmp_path):
     start = time.monotonic()
-    result = run_module("train", ["--config", "recipes/demo.yaml", "--lora_r", "0"], clean_env(tmp_path))
+    result = run_module(
+        "train", ["--config", "recipes/demo.yaml", "--use_peft", "true", "--lora_r", "0"], clean_env(tmp_path)
+    )
     assert error_line(result) == "error: lora_r must be at least 1, got 0."
     assert time.monotonic() - start < 30  # parsing only: no data, no model
 

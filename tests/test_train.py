@@ -51,6 +51,9 @@ def demo_args(tiny_dir, sample_csv, out, *extra):
         "0",
         "--report_to",
         "none",
+        # LoRA on the language model, as the GPU recipes train (the demo itself fully fine-tunes the tiny model).
+        *("--use_peft", "true", "--lora_r", "16", "--lora_alpha", "32", "--freeze_vision_tower", "true"),
+        *("--learning_rate", "5e-3", "--overwrite_output_dir", "false"),
         *extra,
     ]
 
