@@ -1,5 +1,9 @@
-"""How answers are read: numbers in prices, and answers compared with references and labels. Plain Python, shared
-by the data checks and the scored evaluation."""
+"""How answers are read: answers parsed with a template, numbers in prices, answers compared with references and
+labels. Plain Python, shared by the data checks, the scored evaluation and its plots."""
+
+import re
+
+from .arguments import template_fields
 
 
 def format_number(value) -> str:
@@ -18,3 +22,26 @@ def normalize(text) -> str:
 def as_label(text, labels: list[str]) -> str | None:
     """The label an answer names, or None when it names none."""
     return next((label for label in labels if normalize(label) == normalize(text)), None)
+
+
+def template_regex(template: str) -> re.Pattern:
+    """``"Product: {title}, Full Price: {full_price}"`` -> a regex with one named group per field."""
+    fields = template_fields(template)
+    pattern, rest = "", template
+    for i, name in enumerate(fields):
+        literal, rest = rest.split("{" + name + "}", 1)
+        pattern += re.escape(literal) + (f"(?P<{name}>.+?)" if i < len(fields) - 1 or rest else f"(?P<{name}>.+)")
+    return re.compile(r"\s*" + pattern + re.escape(rest) + r"\s*", re.DOTALL)
+
+
+def parse_answer(text: str, template: str) -> dict | None:
+    match = template_regex(template).fullmatch(text)
+    return {k: v.strip() for k, v in match.groupdict().items()} if match else None
+
+
+def parse_number(text) -> float | None:
+    """'1,290.00' -> 1290.0, '$490' -> 490.0, 'about 5' -> None."""
+    try:
+        return float(format_number(text))
+    except (ValueError, TypeError):
+        return None

@@ -15,38 +15,14 @@ with the base model without the adapter. Writes metrics.json and predictions.jso
 """
 
 import json
-import re
 import statistics
 import sys
 from collections import Counter
 from pathlib import Path
 
-from .answers import as_label, format_number, normalize
+from .answers import as_label, format_number, normalize, parse_answer, parse_number
 from .arguments import template_fields
 from .errors import ArgumentParser, UserError, run
-
-
-def template_regex(template: str) -> re.Pattern:
-    """``"Product: {title}, Full Price: {full_price}"`` -> a regex with one named group per field."""
-    fields = template_fields(template)
-    pattern, rest = "", template
-    for i, name in enumerate(fields):
-        literal, rest = rest.split("{" + name + "}", 1)
-        pattern += re.escape(literal) + (f"(?P<{name}>.+?)" if i < len(fields) - 1 or rest else f"(?P<{name}>.+)")
-    return re.compile(r"\s*" + pattern + re.escape(rest) + r"\s*", re.DOTALL)
-
-
-def parse_answer(text: str, template: str) -> dict | None:
-    match = template_regex(template).fullmatch(text)
-    return {k: v.strip() for k, v in match.groupdict().items()} if match else None
-
-
-def parse_number(text) -> float | None:
-    """'1,290.00' -> 1290.0, '$490' -> 490.0, 'about 5' -> None."""
-    try:
-        return float(format_number(text))
-    except (ValueError, TypeError):
-        return None
 
 
 def token_f1(prediction: str, truth: str) -> float:
@@ -233,22 +209,29 @@ def evaluate(
     metrics_path = out / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
     metrics_path.write_text(json.dumps(metrics | scored, indent=2) + "\n")
-    _log_to_wandb(columns["model"], eval_rows, answers, results)
+    from .plots import log_to_wandb, plot_data, write_pngs
+
+    plots = plot_data(recipe, answers, eval_rows)
+    write_pngs(plots, out)
+    if _log_to_wandb(columns["model"], eval_rows, answers, results):
+        log_to_wandb(plots)
     return scored
 
 
-def _log_to_wandb(metrics, rows, answers, results):
+def _log_to_wandb(metrics, rows, answers, results) -> bool:
+    """Log the metrics and the predictions table to the current W&B run; whether there was one."""
     try:
         import wandb
     except ImportError:
-        return
+        return False
     if wandb.run is None:
-        return
+        return False
     wandb.log({f"eval/{k}": v for k, v in metrics.items()})
     table = wandb.Table(columns=["image", "truth", "prediction", "score"])
     for row, answer, result in zip(rows, answers, results):
         table.add_data(wandb.Image(row["images"][0]), row["answers"][0], answer, json.dumps(result))
     wandb.log({"eval/scored_predictions": table})
+    return True
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -260,7 +243,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--max_samples", type=int, default=None)
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--max_new_tokens", type=int, default=64)
-    parser.add_argument("--output_dir", default=None, help="Where metrics.json / predictions.jsonl go.")
+    parser.add_argument(
+        "--metrics_dir", default=None, help="Where metrics.json / predictions.jsonl go (default: ADAPTER/eval)."
+    )
     parser.add_argument("--skip_base", action="store_true", help="Do not also score the base model.")
     own, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
 
@@ -281,7 +266,7 @@ def main(argv: list[str] | None = None) -> dict:
     if data.eval is None:
         raise UserError("The recipe has no eval split (eval_fraction is 0 and no eval_split): set one.")
     eval_rows = data.eval.to_list()[: own.max_samples]
-    output_dir = own.output_dir or (str(Path(adapter) / "eval") if Path(adapter).is_dir() else "outputs/eval")
+    output_dir = own.metrics_dir or (str(Path(adapter) / "eval") if Path(adapter).is_dir() else "outputs/eval")
     context = None if own.skip_base or not hasattr(model, "disable_adapter") else model.disable_adapter
     metrics = evaluate(
         model,

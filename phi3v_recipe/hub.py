@@ -25,13 +25,13 @@ PLACEHOLDER = re.compile(r"your[-_]?(user(name)?|name|org|account)|<|>|^user/|us
 PUSH_IGNORE = ["checkpoint-*", ".checkpoint-staging/*", "wandb/*", "*.pt", "*.pth", "*.bin", "run_recipe.json"]
 
 CARD_TEMPLATE = """---
-{front_matter}library_name: peft
+{front_matter}library_name: {library}
 tags: [phi3_v, phi3v-recipe, trl, sft, vision-language]
 ---
 
 # {title}
 
-Fine-tuned from {base_link} with phi3v-recipe (TRL `SFTTrainer`, loss on the assistant's answers only).
+{what} from {base_link} with phi3v-recipe (TRL `SFTTrainer`, loss on the assistant's answers only).
 
 - Dataset: `{dataset}`
 - Recipe: `{recipe}`
@@ -51,14 +51,16 @@ python -m phi3v_recipe.predict --adapter {repo_or_dir} --image product.jpg
 
 ```python
 import phi3v_recipe  # registers the native phi3_v model: no trust_remote_code
-from peft import PeftModel
 from transformers import AutoModelForImageTextToText, AutoProcessor
-
-base = AutoModelForImageTextToText.from_pretrained("{base_model}", dtype="auto")
-model = PeftModel.from_pretrained(base, "{repo_or_dir}")
+{load}
 processor = AutoProcessor.from_pretrained("{repo_or_dir}")
 ```
 """
+LOAD_ADAPTER = """from peft import PeftModel
+
+base = AutoModelForImageTextToText.from_pretrained("{base_model}", dtype="auto")
+model = PeftModel.from_pretrained(base, "{repo_or_dir}")"""
+LOAD_MODEL = """model = AutoModelForImageTextToText.from_pretrained("{repo_or_dir}", dtype="auto")"""
 
 
 def is_hub_id(name: str) -> bool:
@@ -179,13 +181,19 @@ def format_metrics(metrics: dict) -> str:
     return "| metric | value |\n|---|---|\n" + body
 
 
-def write_model_card(out_dir: str | Path, base_model: str, recipe_path: str, recipe, metrics: dict, repo_or_dir: str):
-    """Write README.md (the model card) and metrics.json into ``out_dir``."""
+def write_model_card(
+    out_dir: str | Path, base_model: str, recipe_path: str, recipe, metrics: dict, repo_or_dir: str, adapter: bool
+):
+    """Write README.md (the model card) and metrics.json into ``out_dir``: an adapter (PEFT) or a full model."""
     out = Path(out_dir)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     hub = is_hub_id(base_model)
+    load = (LOAD_ADAPTER if adapter else LOAD_MODEL).format(base_model=base_model, repo_or_dir=repo_or_dir)
     card = CARD_TEMPLATE.format(
         title=Path(repo_or_dir).name,
+        library="peft" if adapter else "transformers",
+        what="A LoRA adapter trained" if adapter else "Fully fine-tuned",
+        load=load,
         front_matter=f"base_model: {base_model}\n" if hub else "",
         base_link=f"[`{base_model}`](https://huggingface.co/{base_model})" if hub else f"`{base_model}`",
         base_model=base_model,

@@ -23,6 +23,10 @@ def configure_wandb(report_to: list[str], output_dir: str) -> bool:
         return False
     os.environ.setdefault("WANDB_DIR", output_dir)
     os.makedirs(os.environ["WANDB_DIR"], exist_ok=True)
+    # W&B keeps the media of logged tables (their images) in an artifact whose files it stages under WANDB_DATA_DIR,
+    # by default ~/.local/share/wandb: outside the run folder, so an offline run copied elsewhere (or a container's
+    # HOME thrown away) syncs its tables without images. Staged beside the run, they travel with it.
+    os.environ.setdefault("WANDB_DATA_DIR", os.path.join(os.environ["WANDB_DIR"], "wandb"))
     if os.environ.get("WANDB_MODE") == "offline" or not wandb_has_key():
         os.environ["WANDB_MODE"] = "offline"
         print(

@@ -313,7 +313,15 @@ def main(argv: list[str] | None = None) -> SFTTrainer:
             )
     if trainer.is_world_process_zero():
         repo_or_dir = args.hub_model_id if push else args.output_dir
-        hub.write_model_card(args.output_dir, model_args.model_name_or_path, recipe_path, recipe, metrics, repo_or_dir)
+        hub.write_model_card(
+            args.output_dir,
+            model_args.model_name_or_path,
+            recipe_path,
+            recipe,
+            metrics,
+            repo_or_dir,
+            bool(peft_config),
+        )
         print(
             f"Saved the trained {'adapter' if peft_config else 'model'}, processor and model card to {args.output_dir}"
         )

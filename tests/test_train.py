@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -222,6 +223,14 @@ def test_wandb_offline_run_holds_metrics_and_predictions(tiny_dir, sample_csv, t
     table = json.loads(tables[0].read_text())
     assert table["columns"] == ["step", "image", "truth", "prediction"] and len(table["data"]) == 2
     assert table["data"][0][2].startswith("Product: ")
+    # W&B writes a table's images only into its run_table artifact, whose files it stages outside the run folder
+    # unless WANDB_DATA_DIR says otherwise: every staged file the run points at must be in the output folder.
+    staged = {Path(p.decode()) for p in re.findall(rb"/[\w./-]*artifacts/staging/tmp[a-z0-9_]{8}", logged)}
+    assert staged and all(out in p.parents and p.is_file() for p in staged), staged
+    images = [p for p in staged if p.read_bytes().startswith(b"\x89PNG")]
+    assert len(images) >= 2  # the two logged rows' pictures (and the scored table's)
+    assert b"eval/plots/category3_code" in logged and b"eval/plots/full_price" in logged
+    assert (out / "plots" / "category3_code.png").is_file() and (out / "plots" / "full_price.png").is_file()
     card = (out / "README.md").read_text()
     metrics = json.loads((out / "metrics.json").read_text())
     assert "eval_loss" in metrics and f"{metrics['eval_loss']:.4g}" in card

@@ -1,0 +1,173 @@
+"""The front door as a new user meets it: the `phi3v-recipe` command, one-line errors that say what happened, a help
+that answers at once, the demo that visibly learns, and the model card."""
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from .test_train import ROOT, clean_env
+
+CLI = str(Path(sys.executable).parent / "phi3v-recipe")
+
+
+def run(args, env, cwd=ROOT, timeout=300, command=(CLI,)):
+    return subprocess.run([*command, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def first_error(result) -> str:
+    """The one `error:` line, with no traceback and exit status 2 (or make's 2)."""
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, result.stderr[-3000:]
+    return lines[0]
+
+
+@pytest.fixture()
+def env(tmp_path):
+    return clean_env(tmp_path)
+
+
+def test_help_answers_at_once_and_lists_config_first_then_grouped_keys(env):
+    for args in (
+        ["--help"],
+        ["train", "--help"],
+        ["predict", "--help"],
+        ["push", "--help"],
+        ["sample-data", "--help"],
+    ):
+        start = time.monotonic()
+        result = run(args, env)
+        assert result.returncode == 0, result.stderr
+        assert time.monotonic() - start < 2.0, args  # no torch, transformers or datasets import before the help
+    overview = run(["--help"], env).stdout
+    for command in ("train", "evaluate", "predict", "app", "push", "download", "sample-data", "tiny", "bench"):
+        assert f"  {command} " in overview
+    text = run(["train", "--help"], env).stdout
+    sections = ["--config RECIPE.yaml", "phi3v-recipe's own keys", "Most used training keys", "Most used model keys"]
+    positions = [text.index(section) for section in sections]
+    assert positions == sorted(positions)
+    for key in ("--dataset ", "--answer_template", "--learning_rate", "--lora_r", "--help-all"):
+        assert key in text
+    full = run(["train", "--help-all"], env).stdout
+    assert "--gradient_accumulation_steps" in full and "--adam_beta2" in full
+
+
+def test_make_train_names_the_missing_recipe_and_lists_them(env):
+    make = ["make", "-s", "--no-print-directory"]
+    missing = run(["train", "RECIPE=does_not_exist"], env, command=make)
+    assert missing.returncode == 2
+    assert missing.stderr.startswith("error: recipes/does_not_exist.yaml does not exist. Recipes: ")
+    assert "burberry_lora" in missing.stderr and "demo" in missing.stderr and "Traceback" not in missing.stderr
+    bare = run(["train"], env, command=make)
+    assert bare.returncode == 2 and bare.stderr.startswith("error: say which recipe: make train RECIPE=<name>.")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_a_gpu_recipe_on_a_machine_without_one_says_the_way_out(env):
+    start = time.monotonic()
+    line = first_error(run(["train", "--config", "recipes/burberry_lora.yaml"], env))
+    assert line == (
+        "error: recipes/burberry_lora.yaml trains in bf16 on a GPU, and this machine has none. Use "
+        "recipes/demo.yaml (make demo), or run it on the CPU (slowly) with --use_cpu true --bf16 false."
+    )
+    assert time.monotonic() - start < 30
+
+
+@pytest.mark.parametrize("offline", [True, False])
+def test_an_uncached_model_without_the_hub_fails_in_seconds_and_names_it(tmp_path, offline):
+    unreachable = {"HF_HUB_OFFLINE": "1"} if offline else {"HF_ENDPOINT": "http://127.0.0.1:9"}
+    env = clean_env(tmp_path, **unreachable)
+    start = time.monotonic()
+    args = ["train", "--config", "recipes/demo.yaml", "--model_name_or_path", "someone/not-cached"]
+    line = first_error(run([*args, "--output_dir", str(tmp_path / "out")], env))
+    assert line.startswith(
+        "error: The model 'someone/not-cached' is not a local folder and not in the Hugging Face cache ("
+    )
+    assert ("HF_HUB_OFFLINE=1" if offline else "ConnectError") in line and "hf download someone/not-cached" in line
+    assert time.monotonic() - start < 30  # not minutes of retries
+
+
+def test_predict_with_an_unreachable_hub_says_so(tmp_path):
+    image = tmp_path / "bag.png"
+    from .test_processor import photo
+
+    photo(40, 30).save(image)
+    env = clean_env(tmp_path, HF_ENDPOINT="http://127.0.0.1:9")
+    line = first_error(run(["predict", "--adapter", "someone/an-adapter", "--image", str(image)], env))
+    assert "not in the Hugging Face cache" in line and "the Hub cannot be reached" in line
+
+
+def test_push_without_a_token_says_what_to_do(tmp_path, tiny_dir):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "adapter_model.safetensors").write_bytes(b"")
+    line = first_error(run(["push", str(folder), "--repo_id", "me/x"], clean_env(tmp_path)))
+    assert line == (
+        "error: No Hugging Face token was found, so nothing can be pushed to me/x. Run `hf auth login`, or export "
+        "HF_TOKEN with a write token (docker: -e HF_TOKEN)."
+    )
+
+
+def test_evaluate_before_training_says_to_train(tmp_path, tiny_dir):
+    args = ["evaluate", "--config", "recipes/demo.yaml", "--model_name_or_path", str(tiny_dir)]
+    line = first_error(run([*args, "--output_dir", str(tmp_path / "never")], clean_env(tmp_path)))
+    assert line.startswith(
+        f"error: {tmp_path / 'never'} (the recipe's output_dir) does not exist: this recipe has not"
+    )
+    assert "phi3v-recipe train --config recipes/demo.yaml" in line
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    result = run(["train", "--config", "recipes/nope.yaml", "--debug"], clean_env(tmp_path))
+    assert result.returncode != 0 and "Traceback" in result.stderr and "UserError" in result.stderr
+
+
+def test_unknown_command_is_one_line(env):
+    result = run(["trian"], env)
+    assert result.returncode == 2 and result.stderr.startswith("error: unknown command 'trian'. Did you mean train?")
+
+
+def test_the_model_card_has_no_placeholder_and_no_empty_cell(tmp_path):
+    from phi3v_recipe.arguments import RecipeArguments
+    from phi3v_recipe.hub import write_model_card
+
+    recipe = RecipeArguments(data_format="template")
+    metrics = {"eval_loss": 0.5, "eval_full_price_mae": None, "eval_parse_rate": 1.0}
+    (tmp_path / "a").mkdir()
+    base = "microsoft/Phi-3-vision-128k-instruct"
+    card = write_model_card(tmp_path / "a", base, "recipes/x.yaml", recipe, metrics, "me/x", True).read_text()
+    assert "base_model: microsoft/Phi-3-vision-128k-instruct" in card
+    assert "(https://huggingface.co/microsoft/Phi-3-vision-128k-instruct)" in card and "library_name: peft" in card
+    assert "None" not in card and "eval_full_price_mae" not in card and "| eval_parse_rate | 1 |" in card
+    assert "pip install phi3v-recipe" not in card and "github.com/)" not in card and "is not on PyPI" in card
+    (tmp_path / "b").mkdir()
+    local = write_model_card(
+        tmp_path / "b", "outputs/tiny-phi3v", "recipes/demo.yaml", recipe, {}, "outputs/demo", False
+    ).read_text()
+    assert "base_model:" not in local and "huggingface.co/outputs" not in local and "`outputs/tiny-phi3v`" in local
+    assert "library_name: transformers" in local and "PeftModel" not in local
+    assert "No evaluation was run." in local
+
+
+def test_the_demo_ends_with_answers_that_parse_and_beat_a_baseline(tiny_dir, tmp_path):
+    """`make demo`'s recipe as shipped: full fine-tuning of the tiny model on the synthetic set (about 100 s)."""
+    from phi3v_recipe.synthetic import write_sample_set
+    from phi3v_recipe.train import main
+
+    csv_path = write_sample_set(tmp_path / "sample", rows=1200, seed=0)
+    out = tmp_path / "demo"
+    args = ["--config", str(ROOT / "recipes/demo.yaml"), "--model_name_or_path", str(tiny_dir)]
+    main([*args, "--dataset", str(csv_path), "--output_dir", str(out), "--report_to", "none"])
+    metrics = json.loads((out / "metrics.json").read_text())
+    print({k: v for k, v in metrics.items() if k.startswith(("eval_", "baseline_"))})
+    assert metrics["eval_parse_rate"] > 0.9
+    assert metrics["eval_title_token_f1"] > metrics["baseline_title_token_f1"] + 0.1
+    answers = [json.loads(line)["prediction"] for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert not any("<|unused" in answer for answer in answers)
+    assert (out / "plots" / "category3_code.png").is_file() and (out / "plots" / "full_price.png").is_file()
