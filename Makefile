@@ -74,7 +74,7 @@ demo: setup outputs/tiny-phi3v/config.json data/sample/burberry.csv
 	@echo "  model + model card     outputs/demo (model.safetensors, README.md, metrics.json, plots/)"
 	@echo "  scored evaluation      outputs/demo/metrics.json, outputs/demo/predictions.jsonl"
 	@echo "  skipped rows           outputs/demo/skipped_rows.csv"
-	@echo "  W&B offline run        outputs/demo/wandb (upload: .venv/bin/wandb sync outputs/demo/wandb/offline-run-*)"
+	@echo "  W&B offline run        $${WANDB_DIR:-outputs/demo}/wandb (upload: .venv/bin/wandb sync $${WANDB_DIR:-outputs/demo}/wandb/offline-run-*)"
 
 # Full fine-tuning of the tiny model until the scored evaluation beats the trivial baselines (CPU, ~12 min).
 demo-learn: setup outputs/tiny-phi3v/config.json data/sample/burberry.csv
@@ -88,6 +88,23 @@ bench: setup
 IMAGE ?= phi3v-recipe
 docker-build:
 	docker build -f docker/Dockerfile -t $(IMAGE) .
+
+# The image built and run on this machine, with no package index in the build: pip reads a local wheelhouse
+# (downloaded here first), the base is a local Debian (debootstrap) when the CUDA base cannot be pulled, and
+# `make demo` runs inside. Needs root, buildah, podman and debootstrap (apt-get install buildah podman debootstrap).
+SMOKE_BASE ?= localhost/debian-bookworm-local
+docker-smoke: setup
+	mkdir -p docker/wheelhouse
+	$(BIN)/pip download --quiet --no-index --no-deps --dest docker/wheelhouse "$(TORCH)" 2>/dev/null \
+		|| $(BIN)/pip download --quiet --no-deps --dest docker/wheelhouse "$(TORCH)" --index-url https://download.pytorch.org/whl/cpu
+	$(BIN)/pip download --quiet --find-links docker/wheelhouse --dest docker/wheelhouse ".[dev]" pip setuptools wheel
+	buildah inspect --type image $(SMOKE_BASE) >/dev/null 2>&1 || { rm -rf /tmp/phi3v-rootfs \
+		&& debootstrap --variant=minbase bookworm /tmp/phi3v-rootfs http://deb.debian.org/debian \
+		&& tar -C /tmp/phi3v-rootfs -c . | podman import - $(SMOKE_BASE); }
+	buildah bud --isolation chroot --build-arg BASE_IMAGE=$(SMOKE_BASE) --build-arg WHEELHOUSE=1 \
+		-f docker/Dockerfile -t localhost/phi3v-recipe-smoke .
+	ctr=$$(buildah from localhost/phi3v-recipe-smoke) && { buildah run --isolation chroot $$ctr -- make demo; \
+		status=$$?; buildah rm $$ctr >/dev/null; exit $$status; }
 
 docker-train:
 	docker run --gpus all --ipc=host --rm -e HF_TOKEN -e WANDB_API_KEY \
