@@ -80,6 +80,11 @@ demo: setup outputs/tiny-phi3v/config.json data/sample/burberry.csv
 demo-learn: setup outputs/tiny-phi3v/config.json data/sample/burberry.csv
 	$(BIN)/python -m phi3v_recipe.train --config recipes/demo_learn.yaml $(ARGS)
 
+# A web page to try a trained output beside its base model: make app ADAPTER=outputs/demo [ARGS="--share"]
+ADAPTER ?= outputs/demo
+app: setup
+	$(BIN)/phi3v-recipe app --adapter $(ADAPTER) $(ARGS)
+
 # Benchmarks side by side with the naive recipe; prints tables and writes outputs/bench.json.
 bench: setup
 	$(BIN)/python -m phi3v_recipe.bench --out outputs/bench.json $(ARGS)

@@ -208,32 +208,37 @@ def write_model_card(
     return path
 
 
-def retry_command(out_dir: str | Path, repo_id: str, private: bool) -> str:
-    return f"python -m phi3v_recipe.hub push {out_dir} --repo_id {repo_id}" + (" --private" if private else "")
+def retry_command(out_dir: str | Path, repo_id: str, private: bool, repo_type: str = "model") -> str:
+    command = f"python -m phi3v_recipe.hub push {out_dir} --repo_id {repo_id}" + (" --private" if private else "")
+    return command + (f" --repo_type {repo_type}" if repo_type != "model" else "")
 
 
 class PushFailed(UserError):
     """The upload failed after training; the output folder is kept and the message says how to retry."""
 
 
-def push_folder(out_dir: str | Path, repo_id: str, token: str | None = None, private: bool = False) -> str:
+def push_folder(
+    out_dir: str | Path, repo_id: str, token: str | None = None, private: bool = False, repo_type: str = "model"
+) -> str:
     """Upload ``out_dir`` to ``repo_id`` (checkpoints, W&B files and pickles left out). On failure the folder is
     kept and PushFailed says how to retry."""
     try:
         api = HfApi(token=token)
-        api.create_repo(repo_id, private=private, exist_ok=True)
+        extra = {"space_sdk": "gradio"} if repo_type == "space" else {}
+        api.create_repo(repo_id, private=private, exist_ok=True, repo_type=repo_type, **extra)
         info = api.upload_folder(
             repo_id=repo_id,
+            repo_type=repo_type,
             folder_path=str(out_dir),
             ignore_patterns=PUSH_IGNORE,
-            commit_message="Upload adapter trained with phi3v-recipe",
+            commit_message=f"Upload {'Space' if repo_type == 'space' else 'model'} made with phi3v-recipe",
         )
     except Exception as err:  # any failure: the local result is what matters now
         raise PushFailed(
             f"Push to {repo_id} failed ({type(err).__name__}: {err}). The trained adapter is kept in {out_dir}; "
-            f"retry with: {retry_command(out_dir, repo_id, private)}"
+            f"retry with: {retry_command(out_dir, repo_id, private, repo_type)}"
         ) from None
-    print(f"Pushed {out_dir} to https://huggingface.co/{repo_id}")
+    print(f"Pushed {out_dir} to https://huggingface.co/{'spaces/' if repo_type == 'space' else ''}{repo_id}")
     return str(info)
 
 
@@ -242,14 +247,27 @@ def main(argv: list[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     push = sub.add_parser("push", help="upload an output folder (adapter, processor, model card)")
     push.add_argument("out_dir")
-    push.add_argument("--repo_id", required=True, help="owner/name of the model repo to push to")
+    push.add_argument("--repo_id", required=True, help="owner/name of the repo to push to")
     push.add_argument("--private", action="store_true")
+    push.add_argument(
+        "--repo_type",
+        choices=["model", "space"],
+        default="model",
+        help="model: a training run's output; space: a folder written by `phi3v-recipe app --space`",
+    )
     args = parser.parse_args(argv)
     out = Path(args.out_dir)
-    weights = [name for name in ("adapter_model.safetensors", "model.safetensors") if (out / name).is_file()]
-    if not out.is_dir() or not weights:
-        state = "does not exist" if not out.is_dir() else "holds no adapter_model.safetensors or model.safetensors"
-        raise UserError(f"{out} {state}: nothing to push. Give the output_dir of a finished training run.")
+    if args.repo_type == "space":
+        if not (out / "app.py").is_file() or not (out / "README.md").is_file():
+            state = "does not exist" if not out.is_dir() else "holds no app.py and README.md"
+            raise UserError(
+                f"{out} {state}: not a Space folder. Write one with: phi3v-recipe app --adapter ... --space {out}"
+            )
+    else:
+        weights = [name for name in ("adapter_model.safetensors", "model.safetensors") if (out / name).is_file()]
+        if not out.is_dir() or not weights:
+            state = "does not exist" if not out.is_dir() else "holds no adapter_model.safetensors or model.safetensors"
+            raise UserError(f"{out} {state}: nothing to push. Give the output_dir of a finished training run.")
     try:
         token = check_push_ready(args.repo_id, None)
     except PushNotReady as err:
@@ -258,7 +276,7 @@ def main(argv: list[str] | None = None) -> None:
             .replace("push_to_hub is true but no", "No")
             .replace(", or set push_to_hub: false to keep the result local", "")
         ) from None
-    push_folder(out, args.repo_id, token, args.private)
+    push_folder(out, args.repo_id, token, args.private, args.repo_type)
 
 
 if __name__ == "__main__":

@@ -74,17 +74,20 @@ def is_full_model(folder: Path) -> bool:
 
 
 def load_for_inference(adapter: str, base: str | None = None, num_crops: int | None = None, dtype="auto"):
-    """(model, processor) in eval mode: the base model with the adapter applied, or a fully fine-tuned model."""
+    """(model, processor) in eval mode: the base model with the adapter applied, or a fully fine-tuned model, on the
+    GPU when there is one."""
+    import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoProcessor
 
     extra = {"num_crops": num_crops} if num_crops is not None else {}
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     adapter_dir = resolve(adapter, "adapter", ("adapter_config.json", "config.json"))
     if is_full_model(adapter_dir):
         if base is not None:
             print(f"Warning: {adapter} is a fully fine-tuned model, not an adapter: --base {base} is not used.")
         processor = AutoProcessor.from_pretrained(adapter_dir, **extra)
-        return AutoModelForCausalLM.from_pretrained(adapter_dir, dtype=dtype).eval(), processor
+        return AutoModelForCausalLM.from_pretrained(adapter_dir, dtype=dtype, device_map=device).eval(), processor
     recorded = read_adapter_config(adapter_dir, adapter).get("base_model_name_or_path")
     if base is not None and recorded and base != recorded:
         print(f"Warning: the adapter was trained on {recorded!r}; applying it to {base!r} as asked (--base).")
@@ -96,7 +99,7 @@ def load_for_inference(adapter: str, base: str | None = None, num_crops: int | N
         (adapter_dir / name).exists() for name in ("processor_config.json", "preprocessor_config.json")
     )
     processor = AutoProcessor.from_pretrained(adapter_dir if has_processor else base_dir, **extra)
-    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype)
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype, device_map=device)
     model = PeftModel.from_pretrained(model, adapter_dir).eval()
     return model, processor
 

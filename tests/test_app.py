@@ -1,0 +1,201 @@
+"""The app's functions without a browser: inputs checked, answers equal to generating directly with and without the
+adapter, follow-ups that keep the conversation, the recipe's fields parsed, the run's examples, the Space folder."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import AutoModelForCausalLM, AutoProcessor
+
+from phi3v_recipe.app import (
+    AppError,
+    Chat,
+    Session,
+    build_app,
+    converse,
+    display,
+    main,
+    read_run,
+    start_chat,
+    write_space,
+)
+from phi3v_recipe.arguments import DEFAULT_ANSWER_TEMPLATE, RecipeArguments
+from phi3v_recipe.conversation import assistant_turn, user_turn
+from phi3v_recipe.errors import UserError
+from phi3v_recipe.generation import generate_new_tokens
+from phi3v_recipe.hub import main as hub_main
+from phi3v_recipe.predict import load_for_inference
+
+from .test_processor import photo
+
+pytest.importorskip("gradio")
+
+
+def write_random_adapter(base_dir: Path, out: Path) -> Path:
+    """A LoRA adapter whose B matrices are random (not zero), so the adapted model answers unlike the base."""
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    config = LoraConfig(
+        r=8, lora_alpha=64, target_modules=["qkv_proj", "o_proj", "gate_up_proj", "down_proj"], init_lora_weights=False
+    )
+    get_peft_model(model, config).save_pretrained(out)
+    AutoProcessor.from_pretrained(base_dir).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def adapter(tiny_dir, tmp_path_factory):
+    return write_random_adapter(tiny_dir, tmp_path_factory.mktemp("app") / "adapter")
+
+
+@pytest.fixture(scope="module")
+def session(adapter):
+    model, processor = load_for_inference(str(adapter), num_crops=1)
+    recipe = RecipeArguments(question="Name, category and price?", answer_template=DEFAULT_ANSWER_TEMPLATE)
+    return Session(model, processor, recipe)
+
+
+@pytest.fixture(scope="module")
+def image_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("img") / "bag.png"
+    photo(300, 200).save(path)
+    return path
+
+
+def direct_answer(model, processor, messages, images, max_new_tokens=8) -> str:
+    ids = generate_new_tokens(model, processor, [messages], [images], max_new_tokens)
+    return processor.tokenizer.decode(ids[0], skip_special_tokens=True).strip()
+
+
+def test_bad_inputs_are_messages(tmp_path, image_path):
+    with pytest.raises(AppError, match="Upload an image"):
+        start_chat([])
+    text = tmp_path / "notes.txt"
+    text.write_text("not an image")
+    with pytest.raises(AppError, match="notes.txt is not an image"):
+        start_chat([str(text)])
+    huge = tmp_path / "huge.png"
+    from PIL import Image
+
+    Image.new("1", (9000, 6000)).save(huge)  # 54 megapixels, a small file
+    with pytest.raises(AppError, match="too large"):
+        start_chat([str(huge)])
+    with pytest.raises(AppError, match="At most 8 images"):
+        start_chat([str(image_path)] * 9)
+    chat = start_chat([str(image_path)] * 2, truth="t")
+    assert len(chat.images) == 2 and chat.truth == "t"
+
+
+def test_answers_are_the_adapters_and_the_base_models(session, tiny_dir, image_path):
+    chat = start_chat([str(image_path)])
+    steps = list(converse(session, chat, "What is it?", max_new_tokens=8))
+    tuned, base = steps[-1][1], steps[-1][2]
+    # streamed: the fine-tuned answer grows first, then the base answer
+    assert [s[2] for s in steps].index(base) > 0 and steps[0][2] is None
+
+    messages = [user_turn("What is it?", 1)]
+    assert tuned == direct_answer(session.model, session.processor, messages, chat.images)
+    base_model = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32).eval()
+    assert base == direct_answer(base_model, session.processor, messages, chat.images)
+    assert tuned != base  # the random adapter changes the answer
+    assert hasattr(session.model, "disable_adapter")  # one model in memory: the base answer disables the adapter
+
+    # a follow-up keeps each conversation: the images stay with the first turn
+    steps = list(converse(session, chat, "And its price?", max_new_tokens=8))
+    assert [m["role"] for m in chat.tuned] == ["user", "assistant", "user", "assistant"]
+    assert chat.tuned[1] == assistant_turn(tuned) and chat.base[1] == assistant_turn(base)
+    assert chat.tuned[2] == user_turn("And its price?", 0)
+    follow_up = [*messages, assistant_turn(tuned), user_turn("And its price?", 0)]
+    assert steps[-1][1] == direct_answer(session.model, session.processor, follow_up, chat.images)
+    base_follow_up = [*messages, assistant_turn(base), user_turn("And its price?", 0)]
+    assert steps[-1][2] == direct_answer(base_model, session.processor, base_follow_up, chat.images)
+
+
+def test_an_empty_question_is_a_message(session, image_path):
+    chat = start_chat([str(image_path)])
+    with pytest.raises(AppError, match="Type a question"):
+        list(converse(session, chat, "  "))
+    assert chat.tuned == []
+
+
+def test_fields_are_parsed_beside_the_truth(session):
+    truth = "Product: Check Scarf, Category: SCARVES, Full Price: 390"
+    rows = session.fields("Product: Tote, Category: BAGS, Full Price: 1,290", "a bag", truth)
+    assert rows == [
+        ["title", "Tote", "-", "Check Scarf"],
+        ["category3_code", "BAGS", "-", "SCARVES"],
+        ["full_price", "1,290", "-", "390"],
+    ]
+    assert Session(session.model, session.processor, None).fields("x", "y", None) == []
+
+
+def test_read_run_takes_the_recipe_and_the_examples(tmp_path, image_path):
+    (tmp_path / "run_recipe.json").write_text(
+        json.dumps(
+            {
+                "question": "Q?",
+                "answer_template": "A: {a}",
+                "numeric_fields": [],
+                "learning_rate": 1.0,
+                "dataset": "d.csv",
+            }
+        )
+    )
+    rows = [
+        {"images": [str(image_path)], "truth": "A: 1", "prediction": "A: 2"},
+        {"images": [str(tmp_path / "gone.png")], "truth": "A: 3", "prediction": "A: 3"},
+    ]
+    (tmp_path / "predictions.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    recipe, examples = read_run(tmp_path)
+    assert recipe.question == "Q?" and recipe.answer_template == "A: {a}" and recipe.dataset == "d.csv"
+    assert examples == [{"images": [str(image_path)], "truth": "A: 1"}]  # examples whose images are gone are left out
+    assert read_run(tmp_path / "nothing") == (None, [])
+
+
+def test_the_page_builds(session):
+    import gradio as gr
+
+    page = build_app(session, "test")
+    assert isinstance(page, gr.Blocks)
+    ids = {block.elem_id for block in page.blocks.values()}
+    assert {"images", "question", "ask", "tuned", "base", "status", "fields"} <= ids
+
+
+def test_space_folder(tmp_path, adapter):
+    with pytest.raises(UserError, match="local folder"):
+        write_space(tmp_path / "space", str(adapter), None)
+    out = write_space(tmp_path / "space", "someone/phi3v-adapter", "someone/base")
+    app = (out / "app.py").read_text()
+    compile(app, "app.py", "exec")
+    assert "'someone/phi3v-adapter'" in app and "'--base', 'someone/base'" in app.replace('"', "'")
+    readme = (out / "README.md").read_text()
+    assert readme.startswith("---\n") and "sdk: gradio" in readme and "app_file: app.py" in readme
+    requirements = (out / "requirements.txt").read_text().splitlines()
+    assert any(r.startswith("gradio==") for r in requirements) and any(
+        r.startswith("transformers") for r in requirements
+    )
+    assert (out / "phi3v_recipe" / "app.py").is_file() and not list(out.rglob("__pycache__"))
+
+
+def test_space_through_the_command_and_push_checks(tmp_path, capsys):
+    main(["--adapter", "someone/phi3v-adapter", "--space", str(tmp_path / "space")])
+    assert "--repo_type space" in capsys.readouterr().out
+    with pytest.raises(UserError, match="not a Space folder"):
+        hub_main(["push", str(tmp_path), "--repo_id", "someone/space", "--repo_type", "space"])
+    with pytest.raises(SystemExit):
+        hub_main(["push", str(tmp_path / "space"), "--repo_id", "someone/space", "--repo_type", "dataset"])
+
+
+def test_chat_turns_carry_the_images_once():
+    chat = Chat(images=["a", "b"])
+    chat.ask("first")
+    chat.ask("second")
+    assert chat.tuned[0] == user_turn("first", 2) and chat.tuned[1] == user_turn("second", 0)
+    assert chat.base == chat.tuned
+
+
+def test_an_empty_answer_is_said_so():
+    shown = display([user_turn("q", 1), assistant_turn("\n ")])
+    assert shown[0]["content"] == "q" and shown[1]["content"].startswith("(an empty answer")
