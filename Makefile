@@ -85,7 +85,8 @@ ADAPTER ?= outputs/demo
 app: setup
 	$(BIN)/phi3v-recipe app --adapter $(ADAPTER) $(ARGS)
 
-# Benchmarks side by side with the naive recipe; prints tables and writes outputs/bench.json.
+# Benchmarks: ours beside the official cookbook recipe, the W&B guide and TRL's generic VLM path (tables + outputs/bench.json).
+# On a GPU: make bench ARGS="--sweep 1,2,4,8" (full-size model, num_crops 16).
 bench: setup
 	$(BIN)/python -m phi3v_recipe.bench --out outputs/bench.json $(ARGS)
 

@@ -120,6 +120,7 @@ def main(argv: list[str] | None = None) -> None:
         if command == "app":
             raise SystemExit(f"error: the app needs Gradio: pip install '.[app]' ({err}).") from None
         raise
+    sys.argv[0] = f"phi3v-recipe {command}"  # usage lines and errors name the subcommand
     result = run(module.main, prefix + rest)
     if isinstance(result, int) and not isinstance(result, bool):
         raise SystemExit(result)

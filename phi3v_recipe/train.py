@@ -175,6 +175,28 @@ class Phi3VSFTTrainer(SFTTrainer):
         super().log(logs, start_time)
 
 
+def build_trainer(model_args, recipe, args, processor, data, callbacks=()) -> "Phi3VSFTTrainer":
+    """The model (with its LoRA config) and the trainer over the prepared data: what every run trains with."""
+    # Our collator builds the batches from the raw rows: TRL must neither drop columns nor tokenize the dataset.
+    args.remove_unused_columns = False
+    args.dataset_kwargs = {"skip_prepare_dataset": True}
+    model = load_model(model_args, recipe, processor)
+    peft_config = get_peft_config(model_args)
+    if peft_config is not None and model_args.lora_target_modules is None:
+        peft_config.target_modules = LANGUAGE_MODEL_LORA_TARGETS
+    trainer = Phi3VSFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=data.train,
+        eval_dataset=data.eval,
+        processing_class=processor,
+        data_collator=VisionSFTCollator(processor, args.max_length, args.pad_to_multiple_of),
+        peft_config=peft_config,
+        callbacks=list(callbacks),
+    )
+    return trainer
+
+
 def resume_value(value):
     """``--resume_from_checkpoint true`` resumes from the last checkpoint in output_dir; a path from that one."""
     if value is None or str(value).lower() in ("false", "no", ""):
@@ -230,9 +252,6 @@ def main(argv: list[str] | None = None) -> SFTTrainer:
     push, args.push_to_hub = args.push_to_hub, False  # one push at the end, so a failed upload never loses work
     token = hub.check_push_ready(args.hub_model_id, token) if push else None
     hub.ensure_available(model_args.model_name_or_path, "model")
-    # Our collator builds the batches from the raw rows: TRL must neither drop columns nor tokenize the dataset.
-    args.remove_unused_columns = False
-    args.dataset_kwargs = {"skip_prepare_dataset": True}
     out = Path(args.output_dir)
     resume = None
     if args.process_index == 0:
@@ -257,10 +276,6 @@ def main(argv: list[str] | None = None) -> SFTTrainer:
     if len(data.train) == 0:
         raise UserError(f"No training rows left after the checks; see {out / 'skipped_rows.csv'} for why.")
 
-    model = load_model(model_args, recipe, processor)
-    peft_config = get_peft_config(model_args)
-    if peft_config is not None and model_args.lora_target_modules is None:
-        peft_config.target_modules = LANGUAGE_MODEL_LORA_TARGETS
     callbacks = []
     if use_wandb and data.eval is not None and recipe.predictions_to_log:
         callbacks.append(
@@ -268,16 +283,8 @@ def main(argv: list[str] | None = None) -> SFTTrainer:
                 processor, data.eval.select(range(min(recipe.predictions_to_log, len(data.eval)))).to_list()
             )
         )
-    trainer = Phi3VSFTTrainer(
-        model=model,
-        args=args,
-        train_dataset=data.train,
-        eval_dataset=data.eval,
-        processing_class=processor,
-        data_collator=VisionSFTCollator(processor, args.max_length, args.pad_to_multiple_of),
-        peft_config=peft_config,
-        callbacks=callbacks,
-    )
+    trainer = build_trainer(model_args, recipe, args, processor, data, callbacks)
+    peft_config = get_peft_config(model_args)  # None: full fine-tuning
     if use_wandb and trainer.is_world_process_zero():
         import wandb
 

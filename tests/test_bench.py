@@ -1,11 +1,22 @@
-"""The benchmark's baselines compute the same things as the fast paths they are compared with."""
+"""The benchmark's baselines are the recipes they name, its FLOP counts follow their formulas, its memory readings
+come from the process measured, and the whole bench runs end to end on the tiny model."""
 
+import json
+import subprocess
+import sys
+
+import pytest
 import torch
+from PIL import Image
+from transformers import AutoModelForCausalLM, AutoProcessor
 
-from phi3v_recipe.bench import naive_process, padded_share
-from phi3v_recipe.phi3_v import Phi3VImageProcessor
+from phi3v_recipe import bench
+from phi3v_recipe.bench import baselines, flops, micro
+from phi3v_recipe.phi3_v import Phi3VConfig, Phi3VImageProcessor
 
 from .test_processor import photo
+
+QUESTION, ANSWER = "What is shown in this image?", "Product: Tote, Category: BAGS, Full Price: 1290"
 
 
 def test_per_crop_baseline_computes_the_same_pixels():
@@ -13,33 +24,172 @@ def test_per_crop_baseline_computes_the_same_pixels():
         image = photo(*size)
         processor = Phi3VImageProcessor(num_crops=num_crops)
         ours = processor(image)["pixel_values"][0]
-        naive = naive_process(image, num_crops, processor.image_mean, processor.image_std)
+        naive = micro.naive_process(image, num_crops, processor.image_mean, processor.image_std)
         torch.testing.assert_close(naive, ours, atol=1e-5, rtol=0)
 
 
 def test_padded_share():
     lengths = [10, 10, 5, 15]
-    assert padded_share(lengths, [[0, 1], [2, 3]]) == 1 - 40 / (20 + 30)
-    assert padded_share(lengths, [[0, 1], [2, 3]], pad_to=20) == 1 - 40 / 80
-    assert padded_share(lengths, [[2, 0], [1, 3]]) == 1 - 40 / (20 + 30)
+    assert micro.padded_share(lengths, [[0, 1], [2, 3]]) == 1 - 40 / (20 + 30)
+    assert micro.padded_share(lengths, [[0, 1], [2, 3]], pad_to=20) == 1 - 40 / 80
+    assert micro.padded_share(lengths, [[2, 0], [1, 3]]) == 1 - 40 / (20 + 30)
 
 
-def test_useful_flops_count_decoder_head_and_the_vision_layers_that_run(tiny_dir):
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
+@pytest.fixture(scope="module")
+def processor(tiny_dir):
+    return AutoProcessor.from_pretrained(tiny_dir)
 
-    from phi3v_recipe.bench import useful_flops
-    from phi3v_recipe.train import LANGUAGE_MODEL_LORA_TARGETS
 
-    base = AutoModelForCausalLM.from_pretrained(tiny_dir)
-    c, v = base.config, base.config.vocab_size
-    h, i, layers = c.hidden_size, c.intermediate_size, c.num_hidden_layers
-    n_decoder = layers * (h * 3 * h + h * h + h * 2 * i + i * h + 2 * h)  # qkv, o, gate_up, down, two norms
-    clip = base.model.vision_embed_tokens.img_processor.vision_model
-    n_clip_layer = sum(p.numel() for p in clip.encoder.layers[0].parameters())
-    n_stem = sum(p.numel() for n, p in clip.named_parameters() if not n.startswith(("encoder.", "post_layernorm")))
-    n_vision = n_stem + (len(clip.encoder.layers) - 1) * n_clip_layer  # hidden state -2: the last layer never runs
-    model = get_peft_model(base, LoraConfig(r=4, target_modules=LANGUAGE_MODEL_LORA_TARGETS))
+def test_official_collator_trains_the_answer_and_pads_right(processor):
+    rows = [
+        {"image": photo(400, 300), "question": QUESTION, "answer": ANSWER},
+        {"image": photo(300, 600, seed=1), "question": "Colour?", "answer": "Red"},
+    ]
+    batch = baselines.OfficialCollator(processor)(rows)
+    tokenizer = processor.tokenizer
+    for i, row in enumerate(rows):
+        answer = tokenizer(f"{row['answer']}<|end|>\n<|endoftext|>", add_special_tokens=False).input_ids
+        labels = batch["labels"][i]
+        assert labels[labels != -100].tolist() == answer  # the answer only: no prompt, image or padding
+        length = int(batch["attention_mask"][i].sum())
+        assert batch["input_ids"][i, length:].eq(tokenizer.pad_token_id).all()  # right padding
+        assert (batch["input_ids"][i, :length] < 0).any()  # the image's positions are in the prompt
+    assert batch["attention_mask"].equal(batch["input_ids"] != tokenizer.pad_token_id)
+    assert batch["pixel_values"].shape[0] == 2 and batch["image_sizes"].shape == (2, 2)
 
-    flops = useful_flops(model, tokens=1000, answer_tokens=30, crops=7)
-    assert flops == 4 * n_decoder * 1000 + 4 * v * h * 30 + 2 * n_vision * 577 * 7
+
+def test_guide_collator_is_text_only_fixed_512_left_padded_labels_everywhere(processor):
+    batch = baselines.GuideCollator(processor)([{"question": QUESTION, "answer": ANSWER}])
+    assert batch["input_ids"].shape == (1, 512)
+    assert batch["attention_mask"][0, 0] == 0 and batch["attention_mask"][0, -1] == 1  # left padding
+    assert batch["labels"].equal(batch["input_ids"])  # prompt and padding trained
+    assert (batch["input_ids"] >= 0).all() and "pixel_values" not in batch  # the image never reaches the model
+
+
+def test_official_lora_targets(tiny_dir):
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir)
+    targets = set(baselines.official_lora_targets(model))
+    assert "lm_head" in targets
+    assert {n for n in targets if n.startswith("model.layers.0.")} == {
+        "model.layers.0.self_attn.qkv_proj",
+        "model.layers.0.self_attn.o_proj",
+        "model.layers.0.mlp.gate_up_proj",
+        "model.layers.0.mlp.down_proj",
+    }
+    embedding = model.model.vision_embed_tokens
+    layers = embedding.img_processor.vision_model.encoder.layers
+    used = embedding.img_processor.vision_model.layers_needed(embedding.feature_layer)
+    clip = "model.vision_embed_tokens.img_processor.vision_model.encoder.layers"
+    for i in range(len(layers)):
+        names = {f"{clip}.{i}.self_attn.{p}" for p in ("q_proj", "k_proj", "v_proj", "out_proj")}
+        names |= {f"{clip}.{i}.mlp.fc1", f"{clip}.{i}.mlp.fc2"}
+        assert names <= targets if i < used else not names & targets  # the layers that never run are not adapted
+    assert {"model.vision_embed_tokens.img_projection.0", "model.vision_embed_tokens.img_projection.2"} <= targets
+
+
+def test_full_size_shapes_from_the_meta_device():
+    shapes = flops.model_shapes(Phi3VConfig())
+    d, inter, vocab = 3072, 8192, 32064
+    assert shapes["decoder_linear"] == 32 * (d * 3 * d + d * d + d * 2 * inter + inter * d)
+    assert shapes["head"] == vocab * d
+    assert shapes["clip_layers"] == 23 and shapes["clip_tokens"] == 577  # hidden state -2 of ViT-L/14 at 336
+    assert shapes["clip_linear"] == 23 * (4 * 1024 * 1024 + 2 * 1024 * 4096) + 1024 * 3 * 14 * 14
+    assert shapes["projection"] == 4096 * d + d * d
+    assert shapes["lora_head"] == 64 * (d + vocab)
+
+
+SHAPES = {
+    "hidden": 8,
+    "layers": 2,
+    "decoder_linear": 1000,
+    "head": 500,
+    "clip_linear": 300,
+    "clip_layers": 1,
+    "clip_hidden": 4,
+    "clip_tokens": 5,
+    "projection": 50,
+    "lora_decoder": 10,
+    "lora_head": 7,
+    "lora_clip": 3,
+}
+
+
+def test_mode_flops_follow_the_formula():
+    tokens, tokens_sq, answer, crops, image_tokens = 100, 12_000, 6, 3, 40
+    attention = 2 * 2 * 8 * tokens_sq
+    clip = 3 * (2 * 300 * 5 + 4 * 1 * 4 * 25) + 2 * 50 * image_tokens
+    ours = flops.mode_flops(SHAPES, "ours", tokens, tokens_sq, answer, crops, image_tokens)
+    assert ours["decoder"] == 4 * 1000 * tokens + 6 * 10 * tokens
+    assert ours["attention"] == 3 * attention
+    assert ours["head"] == 4 * 500 * answer
+    assert ours["vision"] == clip
+    assert ours["recompute"] == 2 * 1000 * tokens + attention
+    assert ours["total"] == sum(v for k, v in ours.items() if k != "total")
+    official = flops.mode_flops(SHAPES, "official", tokens, tokens_sq, answer, crops, image_tokens)
+    assert official["head"] == 4 * 500 * tokens + 6 * 7 * tokens  # every position, LoRA on the head
+    assert official["vision"] == 3 * clip + 6 * 3 * 5 * crops  # gradients through CLIP
+    assert official["recompute"] == ours["recompute"] + clip
+    trl_cpu = flops.mode_flops(SHAPES, "trl", tokens, tokens_sq, answer, crops, image_tokens, gpu=False)
+    assert trl_cpu["head"] == 4 * 500 * tokens  # TRL's fused head scores every position off Triton devices
+    guide = flops.mode_flops(SHAPES, "guide", 512, 512**2, answer, 0, 0)
+    assert guide["decoder"] == 6 * 1000 * 512 and guide["head"] == 6 * 500 * 512 and guide["vision"] == 0
+
+
+def test_analytic_table_pads_each_mode_its_way():
+    stats = [{"tokens": t, "answer": 5, "crops": 2, "image_tokens": 30} for t in [100, 300, 300, 100, 300] * 80]
+    rows = {r["mode"]: r for r in flops.analytic_table(SHAPES, stats, batch_size=2)}
+    real = sum(s["tokens"] for s in stats) / len(stats)
+    assert real <= rows["ours"]["tokens_per_row"] < 1.02 * real  # length-grouped: almost no padding
+    assert rows["official"]["tokens_per_row"] > 1.2 * real and rows["guide"]["tokens_per_row"] == 512
+    assert rows["ours"]["vs_ours"] == 1 and rows["official"]["vs_ours"] > 1
+    assert rows["ours-no-ckpt"]["recompute"] == 0 and rows["ours-no-ckpt"]["vs_ours"] < 1
+    square = sum(s["tokens"] ** 2 for s in stats) / len(stats)
+    useful = flops.mode_flops(SHAPES, "ours", real, square, 5, 2, 30)
+    assert rows["ours"]["model"] == pytest.approx(useful["total"] - useful["recompute"])
+
+
+def test_token_stats_scale_image_tokens_to_16_crops(tmp_path, processor):
+    path = tmp_path / "wide.png"
+    Image.new("RGB", (600, 200)).save(path)
+    row = {"images": [str(path)], "messages": [{"role": "assistant", "content": [{"type": "text", "text": "Red"}]}]}
+    from phi3v_recipe.phi3_v.image_processing_phi3_v import hd_grid, num_image_tokens
+
+    stats = flops.token_stats([row], [1000], processor, num_crops=16)[0]
+    base = processor.image_processor.num_crops
+    assert stats["tokens"] == 1000 - num_image_tokens(600, 200, base) + num_image_tokens(600, 200, 16)
+    *_, rows, cols = hd_grid(600, 200, 16)
+    assert stats["crops"] == rows * cols + 1 and stats["image_tokens"] == num_image_tokens(600, 200, 16)
+
+
+def test_vm_hwm_is_the_measured_process_own_peak():
+    code = (
+        "import numpy as np; from phi3v_recipe.bench.measure import vm_hwm_mb; a = np.ones(400 * 2**20 // 8); "
+        "del a; print(vm_hwm_mb())"
+    )
+    peak = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    assert 400 < peak < 2000
+
+
+def test_the_bench_runs_every_mode_in_fresh_processes(tmp_path):
+    out = tmp_path / "bench.json"
+    args = ["--rows", "8", "--steps", "2", "--warmup", "1", "--repeats", "1", "--batch_size", "2"]
+    bench.main([*args, "--skip", "preprocessing,pipes", "--out", str(out), "--device", "cpu", "--threads", "1"])
+    results = json.loads(out.read_text())
+    runs = {r["mode"]: r for r in results["training_runs"]}
+    assert set(runs) == set(baselines.MODES)
+    for run in runs.values():
+        assert len(run["step_seconds"]) == 2 and run["samples_per_s_median_step"] > 0
+        assert run["main_peak_mb"] > 100 and run["tree_peak_pss_mb"] > 100  # the child's own figures
+        assert run["train_loss"] == run["train_loss"]  # trained (a number, not NaN)
+    assert runs["guide"]["batch_size"] == 1 and runs["ours"]["batch_size"] == 2
+    assert runs["ours"]["trainable_params"] == runs["trl"]["trainable_params"]  # the same LoRA
+    assert runs["ours"]["trainable_params"] == runs["ours-no-ckpt"]["trainable_params"]
+    assert runs["official"]["trainable_params"] > runs["ours"]["trainable_params"]  # r 64 on head and CLIP too
+    assert "samples_per_s_median_step" in results["vs_official"]["ours"]["2"]
+    assert {r["mode"] for r in results["flops_full_size"]} == set(baselines.MODES)
+
+
+def test_head_share():
+    assert flops.head_share(flops.model_shapes(Phi3VConfig())) == pytest.approx(
+        32064 * 3072 / (32064 * 3072 + 32 * (3072 * 9216 + 3072 * 3072 + 3072 * 16384 + 8192 * 3072))
+    )

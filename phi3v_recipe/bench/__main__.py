@@ -1,0 +1,5 @@
+"""python -m phi3v_recipe.bench"""
+
+from . import main
+
+main()

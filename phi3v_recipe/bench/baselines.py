@@ -1,0 +1,282 @@
+"""The training modes the bench compares, each built as its users build it (see the package docstring)."""
+
+import json
+from pathlib import Path
+
+MODES = ["official", "guide", "trl", "ours", "ours-no-ckpt"]
+GUIDE_LENGTH = 512
+RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "burberry_lora.yaml"
+
+
+def ours_trainer(spec: dict):
+    from ..config import parse_recipe
+    from ..data import prepare_data
+    from ..train import build_trainer
+
+    cpu = spec["device"] == "cpu"
+    overrides = {
+        "model_name_or_path": spec["model_dir"],
+        "dataset": spec["csv"],
+        "output_dir": spec["out"],
+        "overwrite_output_dir": True,
+        "num_crops": spec["num_crops"],
+        "max_length": spec["max_length"],
+        "per_device_train_batch_size": spec["batch_size"],
+        "gradient_accumulation_steps": 1,
+        "max_steps": spec["warmup"] + spec["steps"],
+        "dataloader_num_workers": spec["workers"],
+        "eval_fraction": 0,
+        "eval_strategy": "no",
+        "save_strategy": "no",
+        "report_to": "none",
+        "push_to_hub": False,
+        "logging_steps": 100000,
+        "disable_tqdm": True,
+        "attn_implementation": spec["attn"],
+        "seed": 0,
+        "dtype": "float32" if cpu else "bfloat16",
+        "bf16": not cpu,
+        "use_cpu": cpu,
+    }
+    if spec["mode"] == "ours-no-ckpt":
+        overrides["activation_checkpointing"] = False
+    argv = ["--config", str(RECIPE)]
+    for key, value in overrides.items():
+        argv += [f"--{key}", str(value).lower() if isinstance(value, bool) else str(value)]
+    recipe, args, model_args = parse_recipe(argv)
+    recipe.image_url_column, recipe.image_column = None, "local_image_path"  # the local synthetic set
+    processor = processor_for(spec)
+    data = prepare_data(recipe, processor, args.max_length)
+    return build_trainer(model_args, recipe, args, processor, data)
+
+
+def processor_for(spec: dict):
+    from transformers import AutoProcessor
+
+    return AutoProcessor.from_pretrained(spec["model_dir"], num_crops=spec["num_crops"])
+
+
+def load_model(spec: dict, auto_class=None):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    dtype = torch.float32 if spec["device"] == "cpu" else torch.bfloat16
+    return (auto_class or AutoModelForCausalLM).from_pretrained(
+        spec["model_dir"], dtype=dtype, attn_implementation=spec["attn"]
+    )
+
+
+def training_arguments(spec: dict, **settings):
+    from transformers import TrainingArguments
+
+    cpu = spec["device"] == "cpu"
+    common = {
+        "output_dir": spec["out"],
+        "max_steps": spec["warmup"] + spec["steps"],
+        "per_device_train_batch_size": spec["batch_size"],
+        "dataloader_num_workers": spec["workers"],
+        "use_cpu": cpu,
+        "bf16": not cpu,
+        "report_to": [],
+        "save_strategy": "no",
+        "logging_steps": 100000,
+        "disable_tqdm": True,
+        "remove_unused_columns": False,
+        "seed": 0,
+    }
+    return TrainingArguments(**(common | settings))
+
+
+class OfficialDataset:
+    """The cookbook's dataset: a row gives its decoded image, question and answer."""
+
+    def __init__(self, rows: list[dict]):
+        self.rows = rows
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, i):
+        from PIL import Image
+
+        row = self.rows[i]
+        with Image.open(row["image"]) as image:
+            return {"image": image.convert("RGB"), "question": row["question"], "answer": row["answer"]}
+
+
+class OfficialCollator:
+    """The cookbook's training collator: the processor on each prompt and image, the answer tokenised after it
+    (``{answer}<|end|>\\n<|endoftext|>``, no BOS), labels -100 on the prompt, right padding, pixel values
+    concatenated."""
+
+    def __init__(self, processor):
+        self.processor = processor
+
+    def __call__(self, examples: list[dict]) -> dict:
+        import torch
+        from torch.nn.utils.rnn import pad_sequence
+
+        tokenizer = self.processor.tokenizer
+        ids, labels, pixels, sizes = [], [], [], []
+        for example in examples:
+            prompt = tokenizer.apply_chat_template(
+                [{"role": "user", "content": f"<|image_1|>\n{example['question']}"}],
+                tokenize=False,
+                add_generation_prompt=True,
+            )
+            batch = self.processor(prompt, [example["image"]], return_tensors="pt")
+            answer = tokenizer(
+                f"{example['answer']}<|end|>\n<|endoftext|>", add_special_tokens=False, return_tensors="pt"
+            ).input_ids
+            ids.append(torch.cat([batch["input_ids"], answer], 1)[0])
+            labels.append(torch.cat([torch.full_like(batch["input_ids"], -100), answer], 1)[0])
+            pixels.append(batch["pixel_values"])
+            sizes.append(batch["image_sizes"])
+        input_ids = pad_sequence(ids, batch_first=True, padding_value=tokenizer.pad_token_id)
+        return {
+            "input_ids": input_ids,
+            "labels": pad_sequence(labels, batch_first=True, padding_value=-100),
+            "attention_mask": input_ids.ne(tokenizer.pad_token_id),
+            "pixel_values": torch.cat(pixels),
+            "image_sizes": torch.cat(sizes),
+        }
+
+
+def official_lora_targets(model) -> list[str]:
+    """``create_lora_config``'s targets as module names: the decoder's qkv/o/gate_up/down and ``lm_head``; CLIP's
+    q/k/v/out_proj and fc1/fc2 in the layers that run (the cookbook deletes the others); the image projection."""
+    import torch
+
+    embedding = model.model.vision_embed_tokens
+    unused = {id(m) for module in embedding.unused_modules() for m in module.modules()}
+    names = []
+    for name, module in model.named_modules():
+        if not isinstance(module, torch.nn.Linear) or id(module) in unused:
+            continue
+        leaf = name.rsplit(".", 1)[-1]
+        in_vision = ".vision_embed_tokens." in f".{name}"
+        if name == "lm_head" or (not in_vision and leaf in ("qkv_proj", "o_proj", "down_proj", "gate_up_proj")):
+            names.append(name)
+        elif in_vision and (
+            leaf in ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2") or "img_projection" in name
+        ):
+            names.append(name)
+    return names
+
+
+def official_trainer(spec: dict):
+    from peft import LoraConfig, get_peft_model
+    from transformers import Trainer
+
+    processor = processor_for(spec)
+    model = load_model(spec)
+    lora = LoraConfig(
+        r=64,
+        lora_alpha=128,
+        lora_dropout=0.0,
+        target_modules=official_lora_targets(model),
+        init_lora_weights="gaussian",
+    )
+    model = get_peft_model(model, lora)
+    args = training_arguments(
+        spec,
+        optim="adamw_torch",
+        learning_rate=4e-5,
+        weight_decay=0.01,
+        adam_beta2=0.95,
+        adam_epsilon=1e-7,
+        max_grad_norm=1.0,
+        lr_scheduler_type="linear",
+        warmup_steps=50,
+        gradient_checkpointing=True,
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+        ddp_find_unused_parameters=False,
+    )
+    return Trainer(
+        model=model,
+        args=args,
+        train_dataset=OfficialDataset(spec_rows(spec)),
+        data_collator=OfficialCollator(processor),
+    )
+
+
+class GuideCollator:
+    """The guide's batches: the chat text through the bare tokenizer (so ``<|image_1|>`` is plain text and the image
+    never reaches the model), every row left-padded or cut to 512 tokens, labels = input_ids (prompt and padding
+    trained)."""
+
+    def __init__(self, processor):
+        self.processor, self.tokenizer = processor, processor.tokenizer
+
+    def __call__(self, rows: list[dict]) -> dict:
+        texts = [
+            self.tokenizer.apply_chat_template(
+                [
+                    {"role": "user", "content": f"<|image_1|>\n{row['question']}"},
+                    {"role": "assistant", "content": row["answer"]},
+                ],
+                tokenize=False,
+            )
+            for row in rows
+        ]
+        self.tokenizer.padding_side = "left"
+        batch = self.tokenizer(
+            texts, padding="max_length", max_length=GUIDE_LENGTH, truncation=True, return_tensors="pt"
+        )
+        batch["labels"] = batch["input_ids"].clone()
+        return dict(batch)
+
+
+def guide_trainer(spec: dict):
+    from transformers import Trainer
+
+    processor = processor_for(spec)
+    model = load_model(spec)  # full fine-tuning: every parameter trains
+    args = training_arguments(spec | {"batch_size": 1})
+    return Trainer(model=model, args=args, train_dataset=spec_rows(spec), data_collator=GuideCollator(processor))
+
+
+def trl_trainer(spec: dict):
+    import datasets
+    from peft import LoraConfig
+    from transformers import AutoModelForImageTextToText
+    from trl import SFTConfig, SFTTrainer
+
+    from ..train import LANGUAGE_MODEL_LORA_TARGETS
+
+    rows = [{"images": [row["image"]], "messages": row["messages"]} for row in spec_rows(spec)]
+    dataset = datasets.Dataset.from_list(rows).cast_column("images", datasets.List(datasets.Image()))
+    cpu = spec["device"] == "cpu"
+    args = SFTConfig(
+        output_dir=spec["out"],
+        max_steps=spec["warmup"] + spec["steps"],
+        per_device_train_batch_size=spec["batch_size"],
+        dataloader_num_workers=spec["workers"],
+        max_length=None,  # TRL's default (1024) would cut image tokens at num_crops 16
+        assistant_only_loss=True,
+        use_cpu=cpu,
+        bf16=not cpu,
+        report_to=[],
+        save_strategy="no",
+        logging_steps=100000,
+        disable_tqdm=True,
+        seed=0,
+    )
+    lora = LoraConfig(r=64, lora_alpha=128, lora_dropout=0.05, target_modules=LANGUAGE_MODEL_LORA_TARGETS)
+    model = load_model(spec, AutoModelForImageTextToText)
+    return SFTTrainer(
+        model=model, args=args, train_dataset=dataset, processing_class=processor_for(spec), peft_config=lora
+    )
+
+
+BUILDERS = {
+    "official": official_trainer,
+    "guide": guide_trainer,
+    "trl": trl_trainer,
+    "ours": ours_trainer,
+    "ours-no-ckpt": ours_trainer,
+}
+
+
+def spec_rows(spec: dict) -> list[dict]:
+    return json.loads(Path(spec["rows"]).read_text())

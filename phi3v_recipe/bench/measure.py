@@ -1,0 +1,123 @@
+"""One mode in a fresh process, timed step by step; the memory of its process tree sampled from outside."""
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from .baselines import BUILDERS
+
+
+def step_timer(cuda: bool):
+    from transformers import TrainerCallback
+
+    class StepTimer(TrainerCallback):
+        """Times between consecutive step ends: each step's data wait, forward, backward and optimiser step."""
+
+        marks: list[float] = []
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            if cuda:
+                import torch
+
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+            self.marks = [time.perf_counter()]
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if cuda:
+                import torch
+
+                torch.cuda.synchronize()
+            self.marks.append(time.perf_counter())
+
+    return StepTimer()
+
+
+def vm_hwm_mb() -> float:
+    """This process's peak resident set (kB in /proc/self/status), in MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def run_mode(spec: dict) -> dict:
+    """One mode, in this (fresh) process: build its trainer, train, time the steps after the warm-up."""
+    import torch
+
+    torch.set_num_threads(spec["threads"])
+    torch.manual_seed(0)
+    cuda = spec["device"] == "cuda"
+    trainer = BUILDERS[spec["mode"]](spec)
+    timer = step_timer(cuda)
+    trainer.add_callback(timer)
+    output = trainer.train()
+    steps = [b - a for a, b in zip(timer.marks, timer.marks[1:])][spec["warmup"] :]
+    batch = 1 if spec["mode"] == "guide" else spec["batch_size"]
+    result = {
+        "mode": spec["mode"],
+        "batch_size": batch,
+        "step_seconds": steps,
+        "samples_per_s_median_step": batch / statistics.median(steps),
+        "samples_per_s_wall": batch * len(steps) / sum(steps),
+        "main_peak_mb": vm_hwm_mb(),
+        "trainable_params": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
+        "train_loss": output.training_loss,
+    }
+    if cuda:
+        result["gpu_peak_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        result["gpu_peak_reserved_mb"] = torch.cuda.max_memory_reserved() / 2**20
+    return result
+
+
+def run_child(spec: dict, work: Path) -> dict:
+    """Run one mode in a fresh process while sampling the memory of its process tree."""
+    import psutil
+
+    spec_file = work / f"spec-{spec['mode']}-{spec['batch_size']}-{spec['repeat']}.json"
+    spec_file.write_text(json.dumps(spec))
+    env = os.environ | {"OMP_NUM_THREADS": str(spec["threads"]), "TOKENIZERS_PARALLELISM": "false"}
+    child = subprocess.Popen(
+        [sys.executable, "-m", "phi3v_recipe.bench", "--run", str(spec_file)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    peak = {"tree_peak_pss_mb": 0.0, "tree_peak_rss_sum_mb": 0.0}
+    done = threading.Event()
+
+    def sample():
+        root = psutil.Process(child.pid)
+        while not done.is_set():
+            try:
+                tree = [root, *root.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                return
+            pss = rss = 0
+            for process in tree:
+                try:
+                    memory = process.memory_full_info()
+                except (psutil.NoSuchProcess, psutil.AccessDenied):
+                    continue
+                pss, rss = pss + memory.pss, rss + memory.rss
+            peak["tree_peak_pss_mb"] = max(peak["tree_peak_pss_mb"], pss / 2**20)
+            peak["tree_peak_rss_sum_mb"] = max(peak["tree_peak_rss_sum_mb"], rss / 2**20)
+            done.wait(0.05)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    stdout, stderr = child.communicate()
+    done.set()
+    sampler.join()
+    line = [x for x in stdout.splitlines() if x.startswith("RESULT ")]
+    if child.returncode != 0 or not line:
+        if "out of memory" in stderr.lower():
+            return {"mode": spec["mode"], "batch_size": spec["batch_size"], "repeat": spec["repeat"], "oom": True}
+        raise RuntimeError(f"bench mode {spec['mode']} failed:\n{stderr[-4000:]}")
+    return json.loads(line[-1][7:]) | peak | {"repeat": spec["repeat"]}
