@@ -44,7 +44,7 @@ def naive_process(image, num_crops: int, mean, std):
     return torch.stack(slots)
 
 
-def bench_preprocessing(processor, folder: Path, repeats: int = 2) -> list[dict]:
+def bench_preprocessing(processor, folder: Path, repeats: int = 3) -> list[dict]:
     import numpy as np
     import torch
     from PIL import Image
@@ -73,13 +73,17 @@ def bench_preprocessing(processor, folder: Path, repeats: int = 2) -> list[dict]
             for image in images:
                 naive_process(image, crops, image_processor.image_mean, image_processor.image_std)
 
-        for name, fn in (("ours", ours), ("per-crop", per_crop)):
+        implementations = {"ours": ours, "per-crop": per_crop}
+        speeds = {name: [] for name in implementations}
+        for fn in implementations.values():
             fn()  # warm-up
-            start = time.perf_counter()
-            for _ in range(repeats):
-                fn()
-            speed = len(images) * repeats / (time.perf_counter() - start)
-            rows.append({"num_crops": num_crops, "implementation": name, "images_per_s_per_core": speed})
+        for repeat in range(repeats):  # interleaved, the order alternating
+            for name in sorted(implementations, reverse=repeat % 2 == 1):
+                start = time.perf_counter()
+                implementations[name]()
+                speeds[name].append(len(images) / (time.perf_counter() - start))
+        for name, values in speeds.items():
+            rows.append({"num_crops": num_crops, "implementation": name, "images_per_s_per_core": values})
     image_processor.num_crops = saved_crops
     torch.set_num_threads(threads)
     return rows
