@@ -147,10 +147,10 @@ def test_the_model_card_has_no_placeholder_and_no_empty_cell(tmp_path):
     assert "None" not in card and "eval_full_price_mae" not in card and "| eval_parse_rate | 1 |" in card
     assert "pip install phi3v-recipe" not in card and "github.com/)" not in card and "is not on PyPI" in card
     (tmp_path / "b").mkdir()
-    local = write_model_card(
-        tmp_path / "b", "outputs/tiny-phi3v", "recipes/demo.yaml", recipe, {}, "outputs/demo", False
-    ).read_text()
-    assert "base_model:" not in local and "huggingface.co/outputs" not in local and "`outputs/tiny-phi3v`" in local
+    (tmp_path / "outputs" / "tiny-phi3v").mkdir(parents=True)  # a local base model is a folder that exists
+    base = str(tmp_path / "outputs" / "tiny-phi3v")
+    local = write_model_card(tmp_path / "b", base, "recipes/demo.yaml", recipe, {}, "outputs/demo", False).read_text()
+    assert "base_model:" not in local and "huggingface.co/" not in local and f"`{base}`" in local
     assert "library_name: transformers" in local and "PeftModel" not in local
     assert "No evaluation was run." in local
 

@@ -16,11 +16,11 @@ from pathlib import Path
 import datasets
 from tqdm import tqdm
 
-from ..errors import UserError
-from ..conversation import conversation_length
-from .checks import BadRow, check_conversation, check_image, control_tokens
-from ..arguments import DEFAULT_ANSWER_TEMPLATE, DEFAULT_QUESTION, DataArguments, template_fields
 from ..answers import as_label, format_number, normalize
+from ..arguments import DEFAULT_ANSWER_TEMPLATE, DEFAULT_QUESTION, DataArguments, template_fields
+from ..conversation import conversation_length
+from ..errors import UserError
+from .checks import BadRow, check_conversation, check_image, control_tokens
 from .formats import (
     detect_format,
     image_column,

@@ -13,8 +13,8 @@
 
 from ..answers import format_number
 from ..arguments import DEFAULT_ANSWER_TEMPLATE, FORMATS, template_fields
-from ..errors import UserError
 from ..conversation import assistant_turn, image_item, text_item, user_turn
+from ..errors import UserError
 from ..phi3_v.processing_phi3_v import IMAGE_TAG
 from .checks import BadRow
 

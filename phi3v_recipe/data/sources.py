@@ -171,7 +171,9 @@ def _materialise_embedded_images(table: datasets.Dataset, column: str, cache_dir
     """Write a dataset's embedded images (their original bytes, undecoded) to the cache, so every source is paths.
     Bytes are checked later with the other rows' images, so one corrupt image is a counted skip."""
     single = isinstance(table.features[column], datasets.Image)
-    raw = table.cast_column(column, datasets.Image(decode=False) if single else datasets.List(datasets.Image(decode=False)))
+    raw = table.cast_column(
+        column, datasets.Image(decode=False) if single else datasets.List(datasets.Image(decode=False))
+    )
     cache_dir.mkdir(parents=True, exist_ok=True)
     refs = []
     for value in tqdm(raw[column], desc="Caching embedded images", unit="row"):
