@@ -11,22 +11,15 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from .nlvr2 import COLOURS, SHAPES
+from .nlvr2 import COLOURS, SHAPES, put_shape
 
 
 def draw_shape(colour: str, shape: str, rng: random.Random) -> Image.Image:
     size = rng.choice([160, 224, 256])
     image = Image.new("RGB", (size, size), (245, 245, 240))
     draw = ImageDraw.Draw(image)
-    r = size // 3
     c = size // 2 + rng.randint(-10, 10)
-    box = [c - r, c - r, c + r, c + r]
-    if shape == "circle":
-        draw.ellipse(box, fill=COLOURS[colour])
-    elif shape == "square":
-        draw.rectangle(box, fill=COLOURS[colour])
-    else:
-        draw.polygon([(c, c - r), (c + r, c + r), (c - r, c + r)], fill=COLOURS[colour])
+    put_shape(draw, shape, colour, c, c, size // 3)
     return image
 
 

@@ -16,6 +16,17 @@ COLOURS = {"red": (200, 40, 40), "blue": (40, 70, 200), "green": (40, 160, 60), 
 SHAPES = ["circle", "square", "triangle"]
 
 
+def put_shape(draw: ImageDraw.ImageDraw, shape: str, colour: str, cx: int, cy: int, r: int) -> None:
+    """Draw one filled shape of radius ``r`` centred on (cx, cy)."""
+    box = [cx - r, cy - r, cx + r, cy + r]
+    if shape == "circle":
+        draw.ellipse(box, fill=COLOURS[colour])
+    elif shape == "square":
+        draw.rectangle(box, fill=COLOURS[colour])
+    else:
+        draw.polygon([(cx, cy - r), (cx + r, cy + r), (cx - r, cy + r)], fill=COLOURS[colour])
+
+
 def draw_panel(count: int, colour: str, shape: str, rng: random.Random) -> Image.Image:
     size = rng.choice([224, 256, 288])
     image = Image.new("RGB", (size, size), (240, 240, 235))
@@ -24,14 +35,7 @@ def draw_panel(count: int, colour: str, shape: str, rng: random.Random) -> Image
     step = size // 3
     for cell in cells:
         cx, cy = (cell % 3) * step + step // 2, (cell // 3) * step + step // 2
-        r = step // 3
-        box = [cx - r, cy - r, cx + r, cy + r]
-        if shape == "circle":
-            draw.ellipse(box, fill=COLOURS[colour])
-        elif shape == "square":
-            draw.rectangle(box, fill=COLOURS[colour])
-        else:
-            draw.polygon([(cx, cy - r), (cx + r, cy + r), (cx - r, cy + r)], fill=COLOURS[colour])
+        put_shape(draw, shape, colour, cx, cy, step // 3)
     return image
 
 
