@@ -45,6 +45,9 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("allow_abbrev", False)
+        spec = getattr(sys.modules["__main__"], "__spec__", None)
+        if "prog" not in kwargs and spec is not None and sys.argv[0].endswith(".py"):
+            kwargs["prog"] = f"python -m {spec.name.removesuffix('.__main__')}"  # not "__main__.py"
         super().__init__(*args, **kwargs)
 
     def error(self, message):

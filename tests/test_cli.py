@@ -171,3 +171,16 @@ def test_the_demo_ends_with_answers_that_parse_and_beat_a_baseline(tiny_dir, tmp
     answers = [json.loads(line)["prediction"] for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert not any("<|unused" in answer for answer in answers)
     assert (out / "plots" / "category3_code.png").is_file() and (out / "plots" / "full_price.png").is_file()
+
+
+@pytest.mark.parametrize(
+    ("command", "prog"),
+    [
+        ((CLI, "bench"), "phi3v-recipe bench"),
+        ((sys.executable, "-m", "phi3v_recipe.bench"), "python -m phi3v_recipe.bench"),
+        ((sys.executable, "-m", "phi3v_recipe.synthetic"), "python -m phi3v_recipe.synthetic"),
+    ],
+)
+def test_a_flag_error_names_the_command_as_it_was_typed(env, command, prog):
+    result = run(["--rows", "two"], env, command=command)
+    assert first_error(result) == f"error: argument --rows: invalid int value: 'two' (see {prog} --help)."

@@ -1,5 +1,6 @@
 """python -m phi3v_recipe.bench"""
 
+from ..errors import run
 from . import main
 
-main()
+run(main)
