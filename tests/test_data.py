@@ -102,6 +102,29 @@ def test_strict_mode_names_the_row(processor, bad_input_csv, tmp_path, code):
         prepare_data(args, processor, max_length=4096)
 
 
+def test_every_control_token_in_an_answer_or_a_question_is_a_counted_skip(processor, tmp_path):
+    """Each special and added token of the tokenizer in use, planted in a title (the answer) or in a row's question,
+    is refused with the reason; nothing of it reaches the training text."""
+    from phi3v_recipe.data.checks import control_tokens
+
+    tokens = control_tokens(processor.tokenizer)
+    assert {"<|end|>", "<|endoftext|>", "<s>", "</s>", "<|assistant|>", "<|user|>", "<|system|>"} <= set(tokens)
+    photo(64, 48).save(tmp_path / "a.png")
+    rows = [{**product("GOOD", "a.png"), "question": "What is it?"}]
+    rows += [
+        {**product(f"T{i}", "a.png", title=f"Tote {t} bag"), "question": "What is it?"} for i, t in enumerate(tokens)
+    ]
+    rows += [{**product(f"Q{i}", "a.png"), "question": f"What{t} is it?"} for i, t in enumerate(tokens)]
+    path = write_csv(tmp_path / "planted.csv", rows)
+    args = DataArguments(dataset=str(path), eval_fraction=0, question_column="question")
+    data = prepare_data(args, processor, max_length=4096)
+    assert data.train["product_code"] == ["GOOD"]
+    reasons = {key: err for _, key, err in data.skipped}
+    assert len(reasons) == 2 * len(tokens) and {err.kind for err in reasons.values()} == {"control token in text"}
+    assert repr(tokens[0]) in str(reasons["T0"]) and "(assistant)" in str(reasons["T0"])
+    assert "(user)" in str(reasons["Q0"])
+
+
 def test_rows_longer_than_max_length_are_dropped_not_cut(processor, tmp_path):
     photo(64, 48).save(tmp_path / "a.png")
     rows = [product("SHORT", "a.png"), product("LONG", "a.png", title="Tote " * 200)]
