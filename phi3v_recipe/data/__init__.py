@@ -73,7 +73,7 @@ def resolve(args: DataArguments, table: datasets.Dataset) -> DataArguments:
     """The arguments with the format and the columns it reads settled (auto-detected ones filled in), checked
     against the source's columns: a missing column is one error up front, naming it and the columns found."""
     columns = table.column_names
-    fmt = detect_format(columns, args, None)
+    fmt = detect_format(columns, args)
     if fmt == "qa":
         question, answer = qa_columns(columns, args)
         args = dataclasses.replace(args, question_column=question, answer_column=answer)

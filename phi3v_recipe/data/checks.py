@@ -4,6 +4,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from ..conversation import count_images
 from ..errors import UserError
 from ..phi3_v.processing_phi3_v import IMAGE_TAG
 
@@ -64,6 +65,6 @@ def check_conversation(messages: list[dict], num_images: int, tokens: list[str])
             raise BadRow("empty assistant turn", f"turn {turn}")
         if message["role"] == "assistant" and any(item["type"] == "image" for item in message["content"]):
             raise BadRow("image in an assistant turn", f"turn {turn}: images belong to user turns")
-    markers = sum(item["type"] == "image" for message in messages for item in message["content"])
+    markers = count_images(messages)
     if markers != num_images:
         raise BadRow("image count does not match the markers", f"{markers} image markers, {num_images} images")

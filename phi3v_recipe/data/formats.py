@@ -13,7 +13,7 @@
 
 from ..answers import format_number
 from ..arguments import DEFAULT_ANSWER_TEMPLATE, FORMATS, template_fields
-from ..conversation import assistant_turn, image_item, text_item, user_turn
+from ..conversation import assistant_turn, count_images, image_item, text_item, text_of, user_turn
 from ..errors import UserError
 from ..phi3_v.processing_phi3_v import IMAGE_TAG
 from .checks import BadRow
@@ -38,7 +38,7 @@ def format_answer(row: dict, args) -> str:
     return args.answer_template.format(**values)
 
 
-def detect_format(columns: list[str], args, first_row: dict | None) -> str:
+def detect_format(columns: list[str], args) -> str:
     """The row format named in the recipe, or the one the columns show; a clear error when they show none."""
     if args.data_format != "auto":
         return args.data_format
@@ -131,12 +131,8 @@ def to_conversation(row: dict, fmt: str, args, num_images: int) -> tuple[list[di
     else:
         pairs = [(turn.get("user"), turn.get("assistant")) for turn in row.get("texts") or []]
         messages = _pairs(pairs, num_images)
-    answers = [_text(messages[i]) for i in range(len(messages)) if messages[i]["role"] == "assistant"][-1:]
+    answers = [text_of(message) for message in messages if message["role"] == "assistant"][-1:]
     return messages, answers
-
-
-def _text(message: dict) -> str:
-    return "".join(item["text"] or "" for item in message["content"] if item["type"] == "text")
 
 
 def _split_tags(text: str) -> list[dict]:
@@ -154,7 +150,7 @@ def _split_tags(text: str) -> list[dict]:
 
 def _with_images_first(messages: list[dict], num_images: int) -> list[dict]:
     """Without any image marker, the images go before the first user turn's text (as TRL and the cookbook do)."""
-    if num_images and not any(item["type"] == "image" for m in messages for item in m["content"]):
+    if num_images and not count_images(messages):
         first = next((i for i, m in enumerate(messages) if m["role"] == "user"), None)
         if first is not None:
             messages[first]["content"] = [image_item() for _ in range(num_images)] + messages[first]["content"]
