@@ -120,7 +120,8 @@ def main(argv: list[str] | None = None) -> None:
         if command == "app":
             raise SystemExit(f"error: the app needs Gradio: pip install '.[app]' ({err}).") from None
         raise
-    sys.argv[0] = f"phi3v-recipe {command}"  # usage lines and errors name the subcommand
+    # usage lines and errors name the subcommand (a module that takes it as its own first word names it itself)
+    sys.argv[0] = "phi3v-recipe" if prefix else f"phi3v-recipe {command}"
     result = run(module.main, prefix + rest)
     if isinstance(result, int) and not isinstance(result, bool):
         raise SystemExit(result)

@@ -7,7 +7,6 @@ model folder that does not exist. Each problem is a one-line ``UserError``.
 """
 
 import difflib
-import re
 from dataclasses import fields
 from pathlib import Path
 
@@ -15,11 +14,11 @@ from trl import ModelConfig, SFTConfig, TrlParser
 
 from .arguments import RecipeArguments
 from .errors import UserError
+from .hub import HUB_ID
 
 TYPES = (RecipeArguments, SFTConfig, ModelConfig)
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 ATTENTION = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 def known_keys() -> set[str]:
@@ -90,7 +89,7 @@ def check_model_path(name: str) -> None:
                 f"model_name_or_path={name!r} is a folder without config.json: not a model in the hub layout."
             )
         return
-    if name.startswith((".", "/", "~")) or not HUB_ID.match(name):
+    if not HUB_ID.match(name):  # owner/name, starting with a letter or digit: never ./, / or ~
         raise UserError(
             f"model_name_or_path={name!r}: no such folder, and not a Hub id (owner/name). Make the tiny model with "
             "`make tiny`, or give a Hub id like microsoft/Phi-3-vision-128k-instruct."

@@ -7,7 +7,6 @@ A Hub id is looked up in the local cache first. When the Hub cannot be reached, 
 once (no retries), and an uncached one is an error that names it and says how to fetch it.
 """
 
-import argparse
 import json
 import os
 import re
@@ -17,9 +16,9 @@ from pathlib import Path
 
 from huggingface_hub import HfApi, constants, get_token, try_to_load_from_cache
 
-from .errors import UserError
+from .errors import ArgumentParser, UserError
 
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # owner/name; never starts with ./, / or ~
 PLACEHOLDER = re.compile(r"your[-_]?(user(name)?|name|org|account)|<|>|^user/|username", re.IGNORECASE)
 # Never uploaded: checkpoints (optimizer state), the W&B run folder, pickles (training_args.bin) and local records.
 PUSH_IGNORE = ["checkpoint-*", ".checkpoint-staging/*", "wandb/*", "*.pt", "*.pth", "*.bin", "run_recipe.json"]
@@ -108,7 +107,7 @@ def ensure_available(name: str, what: str, filenames=("config.json",), repo_type
     says how to get it. A cached repo is read offline when the Hub cannot be reached."""
     if Path(name).expanduser().is_dir():
         return
-    if not HUB_ID.match(name) or name.startswith((".", "/", "~")):
+    if not HUB_ID.match(name):
         raise UserError(f"The {what} {name!r} is not a folder here, nor a Hub id (owner/name).")
     cached = any(isinstance(try_to_load_from_cache(name, f, repo_type=repo_type), str) for f in filenames)
     why = hub_unreachable()
@@ -127,7 +126,9 @@ def ensure_available(name: str, what: str, filenames=("config.json",), repo_type
 
 def check_push_ready(hub_model_id: str | None, hub_token: str | None, before_training: bool = True) -> str:
     """Return the token to push with, or raise PushNotReady with the fix. When the Hub can be reached, the token
-    must be valid, allowed to write, and its owner allowed to write to the repo's namespace."""
+    must be valid, allowed to write, and its owner allowed to write to the repo's namespace. ``before_training``
+    False: the check of `phi3v-recipe push`, whose flag is --repo_id and which has no push_to_hub to turn off."""
+    flag = "--hub_model_id" if before_training else "--repo_id"
     keep_local = ", or set push_to_hub: false to keep the result local" if before_training else ""
     if not hub_model_id:
         raise PushNotReady(
@@ -136,8 +137,8 @@ def check_push_ready(hub_model_id: str | None, hub_token: str | None, before_tra
         )
     if not HUB_ID.match(hub_model_id) or PLACEHOLDER.search(hub_model_id):
         raise PushNotReady(
-            f"hub_model_id={hub_model_id!r} is a placeholder or not a Hub repo id (owner/name). Pass "
-            "--hub_model_id your-hf-name/repo-name, or set push_to_hub: false."
+            f"{flag[2:]}={hub_model_id!r} is a placeholder or not a Hub repo id (owner/name). Pass "
+            f"{flag} your-hf-name/repo-name" + (", or set push_to_hub: false." if before_training else ".")
         )
     token = hub_token or get_token()
     if not token:
@@ -243,7 +244,7 @@ def push_folder(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Push a trained output folder to the Hugging Face Hub.")
+    parser = ArgumentParser(description="Push a trained output folder to the Hugging Face Hub.")
     sub = parser.add_subparsers(dest="command", required=True)
     push = sub.add_parser("push", help="upload an output folder (adapter, processor, model card)")
     push.add_argument("out_dir")
@@ -268,14 +269,7 @@ def main(argv: list[str] | None = None) -> None:
         if not out.is_dir() or not weights:
             state = "does not exist" if not out.is_dir() else "holds no adapter_model.safetensors or model.safetensors"
             raise UserError(f"{out} {state}: nothing to push. Give the output_dir of a finished training run.")
-    try:
-        token = check_push_ready(args.repo_id, None)
-    except PushNotReady as err:
-        raise UserError(
-            str(err)
-            .replace("push_to_hub is true but no", "No")
-            .replace(", or set push_to_hub: false to keep the result local", "")
-        ) from None
+    token = check_push_ready(args.repo_id, None, before_training=False)
     push_folder(out, args.repo_id, token, args.private, args.repo_type)
 
 

@@ -184,7 +184,7 @@ def test_space_through_the_command_and_push_checks(tmp_path, capsys):
     assert "--repo_type space" in capsys.readouterr().out
     with pytest.raises(UserError, match="not a Space folder"):
         hub_main(["push", str(tmp_path), "--repo_id", "someone/space", "--repo_type", "space"])
-    with pytest.raises(SystemExit):
+    with pytest.raises(UserError, match="argument --repo_type: invalid choice: 'dataset'"):  # one line, no usage dump
         hub_main(["push", str(tmp_path / "space"), "--repo_id", "someone/space", "--repo_type", "dataset"])
 
 

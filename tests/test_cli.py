@@ -114,6 +114,19 @@ def test_push_without_a_token_says_what_to_do(tmp_path, tiny_dir):
     )
 
 
+def test_push_names_its_own_flag_and_takes_no_abbreviation(tmp_path):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "adapter_model.safetensors").write_bytes(b"")
+    line = first_error(run(["push", str(folder), "--repo_id", "your-username/x"], clean_env(tmp_path)))
+    assert line == (
+        "error: repo_id='your-username/x' is a placeholder or not a Hub repo id (owner/name). "
+        "Pass --repo_id your-hf-name/repo-name."
+    )
+    line = first_error(run(["push", str(folder), "--repo", "me/x"], clean_env(tmp_path)))
+    assert line == "error: the following arguments are required: --repo_id (see phi3v-recipe push --help)."
+
+
 def test_evaluate_before_training_says_to_train(tmp_path, tiny_dir):
     args = ["evaluate", "--config", "recipes/demo.yaml", "--model_name_or_path", str(tiny_dir)]
     line = first_error(run([*args, "--output_dir", str(tmp_path / "never")], clean_env(tmp_path)))
