@@ -22,6 +22,7 @@ from .answers import parse_answer
 from .arguments import DEFAULT_QUESTION, RecipeArguments, template_fields
 from .conversation import assistant_turn, text_of, user_turn
 from .errors import ArgumentParser, UserError, run
+from .runs import RECIPE_FILE
 
 MAX_IMAGE_PIXELS = 50_000_000
 MAX_IMAGES = 8
@@ -126,10 +127,14 @@ class Session:
         return rows
 
 
-def display(messages: list[dict]) -> list[dict]:
-    """A conversation as Gradio's Chatbot shows it (text only; the images are shown beside)."""
+def display(messages: list[dict], streaming: str | None = None) -> list[dict]:
+    """A conversation as Gradio's Chatbot shows it (text only; the images are shown beside), with the answer being
+    streamed (``streaming``) after it while its last turn is still the user's."""
     empty = {"user": " ", "assistant": "(an empty answer: only spaces or special tokens)"}
-    return [{"role": m["role"], "content": text_of(m).strip() or empty[m["role"]]} for m in messages]
+    shown = [{"role": m["role"], "content": text_of(m).strip() or empty[m["role"]]} for m in messages]
+    if messages and messages[-1]["role"] == "user":
+        shown.append({"role": "assistant", "content": streaming or " "})
+    return shown
 
 
 def converse(session: Session, chat: Chat, question: str, max_new_tokens: int = 128):
@@ -155,8 +160,8 @@ def read_run(folder: Path) -> tuple[RecipeArguments | None, list[dict]]:
     import dataclasses
 
     recipe = None
-    if (folder / "run_recipe.json").is_file():
-        settings = json.loads((folder / "run_recipe.json").read_text())
+    if (folder / RECIPE_FILE).is_file():
+        settings = json.loads((folder / RECIPE_FILE).read_text())
         keys = {f.name for f in dataclasses.fields(RecipeArguments)}
         recipe = RecipeArguments(**{k: v for k, v in settings.items() if k in keys})
     examples = []
@@ -220,18 +225,8 @@ def build_app(session: Session, title: str, max_new_tokens: int = 64):
                 if chat is None or [str(p) for p in paths or []] != chat[0]:
                     chat = ([str(p) for p in paths or []], start_chat(paths or [], truth or None))
                 for current, tuned, base in converse(session, chat[1], text, max_new_tokens):
-                    tuned_view = display(current.tuned) + (
-                        []
-                        if current.tuned[-1]["role"] == "assistant"
-                        else [{"role": "assistant", "content": tuned or " "}]
-                    )
-                    base_view = display(current.base) + (
-                        []
-                        if current.base[-1]["role"] == "assistant"
-                        else [{"role": "assistant", "content": base or " "}]
-                    )
                     rows = session.fields(tuned, base, current.truth)
-                    yield tuned_view, base_view, rows, "", chat
+                    yield display(current.tuned, tuned), display(current.base, base), rows, "", chat
             except AppError as err:
                 yield gr.update(), gr.update(), gr.update(), f"**{err}**", chat
 

@@ -114,12 +114,7 @@ def main(argv: list[str] | None = None) -> None:
         import phi3v_recipe
 
         phi3v_recipe.register()
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as err:
-        if command == "app":
-            raise SystemExit(f"error: the app needs Gradio: pip install '.[app]' ({err}).") from None
-        raise
+    module = importlib.import_module(module_name)  # the app checks for Gradio itself, with a one-line error
     # usage lines and errors name the subcommand (a module that takes it as its own first word names it itself)
     sys.argv[0] = "phi3v-recipe" if prefix else f"phi3v-recipe {command}"
     result = run(module.main, prefix + rest)

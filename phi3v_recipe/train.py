@@ -284,7 +284,7 @@ def main(argv: list[str] | None = None) -> SFTTrainer:
             )
         )
     trainer = build_trainer(model_args, recipe, args, processor, data, callbacks)
-    peft_config = get_peft_config(model_args)  # None: full fine-tuning
+    adapter = model_args.use_peft  # False: full fine-tuning
     if use_wandb and trainer.is_world_process_zero():
         import wandb
 
@@ -305,7 +305,7 @@ def main(argv: list[str] | None = None) -> SFTTrainer:
         if trainer.is_fsdp_enabled:  # generation needs every shard: score afterwards from the saved model
             print(f"Scored evaluation skipped under FSDP; run: python -m phi3v_recipe.evaluate --config {recipe_path}")
         else:
-            base = trainer.model.disable_adapter if peft_config is not None else None
+            base = trainer.model.disable_adapter if adapter else None
             metrics.update(
                 evaluate(
                     trainer.model,
@@ -327,11 +327,9 @@ def main(argv: list[str] | None = None) -> SFTTrainer:
             recipe,
             metrics,
             repo_or_dir,
-            bool(peft_config),
+            adapter,
         )
-        print(
-            f"Saved the trained {'adapter' if peft_config else 'model'}, processor and model card to {args.output_dir}"
-        )
+        print(f"Saved the trained {'adapter' if adapter else 'model'}, processor and model card to {args.output_dir}")
         if push:
             hub.push_folder(args.output_dir, args.hub_model_id, token, args.hub_private_repo or False)
     return trainer
