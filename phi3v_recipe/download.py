@@ -17,8 +17,6 @@ at once never leave a bad image behind; a cached file is decoded again before it
 import csv
 import hashlib
 import io
-import os
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -28,6 +26,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from .errors import ArgumentParser, UserError, run
+from .files import write_atomically
 
 USER_AGENT = "phi3v-recipe/0.1 image fetcher"
 EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp"}
@@ -126,11 +125,7 @@ def fetch_one(client, url, cache_dir: Path, settings: FetchSettings) -> Path:
     image_format = decodes(data)
     if image_format is None:
         raise FetchError("not a readable image (or cut short)")
-    path = cache_dir / f"{cache_key(url)}{EXTENSIONS.get(image_format, '.img')}"
-    with tempfile.NamedTemporaryFile(dir=cache_dir, prefix=".part-", delete=False) as partial:
-        partial.write(data)
-    os.replace(partial.name, path)  # atomic: readers see the whole image or none
-    return path
+    return write_atomically(cache_dir / f"{cache_key(url)}{EXTENSIONS.get(image_format, '.img')}", data)
 
 
 def fetch_images(
@@ -159,14 +154,12 @@ def fetch_images(
 
 
 def write_csv(path: Path, columns: list[str], rows: list) -> None:
-    """Write a CSV under a temporary name and rename it, so a reader (or a second run) never sees half a file."""
-    with tempfile.NamedTemporaryFile(
-        "w", dir=path.parent, prefix=".part-", suffix=".csv", delete=False, newline=""
-    ) as f:
-        writer = csv.writer(f)
-        writer.writerow(columns)
-        writer.writerows(rows)
-    os.replace(f.name, path)
+    """Write a CSV whole (a reader, or a second run, never sees half a file)."""
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(columns)
+    writer.writerows(rows)
+    write_atomically(path, text.getvalue())
 
 
 def write_local_copy(

@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 
 from .errors import UserError
+from .files import write_atomically
 
 RECIPE_FILE = "run_recipe.json"
 STAGING = ".checkpoint-staging"
@@ -95,9 +96,7 @@ def differences(before: dict, now: dict) -> list[str]:
 
 
 def write_json(path: Path, value) -> None:
-    partial = path.with_name(f".{path.name}.part")
-    partial.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n")
-    partial.replace(path)
+    write_atomically(path, json.dumps(value, indent=2, sort_keys=True) + "\n")
 
 
 def prepare_output_dir(out: Path, settings: dict, resume, overwrite: bool, save_only_model: bool) -> Path | None:

@@ -6,6 +6,7 @@ import io
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
@@ -134,7 +135,7 @@ def test_fetch_keeps_good_rows_and_counts_the_rest(server, tmp_path):
     assert reasons["cut"].startswith("failed after 3 tries")  # a body cut short is retried, never cached
     assert server.hits.count("/missing.png") == 1  # a 4xx is not retried
     assert server.hits.count("/slow.png") == 3  # timeouts are retried (retries=2)
-    assert not list((tmp_path / "cache").glob(".part-*"))
+    assert not list((tmp_path / "cache").glob("*.part"))
     assert len(list((tmp_path / "cache").iterdir())) == 4  # good1, good2, flaky, to-good: nothing else
 
 
@@ -242,7 +243,7 @@ def test_two_runs_into_one_folder_at_once_both_finish(server, tmp_path):
     assert all(
         (tmp_path / "out" / r["local_image_path"]).read_bytes() == png_bytes(seed=1 + int(r["id"]) % 3) for r in kept
     )
-    assert not list((tmp_path / "out").rglob(".part-*"))
+    assert not list((tmp_path / "out").rglob("*.part"))
 
 
 def test_cache_names_come_from_the_url():
@@ -277,3 +278,20 @@ def test_prepare_data_fetches_urls_and_skips_failures(server, tmp_path, tiny_dir
     assert data.train["product_code"] == ["good1"]
     [(_, key, err)] = data.skipped
     assert key == "missing" and str(err) == "image download failed: HTTP 404"
+
+
+def test_a_file_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    from phi3v_recipe import files
+
+    target = tmp_path / "a.png"
+    files.write_atomically(target, b"old")
+    real_write = Path.write_bytes
+
+    def half_then_full_disk(self, data):
+        real_write(self, data[:1])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_bytes", half_then_full_disk)
+    with pytest.raises(OSError):
+        files.write_atomically(target, b"new bytes")
+    assert target.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]

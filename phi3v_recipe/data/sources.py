@@ -13,6 +13,7 @@ from tqdm import tqdm
 
 from ..download import FetchError, fetch_images
 from ..errors import UserError
+from ..files import write_atomically
 from .checks import BadRow
 
 VIDEO_EXTENSIONS = {".avi", ".mp4", ".mkv", ".mov", ".webm", ".mpg", ".mpeg"}
@@ -186,9 +187,7 @@ def _materialise_embedded_images(table: datasets.Dataset, column: str, cache_dir
                 continue
             path = cache_dir / f"{hashlib.sha1(item['bytes']).hexdigest()}{Path(item.get('path') or '').suffix}"
             if not path.exists():
-                partial = path.with_name(path.name + ".part")
-                partial.write_bytes(item["bytes"])
-                partial.replace(path)
+                write_atomically(path, item["bytes"])
             paths.append(str(path))
         refs.append(paths)
     return refs

@@ -1,0 +1,18 @@
+"""Files written whole or not at all."""
+
+import os
+import uuid
+from pathlib import Path
+
+
+def write_atomically(path: str | Path, data: bytes | str) -> Path:
+    """Write ``data`` to ``path`` through a uniquely named file beside it, renamed into place: a reader sees the whole
+    file or none, and two processes writing the same path at once never mix their bytes."""
+    path = Path(path)
+    partial = path.with_name(f".{path.name}.{uuid.uuid4().hex}.part")
+    try:
+        partial.write_bytes(data.encode() if isinstance(data, str) else data)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)  # only left when the write failed (a full disk)
+    return path
