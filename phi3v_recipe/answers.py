@@ -2,6 +2,7 @@
 labels. Plain Python, shared by the data checks, the scored evaluation and its plots."""
 
 import re
+from functools import cache
 
 from .arguments import template_fields
 
@@ -24,6 +25,7 @@ def as_label(text, labels: list[str]) -> str | None:
     return next((label for label in labels if normalize(label) == normalize(text)), None)
 
 
+@cache  # one pattern per template, not one per answer parsed
 def template_regex(template: str) -> re.Pattern:
     """``"Product: {title}, Full Price: {full_price}"`` -> a regex with one named group per field."""
     fields = template_fields(template)
