@@ -141,6 +141,14 @@ def check_values(recipe: RecipeArguments, training: SFTConfig, model: ModelConfi
             raise UserError(f"report_to: {name!r} is not a logging integration.{hint} Use [wandb], or [none].")
 
 
+def no_gpu(recipe_path: str, how: str = "") -> UserError:
+    """A GPU recipe on a machine without one: said with the way out."""
+    return UserError(
+        f"{recipe_path} trains{how} on a GPU, and this machine has none. Use recipes/demo.yaml (make demo), or run it "
+        "on the CPU (slowly) with --use_cpu true --bf16 false."
+    )
+
+
 def config_path(args: list[str]) -> str | None:
     """The value of ``--config`` (None without the flag); a flag with no value is an error."""
     for i, arg in enumerate(args):
@@ -169,10 +177,7 @@ def parse_recipe(argv: list[str]) -> tuple[RecipeArguments, SFTConfig, ModelConf
     except ValueError as err:  # TrainingArguments' own checks of the values given
         message = str(err)
         if "support bf16/gpu" in message:
-            raise UserError(
-                f"{path or 'This recipe'} trains in bf16 on a GPU, and this machine has none. Use recipes/demo.yaml "
-                "(make demo), or run it on the CPU (slowly) with --use_cpu true --bf16 false."
-            ) from None
+            raise no_gpu(path or "This recipe", " in bf16") from None
         raise UserError(f"{path or 'recipe'}: {message}") from None
     check_values(recipe, training, model)
     return recipe, training, model

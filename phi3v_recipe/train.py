@@ -27,7 +27,7 @@ from trl import SFTTrainer, get_peft_config, get_quantization_config
 
 from . import hub, runs
 from .collator import IGNORE_INDEX, VisionSFTCollator
-from .config import config_path, parse_recipe
+from .config import config_path, no_gpu, parse_recipe
 from .data import prepare_data
 from .errors import UserError, run
 from .evaluate import evaluate
@@ -234,10 +234,7 @@ def check_device(args, recipe_path: str) -> None:
     """A recipe that trains on a GPU needs one: said at once, with the way out."""
     has_accelerator = torch.cuda.is_available() or torch.backends.mps.is_available()
     if not args.use_cpu and not has_accelerator:
-        raise UserError(
-            f"{recipe_path} trains on a GPU, and this machine has none. Try recipes/demo.yaml (make demo), or run "
-            "it on the CPU (slowly) with --use_cpu true --bf16 false."
-        )
+        raise no_gpu(recipe_path)
 
 
 def main(argv: list[str] | None = None) -> SFTTrainer:

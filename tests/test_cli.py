@@ -79,6 +79,15 @@ def test_a_gpu_recipe_on_a_machine_without_one_says_the_way_out(env):
     assert time.monotonic() - start < 30
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_a_gpu_run_without_bf16_is_caught_the_same_way(env):
+    line = first_error(run(["train", "--config", "recipes/demo.yaml", "--use_cpu", "false", "--bf16", "false"], env))
+    assert line == (
+        "error: recipes/demo.yaml trains on a GPU, and this machine has none. Use recipes/demo.yaml (make demo), or "
+        "run it on the CPU (slowly) with --use_cpu true --bf16 false."
+    )
+
+
 @pytest.mark.parametrize("offline", [True, False])
 def test_an_uncached_model_without_the_hub_fails_in_seconds_and_names_it(tmp_path, offline):
     unreachable = {"HF_HUB_OFFLINE": "1"} if offline else {"HF_ENDPOINT": "http://127.0.0.1:9"}
