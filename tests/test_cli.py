@@ -112,27 +112,30 @@ def test_predict_with_an_unreachable_hub_says_so(tmp_path):
     assert "not in the Hugging Face cache" in line and "the Hub cannot be reached" in line
 
 
-def test_push_without_a_token_says_what_to_do(tmp_path, tiny_dir):
+@pytest.fixture()
+def finished_run(tmp_path):
+    """An output folder as far as `push` looks: it holds adapter weights."""
     folder = tmp_path / "run"
     folder.mkdir()
     (folder / "adapter_model.safetensors").write_bytes(b"")
-    line = first_error(run(["push", str(folder), "--repo_id", "me/x"], clean_env(tmp_path)))
+    return str(folder)
+
+
+def test_push_without_a_token_says_what_to_do(tmp_path, finished_run):
+    line = first_error(run(["push", finished_run, "--repo_id", "me/x"], clean_env(tmp_path)))
     assert line == (
         "error: No Hugging Face token was found, so nothing can be pushed to me/x. Run `hf auth login`, or export "
         "HF_TOKEN with a write token (docker: -e HF_TOKEN)."
     )
 
 
-def test_push_names_its_own_flag_and_takes_no_abbreviation(tmp_path):
-    folder = tmp_path / "run"
-    folder.mkdir()
-    (folder / "adapter_model.safetensors").write_bytes(b"")
-    line = first_error(run(["push", str(folder), "--repo_id", "your-username/x"], clean_env(tmp_path)))
+def test_push_names_its_own_flag_and_takes_no_abbreviation(tmp_path, finished_run):
+    line = first_error(run(["push", finished_run, "--repo_id", "your-username/x"], clean_env(tmp_path)))
     assert line == (
         "error: repo_id='your-username/x' is a placeholder or not a Hub repo id (owner/name). "
         "Pass --repo_id your-hf-name/repo-name."
     )
-    line = first_error(run(["push", str(folder), "--repo", "me/x"], clean_env(tmp_path)))
+    line = first_error(run(["push", finished_run, "--repo", "me/x"], clean_env(tmp_path)))
     assert line == "error: the following arguments are required: --repo_id (see phi3v-recipe push --help)."
 
 
