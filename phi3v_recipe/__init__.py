@@ -33,6 +33,10 @@ def register() -> None:
     AutoModelForImageTextToText.register(Phi3VConfig, Phi3VForCausalLM, exist_ok=True)
     AutoImageProcessor.register(Phi3VConfig, image_processor_classes={"pil": Phi3VImageProcessor}, exist_ok=True)
     AutoProcessor.register(Phi3VConfig, Phi3VProcessor, exist_ok=True)
+    # Libraries that find a model class by its `architectures` name in the transformers namespace (TRL's
+    # `SFTTrainer(model="path")` and `trl sft`) then take ours, never the hub's remote code named by `auto_map`.
+    # (Importing transformers' model modules replaces the top-level module in sys.modules: set it on the one in use.)
+    sys.modules["transformers"].Phi3VForCausalLM = Phi3VForCausalLM
 
 
 def __getattr__(name: str):
@@ -52,5 +56,24 @@ logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 warnings.filterwarnings("ignore", message="`gradient_checkpointing` is deprecated", category=FutureWarning)
 
+
+def _answer_module_help() -> None:
+    """``python -m phi3v_recipe.MODULE --help`` answers as ``phi3v-recipe COMMAND --help`` does, at once: before the
+    registration below and the module's own imports of torch and transformers (tens of seconds on a busy machine).
+    While ``-m`` imports this package, sys.argv[0] is still "-m": the module is read from the interpreter's own
+    command line."""
+    command_line = sys.orig_argv
+    if "-m" not in command_line[:-1] or not {"-h", "--help", "--help-all"} & set(sys.argv[1:]):
+        return
+    module = command_line[command_line.index("-m") + 1]
+    from .cli import COMMANDS, main
+
+    for command, (name, _, _) in COMMANDS.items():
+        if name == module:
+            main([command, *sys.argv[1:]])
+            raise SystemExit(0)
+
+
+_answer_module_help()
 if Path(sys.argv[0]).name != "phi3v-recipe":
     register()

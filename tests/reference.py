@@ -117,8 +117,22 @@ def _rms(x, w, eps):
     return w * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps))
 
 
+IMAGE_TOKEN_ID = 32044
+
+
+def reference_ids(input_ids: torch.Tensor) -> torch.Tensor:
+    """The reference processor's ids for ours: each row's n-th run of `<|image|>` (32044) ids becomes `-n`."""
+    ids = input_ids.clone()
+    for row in ids:
+        image = row == IMAGE_TOKEN_ID
+        starts = image & ~torch.cat([torch.tensor([False]), image[:-1]])
+        row[image] = -starts.long().cumsum(0)[image]
+    return ids
+
+
 def logits(sd, cfg: dict, input_ids, pixel_values, image_sizes, attention_mask=None):
-    """Reference logits for a batch (`cfg` is the hub-format config dict)."""
+    """Reference logits for a batch (`cfg` is the hub-format config dict; `input_ids` as the reference processor
+    writes them, negative at image positions)."""
     ids = input_ids.clone()
     positions = torch.nonzero((ids < 0) & (ids > -1e9), as_tuple=True)
     x = F.embedding(ids.clamp(min=0), sd["model.embed_tokens.weight"])

@@ -25,6 +25,7 @@ def photo(width, height, seed=0, mode="RGB"):
 
 
 def expand(compressed):
+    """The fixture's reference ids (negative at image positions) as ours: every negative id made <|image|> (32044)."""
     ids = []
     for item in compressed:
         if isinstance(item, str):
@@ -32,7 +33,7 @@ def expand(compressed):
             ids += [int(value)] * int(count)
         else:
             ids.append(item)
-    return ids
+    return [32044 if i < 0 else i for i in ids]
 
 
 def test_token_counts_match_fixture(shared):
@@ -123,9 +124,11 @@ def test_tiny_processor_layout(tiny_dir):
     newline = tok("\n", add_special_tokens=False).input_ids
     assert ids[: 2 + len(newline)] == [1, user, *newline]
     start = 2 + len(newline)
-    assert ids[start : start + n] == [-1] * n and ids[start + n] == 1
+    assert ids[start : start + n] == [32044] * n and ids[start + n] == 1
     assert ids[-1] == assistant
-    assert tok.decode([i for i in ids if i >= 0], skip_special_tokens=True).strip() == "What is shown in this image?"
+    assert (
+        tok.decode([i for i in ids if i != 32044], skip_special_tokens=True).strip() == "What is shown in this image?"
+    )
 
 
 @pytest.mark.parametrize(

@@ -111,8 +111,7 @@ def test_real_tokenizers_give_the_same_ids_for_typed_and_string_content(shared, 
     ]
     assert ids[0] == ids[1]
     assert ids[0][0][:4] == [1, 32010, 29871, 13]  # BOS, <|user|>, "\n" as the hub encodes it after a special token
-    assert ids[0][0].count(-1) == processor.num_image_tokens(1000, 750)
-    assert ids[0][0].count(-2) == processor.num_image_tokens(300, 500)
+    assert ids[0][0].count(32044) == processor.num_image_tokens(1000, 750) + processor.num_image_tokens(300, 500)
 
 
 def test_tokenize_loads_images_from_paths_pil_and_urls(processor, image_path):
@@ -205,7 +204,7 @@ def trained_ids(trainer, rows):
     batch = trainer.data_collator([dict(row) for row in rows])
     tokenizer = trainer.processing_class.tokenizer
     labels = batch["labels"]
-    assert not ((labels < 0) & (labels != IGNORE_INDEX)).any()  # no image position
+    assert not ((labels == 32044) | ((labels < 0) & (labels != IGNORE_INDEX))).any()  # no image position
     assert (labels[batch["attention_mask"] == 0] == IGNORE_INDEX).all()  # no padding
     for row in labels:
         print("trained:", tokenizer.convert_ids_to_tokens(row[row != IGNORE_INDEX].tolist()))
@@ -266,19 +265,24 @@ def test_trl_prompt_completion_trains_only_the_completion(tiny_dir, tmp_path):
     assert trainer.state.global_step == 2
 
 
-def test_trl_plain_language_modeling_copies_image_ids_into_labels(tiny_dir, tmp_path):
-    """A TRL limitation, recorded: without assistant_only_loss, TRL's collator sets labels = input_ids (masking only
-    padding), so the image positions' negative ids reach the labels; only assistant_only_loss or prompt-completion
-    data mask them. The model's own loss never takes them as targets."""
+def test_trl_plain_language_modeling_never_trains_the_image_positions(tiny_dir, tmp_path):
+    """Without assistant_only_loss, TRL's collator sets labels = input_ids (masking only padding), so the image
+    positions' <|image|> ids reach the labels: in-vocabulary ids, so nothing indexes out of range, and the model's
+    loss never takes them as targets."""
     rows = [{"messages": [user(image(), text(QUESTION)), say("assistant", "A red bag")], "images": [photo(400, 300)]}]
     trainer = trl_trainer(tiny_dir, rows, tmp_path)
     batch = trainer.data_collator([dict(row) for row in rows])
-    assert (batch["labels"] < 0).sum() == (batch["input_ids"] < 0).sum() > 0
+    image_positions = batch["input_ids"] == 32044
+    assert (batch["labels"][image_positions] == 32044).all() and image_positions.sum() > 0
     model = trainer.model
     with torch.no_grad():
         as_copied = model(**batch).loss
-        masked = model(**{**batch, "labels": batch["labels"].masked_fill(batch["labels"] < 0, IGNORE_INDEX)}).loss
+        masked = model(**{**batch, "labels": batch["labels"].masked_fill(image_positions, IGNORE_INDEX)}).loss
+        trained_on_images = torch.nn.functional.cross_entropy(
+            model(**batch).logits[0, :-1], batch["labels"][0, 1:]
+        )  # what a loss that took the copied ids as targets would be
     torch.testing.assert_close(as_copied, masked)
+    assert not torch.allclose(as_copied, trained_on_images)
 
 
 def test_plain_peft_adapter_saves_and_reloads(tiny_dir, processor, tmp_path):

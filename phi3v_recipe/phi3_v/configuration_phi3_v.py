@@ -35,6 +35,8 @@ class Phi3VConfig(Phi3Config):
         2x2 merge), and optionally `layer_idx` (which CLIP hidden state is used, default -2).
     vision_config (`CLIPVisionConfig` or `dict`, *optional*):
         The CLIP vision tower. Absent in hub checkpoints, where it is CLIP ViT-L/14-336; tiny test checkpoints set it.
+    image_token_id (`int`, *optional*, defaults to 32044):
+        The token that marks image positions in `input_ids`: `<|image|>` in both hub tokenizers (and in vLLM).
     """
 
     model_type = "phi3_v"
@@ -45,6 +47,7 @@ class Phi3VConfig(Phi3Config):
     embd_layer: dict | None = None
     img_processor: dict | None = None
     vision_config: dict | CLIPVisionConfig | None = None
+    image_token_id: int = 32044
 
     def __post_init__(self, **kwargs):
         self.embd_layer = {

@@ -5,8 +5,10 @@ unchanged: ``model.vision_embed_tokens.{img_processor.vision_model.*, glb_GN, su
 beside the usual Phi-3 ``model.*`` and ``lm_head``. The image embedding shares ``model.embed_tokens`` (the hub
 files have no ``wte`` key).
 
-Image positions are marked in ``input_ids`` by negative ids (``-N`` for the N-th image of a prompt); the model
-writes the projected image features there in order of appearance, as the reference implementation does.
+Image positions are marked in ``input_ids`` by the in-vocabulary ``<|image|>`` token (``config.image_token_id``,
+32044 in both hub tokenizers and in vLLM); the model writes the projected image features there in order of
+appearance, as the reference implementation does with its negative ids. Negative ids from older callers are read as
+that token, so they keep working.
 """
 
 import torch
@@ -15,6 +17,7 @@ from transformers import Phi3ForCausalLM, Phi3Model
 from transformers import initialization as init
 from transformers.models.clip.modeling_clip import CLIPEncoder, CLIPVisionEmbeddings
 from transformers.models.phi3.modeling_phi3 import Phi3PreTrainedModel
+from transformers.utils.import_utils import torch_compilable_check
 
 from .configuration_phi3_v import Phi3VConfig
 
@@ -126,29 +129,18 @@ class Phi3VModel(Phi3VPreTrainedModel, Phi3Model):
         self.vision_embed_tokens = Phi3VImageEmbedding(config)
         self.post_init()
 
-    def embed(
-        self,
-        input_ids: torch.LongTensor,
-        pixel_values: torch.Tensor | None = None,
-        image_sizes: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Token embeddings with the image features written over the negative-id (image) positions."""
-        image_positions = input_ids < 0
-        embeds = self.embed_tokens(input_ids.clamp(min=0))
-        if not image_positions.any():
-            return embeds
-        if pixel_values is None or image_sizes is None:
-            raise ValueError(
-                "input_ids hold image positions (negative ids) but pixel_values/image_sizes were not given; "
-                "pass the processor's full output to the model."
-            )
-        features = self.vision_embed_tokens(pixel_values, image_sizes)
-        if features.shape[0] != int(image_positions.sum()):
-            raise ValueError(
-                f"input_ids hold {int(image_positions.sum())} image positions but the images give "
-                f"{features.shape[0]} feature rows; input_ids and pixel_values must come from the same processor call."
-            )
-        return embeds.masked_scatter(image_positions.unsqueeze(-1), features.to(embeds.dtype))
+    def get_image_features(self, pixel_values: torch.Tensor, image_sizes: torch.Tensor) -> torch.Tensor:
+        """The projected features of every image, ``[total image tokens, hidden]``, in the order they fill the
+        ``<|image|>`` positions."""
+        return self.vision_embed_tokens(pixel_values, image_sizes)
+
+    def image_mask(self, input_ids: torch.LongTensor | None, inputs_embeds: torch.Tensor) -> torch.Tensor:
+        """``[batch, seq]``: True at the image positions, read from the ids, or from the embeddings when only those
+        were given (positions holding the ``<|image|>`` embedding)."""
+        if input_ids is not None:
+            return input_ids == self.config.image_token_id
+        token = torch.tensor(self.config.image_token_id, device=inputs_embeds.device)
+        return (inputs_embeds == self.embed_tokens(token)).all(-1)
 
     def forward(
         self,
@@ -158,8 +150,25 @@ class Phi3VModel(Phi3VPreTrainedModel, Phi3Model):
         inputs_embeds: torch.Tensor | None = None,
         **kwargs,
     ):
+        if input_ids is not None:  # negative ids: the image positions of the processor before 0.2
+            input_ids = input_ids.masked_fill(input_ids < 0, self.config.image_token_id)
         if inputs_embeds is None and input_ids is not None:
-            inputs_embeds = self.embed(input_ids, pixel_values, image_sizes)
+            inputs_embeds = self.embed_tokens(input_ids)
+        # Without pixels (decode steps, or an assistant model drafting) the image positions keep the <|image|>
+        # embedding, as in transformers' own VLMs.
+        if pixel_values is not None:
+            if image_sizes is None:
+                raise ValueError("pixel_values were given without image_sizes; pass the processor's full output.")
+            features = self.get_image_features(pixel_values, image_sizes)
+            mask = self.image_mask(input_ids, inputs_embeds)
+            torch_compilable_check(
+                mask.sum() == features.shape[0],
+                lambda: (
+                    f"The inputs hold {int(mask.sum())} image positions but the images give {features.shape[0]} "
+                    "feature rows; the ids and pixel_values must come from the same processor call."
+                ),
+            )
+            inputs_embeds = inputs_embeds.masked_scatter(mask.unsqueeze(-1), features.to(inputs_embeds.dtype))
         return super().forward(input_ids=None, inputs_embeds=inputs_embeds, **kwargs)
 
 
@@ -172,32 +181,23 @@ class Phi3VForCausalLM(Phi3VPreTrainedModel, Phi3ForCausalLM):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
+    def get_image_features(self, pixel_values: torch.Tensor, image_sizes: torch.Tensor) -> torch.Tensor:
+        """See ``Phi3VModel.get_image_features``."""
+        return self.model.get_image_features(pixel_values, image_sizes)
+
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        position_ids: torch.LongTensor | None = None,
-        past_key_values=None,
-        inputs_embeds: torch.Tensor | None = None,
         pixel_values: torch.Tensor | None = None,
         image_sizes: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
-        use_cache: bool | None = None,
-        logits_to_keep: int | torch.Tensor = 0,
         **kwargs,
     ):
-        if labels is not None:  # image positions (negative ids) are never targets, whoever copied them into labels
-            labels = labels.masked_fill(labels < 0, -100)
+        # Image positions are never targets, whoever copied the ids into the labels (TRL's language-modelling
+        # collator does): neither the <|image|> token nor an older caller's negative ids.
+        if labels is not None:
+            labels = labels.masked_fill((labels == self.config.image_token_id) | (labels < 0), -100)
+        # The cache and every other argument pass through by whatever name this transformers version uses.
         return super().forward(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            past_key_values=past_key_values,
-            inputs_embeds=inputs_embeds,
-            labels=labels,
-            use_cache=use_cache,
-            logits_to_keep=logits_to_keep,
-            pixel_values=pixel_values,
-            image_sizes=image_sizes,
-            **kwargs,
+            input_ids=input_ids, pixel_values=pixel_values, image_sizes=image_sizes, labels=labels, **kwargs
         )

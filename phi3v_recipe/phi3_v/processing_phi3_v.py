@@ -1,18 +1,22 @@
 """Phi-3-Vision processor: text with ``<|image_N|>`` placeholders + images -> model inputs.
 
 Matches the reference processor on one sample: every text chunk around an image tag is tokenised on its own
-(so a BOS follows every image), and the N-th image becomes a run of ``-N`` ids as long as its token count.
+(so a BOS follows every image), and the N-th image becomes a run of ``<|image|>`` ids (32044) as long as its token
+count: the reference's ids with every negative id replaced by the in-vocabulary image token, as vLLM writes them.
 Beyond the reference it takes a batch (texts with their lists of images, or a flat list of images shared out by
 the texts' tags), pads it, loads images given as paths or URLs, truncates without cutting an image, returns
 token offsets (for assistant-only masks), and renders chat messages with typed content (``{"type": "image"}``)
-through a chat template of its own.
+through a chat template of its own. Keyword arguments follow transformers' processor conventions (``text_kwargs``,
+``images_kwargs``, ``common_kwargs`` or flat); one it does not support is refused by name.
 """
 
 import re
 
 from PIL import Image
 from transformers.image_processing_utils import BatchFeature
-from transformers.processing_utils import ProcessorMixin
+from transformers.processing_utils import MultiModalData, ProcessingKwargs, ProcessorMixin
+
+from .image_processing_phi3_v import Phi3VImagesKwargs, hd_grid
 
 IMAGE_TAG = re.compile(r"<\|image_(\d+)\|>")
 
@@ -66,7 +70,43 @@ def check_image_tags(text: str, num_images: int) -> None:
 
 
 def _is_image(value) -> bool:
-    return isinstance(value, (Image.Image, str))
+    return not isinstance(value, (list, tuple))
+
+
+class Phi3VProcessorKwargs(ProcessingKwargs, total=False):
+    images_kwargs: Phi3VImagesKwargs
+
+
+# What this processor does with the text and image keyword arguments; any other one is refused by name.
+TEXT_KWARGS = {
+    "padding": True,
+    "padding_side": None,
+    "truncation": None,
+    "max_length": None,
+    "pad_to_multiple_of": None,
+    "add_special_tokens": True,
+    "return_offsets_mapping": False,
+    "return_attention_mask": True,
+    "return_mm_token_type_ids": False,
+    "return_text_replacement_offsets": False,
+    "return_tensors": None,
+}
+IMAGE_KWARGS = {"num_crops", "image_mean", "image_std", "return_tensors"}
+GROUPS = {"text_kwargs", "images_kwargs", "common_kwargs", "videos_kwargs", "audio_kwargs"}
+
+
+def check_kwargs(kwargs: dict) -> None:
+    """Refuse, by name, any keyword argument the processor would otherwise ignore."""
+    unknown = [key for key in kwargs if key not in GROUPS | set(TEXT_KWARGS) | IMAGE_KWARGS]
+    for group, known in [("text_kwargs", set(TEXT_KWARGS)), ("images_kwargs", IMAGE_KWARGS)]:
+        unknown += [f"{group}[{key!r}]" for key in kwargs.get(group, {}) if key not in known]
+    unknown += [f"common_kwargs[{key!r}]" for key in kwargs.get("common_kwargs", {}) if key != "return_tensors"]
+    unknown += [group for group in ("videos_kwargs", "audio_kwargs") if kwargs.get(group)]
+    if unknown:
+        raise TypeError(
+            f"Phi3VProcessor does not take {', '.join(unknown)}. Text arguments: {', '.join(TEXT_KWARGS)}; "
+            f"image arguments: {', '.join(sorted(IMAGE_KWARGS))}."
+        )
 
 
 class Phi3VProcessor(ProcessorMixin):
@@ -77,6 +117,8 @@ class Phi3VProcessor(ProcessorMixin):
     the BOS after each image is part of the image's layout and always stays.
     """
 
+    image_token = "<|image|>"
+
     def __init__(self, image_processor, tokenizer, chat_template=None, **kwargs):
         # A checkpoint's own string-only template (the hub's) is replaced by ours, which renders the same strings.
         if chat_template is None or chat_template == HUB_CHAT_TEMPLATE:
@@ -85,10 +127,28 @@ class Phi3VProcessor(ProcessorMixin):
         if tokenizer.chat_template in (None, HUB_CHAT_TEMPLATE):  # so that the tokenizer renders typed content too
             tokenizer.chat_template = chat_template
         tokenizer.padding_side = "left"
+        self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
+        if self.image_token_id in (None, tokenizer.unk_token_id):
+            raise ValueError(
+                f"The tokenizer has no {self.image_token} token (id 32044 in the Phi-3-Vision tokenizers)."
+            )
 
-    def num_image_tokens(self, width: int, height: int) -> int:
+    def num_image_tokens(self, width: int, height: int, num_crops: int | None = None) -> int:
         """Image tokens for an image of this size (arithmetic only; for length-grouped batching)."""
-        return self.image_processor.num_image_tokens(width, height)
+        return self.image_processor.num_image_tokens(width, height, num_crops)
+
+    def _get_num_multimodal_tokens(self, image_sizes=None, **kwargs) -> MultiModalData:
+        """Placeholder tokens and crops (global view included) per image, for ``image_sizes`` given as (height,
+        width), as transformers' serving code and vLLM ask for them."""
+        if image_sizes is None:
+            return MultiModalData()
+        num_crops = self._merge_kwargs(Phi3VProcessorKwargs, **kwargs)["images_kwargs"].get("num_crops")
+        num_crops = num_crops or self.image_processor.num_crops
+        grids = [hd_grid(width, height, num_crops)[2:] for height, width in image_sizes]
+        return MultiModalData(
+            num_image_tokens=[self.num_image_tokens(width, height, num_crops) for height, width in image_sizes],
+            num_image_patches=[rows * cols + 1 for rows, cols in grids],
+        )
 
     def encode(
         self,
@@ -96,11 +156,17 @@ class Phi3VProcessor(ProcessorMixin):
         image_sizes: list[tuple[int, int]],
         add_special_tokens: bool = True,
         return_offsets: bool = False,
+        num_crops: int | None = None,
     ):
-        """Token ids of one text, each ``<|image_N|>`` expanded to a run of ``-N`` as long as the N-th image's token
-        count (``image_sizes``: (W, H) per image, no pixels needed). With ``return_offsets``, also the (start, end)
-        characters of each token in ``text`` (image and BOS tokens are empty spans)."""
+        """Token ids of one text, each ``<|image_N|>`` expanded to a run of ``<|image|>`` ids as long as the N-th
+        image's token count (``image_sizes``: (W, H) per image, no pixels needed). With ``return_offsets``, also the
+        (start, end) characters of each token in ``text`` (image and BOS tokens are empty spans)."""
         check_image_tags(text, len(image_sizes))
+        if self.image_token in text:
+            raise ValueError(
+                f"The text holds {self.image_token} itself; write one <|image_N|> tag per image and let the processor "
+                "expand it."
+            )
         pieces = IMAGE_TAG.split(text)[::2]
         starts = [0] + [match.end() for match in IMAGE_TAG.finditer(text)]
         encoded = self.tokenizer(pieces, return_offsets_mapping=return_offsets)  # a BOS before every piece
@@ -113,8 +179,8 @@ class Phi3VProcessor(ProcessorMixin):
         for n, start in enumerate(starts):
             if n > 0:
                 width, height = image_sizes[n - 1]
-                count = self.num_image_tokens(width, height)
-                ids += [-n] * count
+                count = self.num_image_tokens(width, height, num_crops)
+                ids += [self.image_token_id] * count
                 offsets += [(start, start)] * count
             ids += encoded["input_ids"][n]
             if return_offsets:
@@ -126,33 +192,23 @@ class Phi3VProcessor(ProcessorMixin):
     def sample_ids(
         self, text: str, images: list[Image.Image] | None, image_sizes: list[tuple[int, int]] | None = None
     ):
-        """Token ids of one prompt with its images (or their (W, H) sizes), image tags expanded to runs of ``-N``."""
+        """Token ids of one prompt with its images (or their (W, H) sizes), image tags expanded to image-token runs."""
         return self.encode(text, image_sizes if image_sizes is not None else [image.size for image in images])
 
-    def __call__(
-        self,
-        text: str | list[str] | None = None,
-        images=None,
-        videos=None,
-        audio=None,
-        padding: bool | str = True,
-        padding_side: str | None = None,
-        truncation: bool | None = None,
-        max_length: int | None = None,
-        pad_to_multiple_of: int | None = None,
-        add_special_tokens: bool = True,
-        return_offsets_mapping: bool = False,
-        return_text_replacement_offsets: bool = False,
-        return_attention_mask: bool = True,
-        return_tensors: str | None = None,
-        **kwargs,
-    ) -> BatchFeature:
+    def __call__(self, text: str | list[str] | None = None, images=None, videos=None, audio=None, **kwargs):
         """One prompt with its images, or a batch: ``text=[t1, t2]`` with ``images=[[imgs of t1], [imgs of t2]]`` (or
-        one flat list, shared out in order by the tags of each text). Images are PIL images, paths or URLs.
-        A batch is padded to its longest row (or to ``max_length`` with ``padding="max_length"``). As with other
-        transformers processors, ``return_tensors="pt"`` asks for tensors."""
-        if kwargs:
-            raise TypeError(f"Unexpected arguments for Phi3VProcessor: {sorted(kwargs)}.")
+        one flat list, shared out in order by the tags of each text). Images are PIL images, numpy arrays, torch
+        tensors, paths or URLs. A batch is padded to its longest row (or to ``max_length`` with
+        ``padding="max_length"``), on the left unless ``padding_side`` says otherwise. As with other transformers
+        processors, ``return_tensors="pt"`` asks for tensors and ``images_kwargs={"num_crops": 16}`` (or
+        ``num_crops=16``) sets the image processor's settings for this call."""
+        check_kwargs(kwargs)
+        merged = self._merge_kwargs(Phi3VProcessorKwargs, **kwargs)
+        options = TEXT_KWARGS | {key: value for key, value in merged["text_kwargs"].items() if key in TEXT_KWARGS}
+        for key in ("return_text_replacement_offsets", "return_mm_token_type_ids"):
+            options[key] = merged.get(key) or options[key]
+        images_kwargs = {key: value for key, value in merged["images_kwargs"].items() if key in IMAGE_KWARGS}
+        images_kwargs.setdefault("return_tensors", options["return_tensors"])
         if videos is not None or audio is not None:
             raise ValueError("Phi-3-Vision takes images only: give video as a list of frames (images).")
         if text is None:
@@ -162,15 +218,22 @@ class Phi3VProcessor(ProcessorMixin):
         per_text = self._images_per_text(texts, images, batched)
         per_text = [[self._load_image(image) for image in imgs] for imgs in per_text]
 
+        with_offsets, max_length = options["return_offsets_mapping"], options["max_length"]
         rows = [
-            self.encode(t, [image.size for image in imgs], add_special_tokens, return_offsets_mapping)
+            self.encode(
+                t,
+                [image.size for image in imgs],
+                options["add_special_tokens"],
+                with_offsets,
+                images_kwargs.get("num_crops"),
+            )
             for t, imgs in zip(texts, per_text)
         ]
-        ids_rows = [row[0] if return_offsets_mapping else row for row in rows]
-        offset_rows = [row[1] for row in rows] if return_offsets_mapping else None
-        if truncation and max_length is not None:
+        ids_rows = [row[0] if with_offsets else row for row in rows]
+        offset_rows = [row[1] for row in rows] if with_offsets else None
+        if options["truncation"] and max_length is not None:
             for i, ids in enumerate(ids_rows):
-                if len(ids) > max_length and any(token < 0 for token in ids[max_length:]):
+                if len(ids) > max_length and self.image_token_id in ids[max_length:]:
                     raise ValueError(
                         f"Text {i} has {len(ids)} tokens (text + image tokens); max_length={max_length} would cut "
                         "through an image. Raise max_length (TRL's SFTConfig defaults to 1024), set it to None, "
@@ -179,39 +242,42 @@ class Phi3VProcessor(ProcessorMixin):
             ids_rows = [ids[:max_length] for ids in ids_rows]
             offset_rows = offset_rows and [offsets[:max_length] for offsets in offset_rows]
 
+        padding = options["padding"]
         longest = max(len(ids) for ids in ids_rows)
         if padding == "max_length" and max_length is not None:
             longest = max(longest, max_length)
-        if pad_to_multiple_of:
-            longest = -(-longest // pad_to_multiple_of) * pad_to_multiple_of
-        side = padding_side or self.tokenizer.padding_side
+        if options["pad_to_multiple_of"]:
+            longest = -(-longest // options["pad_to_multiple_of"]) * options["pad_to_multiple_of"]
+        side = options["padding_side"] or self.tokenizer.padding_side
         pad_id = self.tokenizer.pad_token_id
         data = {"input_ids": [], "attention_mask": []}
         if offset_rows is not None:
             data["offset_mapping"] = []
         for i, ids in enumerate(ids_rows):
-            fill = longest - len(ids) if padding or len(ids_rows) > 1 else 0
+            fill = longest - len(ids) if padding not in (False, "do_not_pad") or len(ids_rows) > 1 else 0
             before, after = (fill, 0) if side == "left" else (0, fill)
             data["input_ids"].append([pad_id] * before + ids + [pad_id] * after)
             data["attention_mask"].append([0] * before + [1] * len(ids) + [0] * after)
             if offset_rows is not None:
                 data["offset_mapping"].append([(0, 0)] * before + offset_rows[i] + [(0, 0)] * after)
-        if not return_attention_mask:
+        if not options["return_attention_mask"]:
             del data["attention_mask"]
-        if return_text_replacement_offsets:  # the text itself is never expanded: image runs are ids only
+        if options["return_mm_token_type_ids"]:
+            data["mm_token_type_ids"] = [[int(i == self.image_token_id) for i in row] for row in data["input_ids"]]
+        if options["return_text_replacement_offsets"]:  # the text itself is never expanded: image runs are ids only
             data["text_replacement_offsets"] = [[] for _ in texts]
         all_images = [image for imgs in per_text for image in imgs]
-        out = BatchFeature(data=data, tensor_type=return_tensors, skip_tensor_conversion=["text_replacement_offsets"])
+        out = BatchFeature(
+            data=data, tensor_type=options["return_tensors"], skip_tensor_conversion=["text_replacement_offsets"]
+        )
         if all_images:
-            out.update(self.image_processor(all_images, return_tensors=return_tensors))
+            out.update(self.image_processor(all_images, **images_kwargs))
         return out
 
     def _load_image(self, image) -> Image.Image:
-        """A PIL image as is (exactly as the reference sees it); a path or URL loaded as transformers does."""
-        image = self.image_processor.fetch_images(image)
-        if not isinstance(image, Image.Image):
-            raise TypeError(f"Phi-3-Vision takes PIL images, file paths or URLs; got {type(image).__name__}.")
-        return image
+        """A PIL image as is (exactly as the reference sees it); a path or URL loaded as transformers does; a numpy
+        array or torch tensor made a PIL image as the image processor does."""
+        return self.image_processor.to_pil(self.image_processor.fetch_images(image))
 
     @staticmethod
     def _images_per_text(texts: list[str], images, batched: bool) -> list[list]:
@@ -234,13 +300,12 @@ class Phi3VProcessor(ProcessorMixin):
         bounds = [sum(counts[:i]) for i in range(len(counts) + 1)]
         return [images[a:b] for a, b in zip(bounds, bounds[1:])]
 
-    @staticmethod
-    def _text_ids(ids) -> list[list[int]]:
-        """Rows of ids without the image positions (negative ids), which are not in the vocabulary."""
+    def _text_ids(self, ids) -> list[list[int]]:
+        """Rows of ids without the image positions (and an older caller's negative ids)."""
         rows = ids.tolist() if hasattr(ids, "tolist") else ids
         if rows and isinstance(rows[0], int):
             rows = [rows]
-        return [[i for i in row if i >= 0] for row in rows]
+        return [[i for i in row if i >= 0 and i != self.image_token_id] for row in rows]
 
     def batch_decode(self, sequences, **kwargs) -> list[str]:
         return self.tokenizer.batch_decode(self._text_ids(sequences), **kwargs)

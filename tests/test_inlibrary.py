@@ -1,0 +1,276 @@
+"""Phi-3-Vision behaves like a VLM inside transformers: image positions are the in-vocabulary <|image|> token, so
+every generate feature, TRL's generic paths and transformers' processor conventions work on it."""
+
+import json
+import logging
+import shutil
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import transformers
+from transformers import AutoModelForCausalLM, AutoProcessor, StaticCache
+
+from phi3v_recipe import Phi3VForCausalLM
+
+from .test_predict import put_in_hub_cache
+from .test_processor import photo
+
+PROMPT = "<|user|>\n<|image_1|>\nWhat is shown in this image?<|end|>\n<|assistant|>\n"
+IMAGE_TOKEN_ID = 32044
+
+
+@pytest.fixture(scope="module")
+def processor(tiny_dir):
+    return AutoProcessor.from_pretrained(tiny_dir)
+
+
+@pytest.fixture(scope="module")
+def model(tiny_dir):
+    return AutoModelForCausalLM.from_pretrained(tiny_dir).eval()
+
+
+@pytest.fixture(scope="module")
+def inputs(processor):
+    return processor(PROMPT, [photo(400, 300)], return_tensors="pt")
+
+
+def greedy(model, inputs, **kwargs):
+    out = model.generate(**inputs, max_new_tokens=5, do_sample=False, eos_token_id=None, **kwargs)
+    return out[0, inputs["input_ids"].shape[1] :].tolist()
+
+
+def test_image_positions_are_the_image_token_everywhere(tiny_dir, processor, model, inputs):
+    assert processor.image_token == "<|image|>" and processor.image_token_id == IMAGE_TOKEN_ID
+    assert model.config.image_token_id == IMAGE_TOKEN_ID
+    ids = inputs["input_ids"][0]
+    assert (ids >= 0).all() and (ids < model.config.vocab_size).all()
+    assert (ids == IMAGE_TOKEN_ID).sum() == processor.num_image_tokens(400, 300)
+
+
+def test_negative_ids_of_older_callers_give_the_same_logits(model, inputs):
+    old = inputs["input_ids"].masked_fill(inputs["input_ids"] == IMAGE_TOKEN_ID, -1)
+    with torch.no_grad():
+        torch.testing.assert_close(model(**{**inputs, "input_ids": old}).logits, model(**inputs).logits)
+
+
+@pytest.mark.parametrize(
+    "option",
+    [
+        {"repetition_penalty": 1.1},
+        {"no_repeat_ngram_size": 2},
+        {"bad_words_ids": [[5]]},
+        {"sequence_bias": {(5,): -1.0}},
+    ],
+)
+def test_logits_processors_that_read_the_prompt_ids(model, inputs, option):
+    """repetition_penalty gathers the scores at every prompt id: an image position used to be index -1."""
+    new = greedy(model, inputs, **option)
+    assert len(new) == 5
+
+
+def test_repetition_penalty_changes_what_repeats(model, inputs):
+    plain = greedy(model, inputs)
+    assert len(set(plain)) < len(plain)  # the tiny model repeats itself; a strong penalty must change that
+    assert greedy(model, inputs, repetition_penalty=100.0) != plain
+
+
+def test_assisted_decoding_with_an_image_prompt(model, inputs):
+    """transformers drops pixel_values from the assistant's prefill: the assistant drafts without the image (its
+    positions keep the <|image|> embedding) and the main model's check keeps the greedy answer exact."""
+    assert greedy(model, inputs, assistant_model=model) == greedy(model, inputs)
+
+
+def test_inputs_embeds_with_pixels_use_the_pixels(model, inputs):
+    embeds = model.get_input_embeddings()(inputs["input_ids"])
+    rest = {key: inputs[key] for key in ("pixel_values", "image_sizes", "attention_mask")}
+    with torch.no_grad():
+        by_ids = model(**inputs).logits
+        by_embeds = model(inputs_embeds=embeds, **rest).logits
+        other = model(inputs_embeds=embeds, **{**rest, "pixel_values": torch.randn_like(inputs["pixel_values"])})
+    torch.testing.assert_close(by_embeds, by_ids)
+    assert not torch.allclose(other.logits, by_ids)  # the pixels are read, not ignored
+
+
+def test_get_image_features_are_what_fills_the_image_positions(model, inputs):
+    with torch.no_grad():
+        features = model.get_image_features(inputs["pixel_values"], inputs["image_sizes"])
+        embeds = model.get_input_embeddings()(inputs["input_ids"])
+        embeds[inputs["input_ids"] == IMAGE_TOKEN_ID] = features
+        torch.testing.assert_close(model(inputs_embeds=embeds).logits, model(**inputs).logits)
+    assert features.shape == ((inputs["input_ids"] == IMAGE_TOKEN_ID).sum(), model.config.hidden_size)
+
+
+def test_a_mismatch_between_ids_and_pixels_is_one_clear_error(model, processor, inputs):
+    two = processor(PROMPT, [photo(900, 300)], return_tensors="pt")
+    with pytest.raises(ValueError, match="image positions but the images give"):
+        model(input_ids=inputs["input_ids"], pixel_values=two["pixel_values"], image_sizes=two["image_sizes"])
+
+
+def test_the_decode_step_compiles_without_graph_breaks(model, inputs):
+    assert model._can_compile_fullgraph
+    length = inputs["input_ids"].shape[1]
+    cache = StaticCache(config=model.config, max_cache_len=length + 2)
+    with torch.no_grad():
+        prefill = model(**inputs, use_cache=True, **{cache_argument(): cache})
+        token = prefill.logits[:, -1:].argmax(-1)
+        step = torch.compile(model.forward, fullgraph=True, backend="eager")  # fullgraph: a graph break raises
+        out = step(input_ids=token, position_ids=torch.tensor([[length]]), use_cache=True, **{cache_argument(): cache})
+    assert out.logits.shape == (1, 1, model.config.vocab_size)
+
+
+def cache_argument() -> str:
+    """The name this transformers version gives the cache argument of a forward (5.24 renamed it)."""
+    import inspect
+
+    return (
+        "cache" if "cache" in inspect.signature(transformers.Phi3ForCausalLM.forward).parameters else "past_key_values"
+    )
+
+
+def test_forward_and_generate_are_silent(model, inputs):
+    """No deprecated transformers API: not one warning from transformers or Python in a forward and a generate."""
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger("transformers")
+    logger.addHandler(handler)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with torch.no_grad():
+                model(**inputs)
+            greedy(model, inputs)
+    finally:
+        logger.removeHandler(handler)
+    messages = [r.getMessage() for r in records if r.levelno >= logging.WARNING] + [str(w.message) for w in caught]
+    assert messages == []
+
+
+# ---- the processor's conventions ----
+
+
+def test_processor_kwargs_by_group_and_flat_agree(processor):
+    image = photo(1000, 750)
+    flat = processor(PROMPT, [image], num_crops=16, padding_side="right", return_tensors="pt")
+    grouped = processor(
+        PROMPT,
+        [image],
+        images_kwargs={"num_crops": 16},
+        text_kwargs={"padding_side": "right"},
+        common_kwargs={"return_tensors": "pt"},
+    )
+    assert flat["pixel_values"].shape[1] == grouped["pixel_values"].shape[1] == 17
+    assert torch.equal(flat["input_ids"], grouped["input_ids"])
+    assert (grouped["input_ids"] == IMAGE_TOKEN_ID).sum() == processor.num_image_tokens(1000, 750, 16)
+    assert processor.image_processor.num_crops == 4  # a per-call setting changes nothing for the next call
+    assert processor(PROMPT, [image], return_tensors="pt")["pixel_values"].shape[1] == 5
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "named"),
+    [
+        ({"num_crop": 16}, "num_crop"),
+        ({"images_kwargs": {"crop_size": 336}}, "crop_size"),
+        ({"text_kwargs": {"stride": 2}}, "stride"),
+        ({"common_kwargs": {"padding": True}}, "padding"),
+    ],
+)
+def test_processor_refuses_what_it_would_ignore(processor, kwargs, named):
+    with pytest.raises(TypeError, match=named):
+        processor(PROMPT, [photo(400, 300)], **kwargs)
+
+
+def test_image_processor_refuses_a_misspelt_setting(tiny_dir):
+    from phi3v_recipe.phi3_v import Phi3VImageProcessor
+
+    with pytest.raises(TypeError, match="num_crop;"):
+        Phi3VImageProcessor(num_crop=16)
+    saved = Phi3VImageProcessor.from_pretrained(tiny_dir)  # the file's own keys (auto_map, types) still load
+    assert saved.num_crops == 4
+
+
+@pytest.mark.parametrize(
+    "convert",
+    [
+        lambda a: a,  # uint8 HWC
+        lambda a: a.astype(np.float32) / 255,  # floats in [0, 1]
+        lambda a: torch.from_numpy(a).permute(2, 0, 1),  # a CHW uint8 tensor
+    ],
+)
+def test_numpy_and_torch_images_give_the_pil_pixels(processor, convert):
+    image = photo(500, 300)
+    expected = processor(PROMPT, [image], return_tensors="pt")
+    got = processor(PROMPT, [convert(np.array(image))], return_tensors="pt")
+    torch.testing.assert_close(got["pixel_values"], expected["pixel_values"], atol=1e-5, rtol=0)
+    assert torch.equal(got["input_ids"], expected["input_ids"])
+
+
+def test_num_multimodal_tokens_match_the_processed_images(processor):
+    sizes = [(750, 1000), (900, 300)]  # (height, width)
+    data = processor._get_num_multimodal_tokens(image_sizes=sizes)
+    for (height, width), tokens, patches in zip(sizes, data.num_image_tokens, data.num_image_patches):
+        out = processor(PROMPT, [photo(width, height)], return_tensors="pt")
+        assert tokens == (out["input_ids"] == IMAGE_TOKEN_ID).sum()
+        assert patches == int((out["image_sizes"][0] // 336).prod()) + 1
+    more = processor._get_num_multimodal_tokens(image_sizes=sizes, images_kwargs={"num_crops": 16})
+    assert more.num_image_tokens[0] > data.num_image_tokens[0]
+
+
+def test_a_literal_image_token_in_the_text_is_refused(processor):
+    with pytest.raises(ValueError, match="holds <\\|image\\|> itself"):
+        processor("<|user|>\n<|image|> hi<|end|>\n", [])
+
+
+# ---- TRL given a path or a hub id ----
+
+
+def trl_model_from(model_id: str):
+    from trl.trainer.utils import create_model_from_path
+
+    return create_model_from_path(model_id)
+
+
+def test_trl_loads_ours_from_a_folder_a_hub_config_and_the_hub_cache(tiny_dir, tmp_path, monkeypatch):
+    """TRL takes a class from transformers by the `architectures` name, else the remote code of `auto_map`: ours must
+    come back for a folder of ours, a folder that carries the hub's `auto_map` (as a merged model does), and a hub id
+    from the local cache."""
+    with_auto_map = tmp_path / "with_auto_map"
+    shutil.copytree(tiny_dir, with_auto_map)
+    config = json.loads((with_auto_map / "config.json").read_text())
+    config["auto_map"] = {
+        "AutoConfig": "configuration_phi3_v.Phi3VConfig",
+        "AutoModelForCausalLM": "modeling_phi3_v.Phi3VForCausalLM",
+    }
+    (with_auto_map / "config.json").write_text(json.dumps(config))
+    assert type(trl_model_from(str(tiny_dir))) is Phi3VForCausalLM
+    assert type(trl_model_from(str(with_auto_map))) is Phi3VForCausalLM
+
+    cache = tmp_path / "hub"
+    put_in_hub_cache(cache, "microsoft/Phi-3-vision-128k-instruct", with_auto_map, "a" * 40)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(cache))
+    assert type(trl_model_from("microsoft/Phi-3-vision-128k-instruct")) is Phi3VForCausalLM
+
+
+def test_trl_sft_trainer_given_a_path(tiny_dir, tmp_path):
+    """`SFTTrainer(model="path")` as `trl sft` builds it, in a fresh process that imports phi3v_recipe first."""
+    script = f"""
+import phi3v_recipe
+from datasets import Dataset
+from trl import SFTConfig, SFTTrainer
+rows = [{{"messages": [{{"role": "user", "content": "Hi"}}, {{"role": "assistant", "content": "Bag"}}]}}] * 2
+args = SFTConfig(output_dir={str(tmp_path / "out")!r}, max_steps=1, per_device_train_batch_size=2, report_to=[],
+                 use_cpu=True, save_strategy="no")
+trainer = SFTTrainer(model={str(tiny_dir)!r}, args=args, train_dataset=Dataset.from_list(rows))
+trainer.train()
+print(type(trainer.model).__name__, trainer.state.global_step)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "Phi3VForCausalLM 1"
