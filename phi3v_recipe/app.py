@@ -26,6 +26,8 @@ from .runs import RECIPE_FILE
 
 MAX_IMAGE_PIXELS = 50_000_000
 MAX_IMAGES = 8
+MAX_QUESTION_CHARS = 2_000
+MAX_SECONDS_PER_ANSWER = 60.0  # how long one answer may hold the one model (others wait for the lock)
 
 
 class AppError(Exception):
@@ -61,6 +63,23 @@ def open_image(path: str):
             return image.convert("RGB")
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError):
         raise AppError(f"{Path(path).name} is not an image this page can read (PNG, JPEG, WebP, ...).") from None
+
+
+def client_files(paths, examples: list[dict]) -> list[str]:
+    """The files a client named, each one it uploaded to this page (in Gradio's upload folder) or one of the run's
+    example images. Anything else is refused: a client can name any server path in a request, and a path that a
+    handler passes on to an output is copied into Gradio's cache and served."""
+    from gradio.utils import get_upload_folder
+
+    uploads = Path(get_upload_folder()).resolve()
+    shipped = {Path(p).resolve() for example in examples for p in example["images"]}
+    files = []
+    for path in paths or []:
+        resolved = Path(str(path)).resolve()  # symlinks followed: a link in the upload folder to elsewhere is refused
+        if not (resolved.is_relative_to(uploads) or resolved in shipped):
+            raise AppError(f"{Path(str(path)).name} was not uploaded to this page: upload the image.")
+        files.append(str(resolved))
+    return files
 
 
 def start_chat(paths: list[str], truth: str | None = None) -> Chat:
@@ -99,7 +118,15 @@ class Session:
         def generate():
             try:
                 with context:
-                    generate_new_tokens(self.model, self.processor, [messages], [images], max_new_tokens, streamer)
+                    generate_new_tokens(
+                        self.model,
+                        self.processor,
+                        [messages],
+                        [images],
+                        max_new_tokens,
+                        streamer,
+                        max_time=MAX_SECONDS_PER_ANSWER,
+                    )
             except Exception as err:  # shown on the page; the streamer must still end
                 failure.append(err)
                 streamer.end()
@@ -142,6 +169,8 @@ def converse(session: Session, chat: Chat, question: str, max_new_tokens: int = 
     base model's. The chat's conversations end with both answers."""
     if not question or not question.strip():
         raise AppError("Type a question.")
+    if len(question) > MAX_QUESTION_CHARS:
+        raise AppError(f"The question is {len(question):,} characters long; at most {MAX_QUESTION_CHARS:,}.")
     chat.ask(question.strip())
     answer = ""
     for answer in session.stream(chat.tuned, chat.images, base=False, max_new_tokens=max_new_tokens):
@@ -222,8 +251,9 @@ def build_app(session: Session, title: str, max_new_tokens: int = 64):
 
         def on_ask(paths, text, truth, chat):
             try:
-                if chat is None or [str(p) for p in paths or []] != chat[0]:
-                    chat = ([str(p) for p in paths or []], start_chat(paths or [], truth or None))
+                paths = client_files(paths, session.examples)
+                if chat is None or paths != chat[0]:
+                    chat = (paths, start_chat(paths, truth or None))
                 for current, tuned, base in converse(session, chat[1], text, max_new_tokens):
                     rows = session.fields(tuned, base, current.truth)
                     yield display(current.tuned, tuned), display(current.base, base), rows, "", chat
@@ -238,7 +268,10 @@ def build_app(session: Session, title: str, max_new_tokens: int = 64):
         )
 
         def on_files(paths):  # new images: show them and start a new conversation
-            return [str(p) for p in paths or []], [], [], [], "", None
+            try:
+                return client_files(paths, session.examples), [], [], [], "", None
+            except AppError as err:
+                return [], [], [], [], f"**{err}**", None
 
         new.click(on_new, outputs=[tuned_chat, base_chat, table, status, state])
         files.change(on_files, inputs=[files], outputs=[gallery, tuned_chat, base_chat, table, status, state])

@@ -13,10 +13,17 @@ def stop_token_ids(tokenizer) -> list[int]:
 
 @torch.no_grad()
 def generate_new_tokens(
-    model, processor, conversations: list[list[dict]], images: list[list], max_new_tokens: int, streamer=None
+    model,
+    processor,
+    conversations: list[list[dict]],
+    images: list[list],
+    max_new_tokens: int,
+    streamer=None,
+    max_time: float | None = None,
 ):
     """Greedy continuations of a left-padded batch of conversations (each with its list of images): the new ids only.
-    Each conversation ends with the turn to answer; the assistant's reply is generated."""
+    Each conversation ends with the turn to answer; the assistant's reply is generated, for at most ``max_time``
+    seconds when given."""
     tokenizer = processor.tokenizer
     prompts = [render(processor, messages, add_generation_prompt=True) for messages in conversations]
     inputs = processor(prompts, images, padding_side="left", return_tensors="pt").to(model.device)
@@ -29,6 +36,7 @@ def generate_new_tokens(
         streamer=streamer,
         eos_token_id=stop_token_ids(tokenizer),
         pad_token_id=tokenizer.pad_token_id,
+        max_time=max_time,
     )
     return out[:, inputs["input_ids"].shape[1] :]
 

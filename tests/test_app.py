@@ -199,3 +199,71 @@ def test_chat_turns_carry_the_images_once():
 def test_an_empty_answer_is_said_so():
     shown = display([user_turn("q", 1), assistant_turn("\n ")])
     assert shown[0]["content"] == "q" and shown[1]["content"].startswith("(an empty answer")
+
+
+def handler(page, name: str):
+    return next(block_fn.fn for block_fn in page.fns.values() if block_fn.name == name)
+
+
+def test_handlers_refuse_files_the_client_did_not_upload(tmp_path):
+    """A request can name any server path; a handler that passed one on to the gallery would have Gradio copy it into
+    its cache and serve it. Only uploads and the run's example images are taken."""
+    secret = tmp_path / "secret.png"
+    photo(40, 30).save(secret)
+    example = tmp_path / "example.png"
+    photo(40, 30, seed=1).save(example)
+    page = build_app(Session(object(), None, None, [{"images": [str(example)], "truth": "x"}]), "t")
+    gallery, *_, status, _ = handler(page, "on_files")([str(secret)])
+    assert gallery == [] and "secret.png was not uploaded to this page" in status
+    link = tmp_path / "link.png"  # a link in an allowed place to a file elsewhere is followed, then refused
+    link.symlink_to(secret)
+    assert handler(page, "on_files")([str(link)])[0] == []
+    assert handler(page, "on_files")([str(example)])[0] == [str(example.resolve())]
+    replies = list(handler(page, "on_ask")([str(secret)], "What is it?", "", None))
+    assert replies == [(gr_update := replies[0][0], gr_update, gr_update, replies[0][3], None)]
+    assert "was not uploaded" in replies[0][3]
+
+
+def test_a_client_on_a_real_server_gets_only_its_uploads(tmp_path):
+    import httpx
+
+    secret = tmp_path / "secret.png"
+    photo(40, 30).save(secret)
+    page = build_app(Session(object(), None, None, []), "t")
+    page.launch(server_name="127.0.0.1", prevent_thread_lock=True, quiet=True)
+    url = page.local_url.rstrip("/")
+
+    def call(files) -> str:
+        event = httpx.post(f"{url}/gradio_api/call/on_files", json={"data": [files]}, timeout=30).json()["event_id"]
+        return httpx.get(f"{url}/gradio_api/call/on_files/{event}", timeout=60).text
+
+    try:
+        upload = httpx.post(
+            f"{url}/gradio_api/upload", files={"files": ("mine.png", secret.read_bytes(), "image/png")}, timeout=30
+        ).json()[0]
+        shown = call([{"path": upload, "meta": {"_type": "gradio.FileData"}}])
+        served = [line for line in shown.splitlines() if line.startswith("data:")][0]
+        file_url = json.loads(served[5:])[0][0]["image"]["url"]
+        assert httpx.get(file_url, timeout=30).content == secret.read_bytes()  # an upload is shown back
+        for named in [
+            {"path": str(secret), "meta": {"_type": "gradio.FileData"}},
+            {"path": str(secret), "is_stream": False},
+            str(secret),
+        ]:
+            answer = call([named])
+            assert "gradio_api/file=" not in answer, answer  # nothing of the server's was put where it is served
+        assert httpx.get(f"{url}/gradio_api/file={secret}", timeout=30).status_code == 403
+    finally:
+        page.close()
+
+
+def test_a_long_question_is_refused_and_an_answer_is_bounded_in_time(session, image_path, monkeypatch):
+    from phi3v_recipe import app
+
+    chat = start_chat([str(image_path)])
+    with pytest.raises(AppError, match="at most 2,000"):
+        list(converse(session, chat, "x" * 200_000))
+    full = list(converse(session, start_chat([str(image_path)]), "What is it?", max_new_tokens=64))[-1][1]
+    monkeypatch.setattr(app, "MAX_SECONDS_PER_ANSWER", 0.0)  # the clock runs out at the first token
+    cut = list(converse(session, start_chat([str(image_path)]), "What is it?", max_new_tokens=64))[-1][1]
+    assert full.startswith(cut) and len(cut) < len(full)
