@@ -40,15 +40,16 @@ tiny: outputs/tiny-phi3v/config.json
 outputs/tiny-phi3v/config.json: | setup
 	$(BIN)/python -m phi3v_recipe.tiny outputs/tiny-phi3v
 
-sample-data: data/sample/burberry.csv data/sample/docvqa/docvqa.jsonl
+# The synthetic Burberry-like set and one stand-in per official task (for the demo_* twins of their recipes); each set
+# is its own target, so a set written by hand first (sample-data --task docvqa) never hides the others.
+TASK_SETS := $(foreach task,docvqa nlvr2 frames messages,data/sample/$(task)/$(task).jsonl)
+sample-data: data/sample/burberry.csv $(TASK_SETS)
 
 data/sample/burberry.csv: | setup
 	$(BIN)/python -m phi3v_recipe.synthetic --task burberry --rows 3040 --seed 0 --out data/sample
 
-# One stand-in per official task (docvqa, nlvr2, frames, messages) for the demo_* twins of their recipes.
-data/sample/docvqa/docvqa.jsonl: | setup
-	for task in docvqa nlvr2 frames messages; do \
-		$(BIN)/python -m phi3v_recipe.synthetic --task $$task --seed 0 --out data/sample/$$task || exit 1; done
+$(TASK_SETS): data/sample/%.jsonl: | setup
+	$(BIN)/python -m phi3v_recipe.synthetic --task $(notdir $*) --seed 0 --out $(dir $@)
 
 # make train RECIPE=burberry_lora [ACCELERATE_CONFIG=accelerate_configs/fsdp.yaml] [ARGS="--learning_rate 1e-4"] [RESUME=1]
 # accelerate --quiet: a failed run shows its own one-line error, not a second traceback from the launcher.
@@ -64,7 +65,7 @@ train: setup
 
 # The whole pipeline on the embedded default: tiny model + synthetic sample set, on the CPU, offline.
 demo: setup outputs/tiny-phi3v/config.json data/sample/burberry.csv
-	$(BIN)/python -m phi3v_recipe.train --config recipes/demo.yaml $(if $(RESUME),--resume_from_checkpoint true) $(ARGS)
+	$(BIN)/python -m phi3v_recipe.train --config recipes/demo.yaml $(if $(RESUME),--resume_from_checkpoint true,--overwrite_output_dir true) $(ARGS)
 	@echo "One prediction with the trained model, on a sample photo:"
 	$(BIN)/python -m phi3v_recipe.predict --adapter outputs/demo --image data/sample/images/SYN000000000.png --max_new_tokens 32
 	@echo
@@ -78,7 +79,7 @@ demo: setup outputs/tiny-phi3v/config.json data/sample/burberry.csv
 
 # Full fine-tuning of the tiny model until the scored evaluation beats the trivial baselines (CPU, ~12 min).
 demo-learn: setup outputs/tiny-phi3v/config.json data/sample/burberry.csv
-	$(BIN)/python -m phi3v_recipe.train --config recipes/demo_learn.yaml $(ARGS)
+	$(BIN)/python -m phi3v_recipe.train --config recipes/demo_learn.yaml --overwrite_output_dir true $(ARGS)
 
 # A web page to try a trained output beside its base model: make app ADAPTER=outputs/demo [ARGS="--share"]
 ADAPTER ?= outputs/demo

@@ -160,9 +160,40 @@ def config_path(args: list[str]) -> str | None:
     return None
 
 
+NULL = ("null", "none", "~")
+
+
+def take_nulls(args: list[str]) -> tuple[list[str], dict]:
+    """``--key null`` for one of our keys that may be unset (``image_column``) or emptied (``numeric_fields``), so that
+    a recipe's value can be cleared from the command line: the flags without those, and key -> None or []."""
+    import typing
+
+    hints = typing.get_type_hints(RecipeArguments)
+    clearable = {
+        name: [] if typing.get_origin(hint) is list else None
+        for name, hint in hints.items()
+        if typing.get_origin(hint) is list or type(None) in typing.get_args(hint)
+    }
+    kept, cleared, i = [], {}, 0
+    while i < len(args):
+        key, _, value = args[i][2:].partition("=")
+        if not value and i + 1 < len(args):
+            value = args[i + 1]
+        if args[i].startswith("--") and key in clearable and value.lower() in NULL:
+            cleared[key] = clearable[key]
+            i += 1 if "=" in args[i] else 2
+            continue
+        kept.append(args[i])
+        i += 1
+    return kept, cleared
+
+
 def parse_recipe(argv: list[str]) -> tuple[RecipeArguments, SFTConfig, ModelConfig]:
-    """Parse ``--config recipe.yaml [--key value ...]`` into (recipe, training, model) arguments, all checked."""
-    args = list(argv)
+    """Parse ``--config recipe.yaml [--key value ...]`` into (recipe, training, model) arguments, all checked.
+    ``--key null`` clears one of our optional or list keys."""
+    import dataclasses
+
+    args, cleared = take_nulls(list(argv))
     path = config_path(args)
     if path is not None:
         read_recipe(path)
@@ -179,5 +210,6 @@ def parse_recipe(argv: list[str]) -> tuple[RecipeArguments, SFTConfig, ModelConf
         if "support bf16/gpu" in message:
             raise no_gpu(path or "This recipe", " in bf16") from None
         raise UserError(f"{path or 'recipe'}: {message}") from None
+    recipe = dataclasses.replace(recipe, **cleared)  # checked again by its __post_init__
     check_values(recipe, training, model)
     return recipe, training, model

@@ -104,24 +104,44 @@ def load_for_inference(adapter: str, base: str | None = None, num_crops: int | N
     return model, processor
 
 
-def open_images_or_fail(paths: list[str]) -> list:
-    """The images, opened; a missing file or one that is not an image is a one-line error naming it."""
+def open_images_or_fail(paths: list[tuple[str, str]]) -> list:
+    """The images, each given as (path, where it was named); a missing file or one that is not an image is a
+    one-line error naming it and where it came from."""
     from PIL import Image, UnidentifiedImageError
 
     images = []
-    for path in paths:
+    for path, named_by in paths:
         if not Path(path).is_file():
-            raise UserError(f"--image {path}: no such file.")
+            raise UserError(f"{named_by} {path}: no such file.")
         try:
             with Image.open(path) as image:
                 images.append(image.convert("RGB"))
         except (UnidentifiedImageError, OSError) as err:
-            raise UserError(f"--image {path}: not a readable image ({type(err).__name__}).") from None
+            raise UserError(f"{named_by} {path}: not a readable image ({type(err).__name__}).") from None
     return images
+
+
+def check_merge(adapter: str, out: Path) -> None:
+    """Refuse, before anything is loaded, a merge that has nothing to fold or would mix its files with others."""
+    if Path(adapter).is_dir() and is_full_model(Path(adapter)):
+        raise UserError(
+            f"{adapter} is a fully fine-tuned model, not an adapter: there is nothing to merge. It loads as it is "
+            "(predict --adapter, or from_pretrained); copy the folder to share it."
+        )
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--merge {out} is a file; give the path of a new (or empty) folder.")
+    if out.is_dir() and any(out.iterdir()):
+        held = ", ".join(sorted(child.name for child in out.iterdir())[:5])
+        raise UserError(
+            f"--merge {out} is not empty (it holds {held}); a merged model is written whole into a new or empty "
+            "folder, so that it is never mixed with another model's files."
+        )
 
 
 def merge(model, processor, out_dir: str) -> Path:
     """Fold the adapter into the base weights and save a plain Phi-3-Vision in the hub layout."""
+    if not hasattr(model, "merge_and_unload"):
+        raise UserError("The trained output is a fully fine-tuned model, not an adapter: there is nothing to merge.")
     merged = model.merge_and_unload()
     merged.save_pretrained(out_dir)  # safetensors, the hub's parameter names
     processor.save_pretrained(out_dir)
@@ -145,9 +165,10 @@ def answer(model, processor, images: list, question: str, max_new_tokens: int = 
     return reply(model, processor, conversation(question, len(images)), images, max_new_tokens, stream)
 
 
-def read_messages(path: str) -> tuple[list[dict], list[str]]:
+def read_messages(path: str) -> tuple[list[dict], list[tuple[str, str]]]:
     """A conversation from a JSON file (a list of messages, or {"messages": [...]}) and the image files its image
-    items name (``path``, ``url`` or ``image``), in order."""
+    items name (``path``, ``url`` or ``image``), in order, each with where it was named. A relative path is read
+    from the JSON file's folder, wherever the command runs."""
     try:
         raw = json.loads(Path(path).read_text())
     except FileNotFoundError:
@@ -164,7 +185,9 @@ def read_messages(path: str) -> tuple[list[dict], list[str]]:
         for item in message.get("content") or []
         if item.get("type") == "image"
     ]
-    return raw, [name for name in named if name]
+    folder = Path(path).parent
+    where = f"The image item of {path}"
+    return raw, [(str(folder / Path(name).expanduser()), where) for name in named if name]
 
 
 def main(argv: list[str] | None = None) -> list[str]:
@@ -183,8 +206,10 @@ def main(argv: list[str] | None = None) -> list[str]:
     parser.add_argument("--max_new_tokens", type=int, default=128)
     parser.add_argument("--merge", metavar="OUT", default=None, help="Also write the merged model to OUT.")
     args = parser.parse_args(argv)
+    if args.merge:
+        check_merge(args.adapter, Path(args.merge))
     raw, named = read_messages(args.messages) if args.messages else ([], [])
-    paths = named + args.image
+    paths = named + [(path, "--image") for path in args.image]
     if not paths:
         raise UserError("Give an image: --image PATH (repeat for several), or image items in --messages.")
     images = open_images_or_fail(paths)

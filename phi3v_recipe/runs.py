@@ -41,7 +41,9 @@ MAY_CHANGE_ON_RESUME = {
     "local_rank",
 }
 WEIGHTS = ("adapter_model.safetensors", "model.safetensors", "model.safetensors.index.json")
-RUN_FILES = (*WEIGHTS, "trainer_state.json", "metrics.json", RECIPE_FILE)
+# What a run leaves once it has trained: a folder with only its run_recipe.json (a run that failed or was stopped
+# before its first checkpoint, on a bad dataset path say) holds nothing to lose, and a fresh run takes it over.
+RUN_FILES = (*WEIGHTS, "trainer_state.json", "metrics.json")
 
 
 def snapshot(recipe, training, model) -> dict:

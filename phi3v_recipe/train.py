@@ -29,7 +29,7 @@ from . import hub, runs
 from .collator import IGNORE_INDEX, VisionSFTCollator
 from .config import config_path, no_gpu, parse_recipe
 from .data import prepare_data
-from .errors import UserError, run
+from .errors import UserError, fresh_line, run
 from .evaluate import evaluate
 from .tracking import PredictionTableCallback, configure_wandb
 
@@ -257,79 +257,111 @@ def main(argv: list[str] | None = None) -> SFTTrainer:
             out, settings, resume_value(args.resume_from_checkpoint), recipe.overwrite_output_dir, args.save_only_model
         )
         print("Resolved recipe:\n" + resolved_recipe(recipe, model_args, args))
-    args.resume_from_checkpoint = None if resume is None else str(resume)
-    use_wandb = configure_wandb(args.report_to, args.output_dir)
+    try:
+        args.resume_from_checkpoint = None if resume is None else str(resume)
+        use_wandb = configure_wandb(args.report_to, args.output_dir)
 
-    extra = {"num_crops": recipe.num_crops} if recipe.num_crops is not None else {}
-    processor = AutoProcessor.from_pretrained(
-        model_args.model_name_or_path, revision=model_args.model_revision, **extra
-    )
-    with args.main_process_first(desc="preparing the data"):
-        data = prepare_data(recipe, processor, args.max_length)
-    recipe = data.args  # the row format and columns settled from the source
-    if args.process_index == 0:
-        skipped_file = data.write_skipped(out / "skipped_rows.csv")
-        print(f"Data: {data.summary()} (skipped rows listed in {skipped_file})")
-    if len(data.train) == 0:
-        raise UserError(f"No training rows left after the checks; see {out / 'skipped_rows.csv'} for why.")
-
-    callbacks = []
-    if use_wandb and data.eval is not None and recipe.predictions_to_log:
-        callbacks.append(
-            PredictionTableCallback(
-                processor, data.eval.select(range(min(recipe.predictions_to_log, len(data.eval)))).to_list()
-            )
+        extra = {"num_crops": recipe.num_crops} if recipe.num_crops is not None else {}
+        processor = AutoProcessor.from_pretrained(
+            model_args.model_name_or_path, revision=model_args.model_revision, **extra
         )
-    trainer = build_trainer(model_args, recipe, args, processor, data, callbacks)
-    adapter = model_args.use_peft  # False: full fine-tuning
-    if use_wandb and trainer.is_world_process_zero():
-        import wandb
+        with args.main_process_first(desc="preparing the data"):
+            data = prepare_data(recipe, processor, args.max_length)
+        recipe = data.args  # the row format and columns settled from the source
+        if args.process_index == 0:
+            skipped_file = data.write_skipped(out / "skipped_rows.csv")
+            print(f"Data: {data.summary()} (skipped rows listed in {skipped_file})")
+        if len(data.train) == 0:
+            raise UserError(f"No training rows left after the checks; see {out / 'skipped_rows.csv'} for why.")
 
-        if wandb.run is not None:
-            wandb.config.update(
-                {"recipe": dataclasses.asdict(recipe), "model": dataclasses.asdict(model_args)}, allow_val_change=True
-            )
-
-    train_result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
-    if trainer.state.global_step == 0:
-        raise UserError("The run trained 0 steps, so nothing was saved or pushed; check max_steps / num_train_epochs.")
-    metrics = {f"train_{k}" if not k.startswith("train") else k: v for k, v in train_result.metrics.items()}
-    if data.eval is not None:
-        metrics.update(last_evaluation(trainer) or trainer.evaluate())
-    with disk_full_is_a_user_error(out):
-        trainer.save_model(args.output_dir)  # the adapter (or full model) as safetensors, and the processor
-    if data.eval is not None and trainer.is_world_process_zero():
-        if trainer.is_fsdp_enabled:  # generation needs every shard: score afterwards from the saved model
-            print(f"Scored evaluation skipped under FSDP; run: python -m phi3v_recipe.evaluate --config {recipe_path}")
-        else:
-            base = trainer.model.disable_adapter if adapter else None
-            metrics.update(
-                evaluate(
-                    trainer.model,
-                    processor,
-                    data.eval.to_list(),
-                    data.train.to_list(),
-                    recipe,
-                    args.output_dir,
-                    base,
-                    batch_size=args.per_device_eval_batch_size,
+        callbacks = []
+        if use_wandb and data.eval is not None and recipe.predictions_to_log:
+            callbacks.append(
+                PredictionTableCallback(
+                    processor, data.eval.select(range(min(recipe.predictions_to_log, len(data.eval)))).to_list()
                 )
             )
-    if trainer.is_world_process_zero():
-        repo_or_dir = args.hub_model_id if push else args.output_dir
-        hub.write_model_card(
-            args.output_dir,
-            model_args.model_name_or_path,
-            recipe_path,
-            recipe,
-            metrics,
-            repo_or_dir,
-            adapter,
-        )
-        print(f"Saved the trained {'adapter' if adapter else 'model'}, processor and model card to {args.output_dir}")
-        if push:
-            hub.push_folder(args.output_dir, args.hub_model_id, token, args.hub_private_repo or False)
-    return trainer
+        trainer = build_trainer(model_args, recipe, args, processor, data, callbacks)
+        adapter = model_args.use_peft  # False: full fine-tuning
+        if use_wandb and trainer.is_world_process_zero():
+            import wandb
+
+            if wandb.run is not None:
+                wandb.config.update(
+                    {"recipe": dataclasses.asdict(recipe), "model": dataclasses.asdict(model_args)},
+                    allow_val_change=True,
+                )
+
+        train_result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+        if trainer.state.global_step == 0:
+            raise UserError(
+                "The run trained 0 steps, so nothing was saved or pushed; check max_steps / num_train_epochs."
+            )
+        metrics = {f"train_{k}" if not k.startswith("train") else k: v for k, v in train_result.metrics.items()}
+        if data.eval is not None:
+            metrics.update(last_evaluation(trainer) or trainer.evaluate())
+        with disk_full_is_a_user_error(out):
+            trainer.save_model(args.output_dir)  # the adapter (or full model) as safetensors, and the processor
+        if data.eval is not None and trainer.is_world_process_zero():
+            if trainer.is_fsdp_enabled:  # generation needs every shard: score afterwards from the saved model
+                print(
+                    f"Scored evaluation skipped under FSDP; run: python -m phi3v_recipe.evaluate --config {recipe_path}"
+                )
+            else:
+                base = trainer.model.disable_adapter if adapter else None
+                metrics.update(
+                    evaluate(
+                        trainer.model,
+                        processor,
+                        data.eval.to_list(),
+                        data.train.to_list(),
+                        recipe,
+                        args.output_dir,
+                        base,
+                        batch_size=args.per_device_eval_batch_size,
+                    )
+                )
+        if trainer.is_world_process_zero():
+            repo_or_dir = args.hub_model_id if push else args.output_dir
+            hub.write_model_card(
+                args.output_dir,
+                model_args.model_name_or_path,
+                recipe_path,
+                recipe,
+                metrics,
+                repo_or_dir,
+                adapter,
+            )
+            print(
+                f"Saved the trained {'adapter' if adapter else 'model'}, processor and model card to {args.output_dir}"
+            )
+            if push:
+                hub.push_folder(args.output_dir, args.hub_model_id, token, args.hub_private_repo or False)
+        return trainer
+    except KeyboardInterrupt:
+        if args.process_index == 0:
+            print(fresh_line() + how_to_resume(out, argv, args.save_only_model), file=sys.stderr)
+        raise
+
+
+def how_to_resume(out: Path, argv: list[str], save_only_model: bool) -> str:
+    """What to run after an interrupted run: the same command resuming from its newest complete checkpoint, or, with
+    none yet, the same command again (the folder then holds nothing to lose)."""
+    import shlex
+
+    has_checkpoint = any(not runs.checkpoint_problems(p, save_only_model) for p in out.glob("checkpoint-*"))
+    if not has_checkpoint:
+        return f"Stopped before the first checkpoint of {out}: nothing to resume; run the same command to start again."
+    kept, skip = [], False
+    for arg in argv:  # the command as given, without its resume or overwrite choice and without a token
+        if skip:
+            skip = False
+        elif arg in ("--resume_from_checkpoint", "--overwrite_output_dir", "--hub_token"):
+            skip = True
+        elif not arg.startswith(("--resume_from_checkpoint=", "--overwrite_output_dir=", "--hub_token=")):
+            kept.append(arg)
+    command = shlex.join(["python", "-m", "phi3v_recipe.train", *kept, "--resume_from_checkpoint", "true"])
+    return f"Checkpoints of {out} are kept. Resume with:\n  {command}"
 
 
 def last_evaluation(trainer) -> dict | None:

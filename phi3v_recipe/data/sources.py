@@ -38,11 +38,19 @@ def load_table(args) -> tuple[datasets.Dataset, Path]:
         return datasets.load_dataset("imagefolder", data_dir=str(path), split=args.dataset_split), path
     looks_local = source.startswith((".", "/", "~")) or source.count("/") != 1 or path.suffix.lower() in LOCAL_SUFFIXES
     if looks_local:
-        raise UserError(
-            f"dataset={source!r} does not exist here (a Hub dataset id is owner/name). Run `make sample-data` "
-            "for the sample sets."
-        )
+        raise UserError(f"dataset={source!r} does not exist here (a Hub dataset id is owner/name). {writes(path)}")
     return load_hub_dataset(source, args), Path(".")
+
+
+def writes(path: Path) -> str:
+    """What writes a missing sample set: the command for that set, or a hint for any other path."""
+    from ..synthetic import WRITERS
+
+    if path.parent.name in WRITERS and path.name == f"{path.parent.name}.jsonl":
+        return f"Write that sample set with: phi3v-recipe sample-data --task {path.parent.name} --out {path.parent}"
+    if path.name == "burberry.csv":
+        return f"Write the sample set with: phi3v-recipe sample-data --task burberry --out {path.parent} (or make sample-data)."
+    return "Fix the path, or run `make sample-data` for the sample sets."
 
 
 def load_hub_dataset(name: str, args) -> datasets.Dataset:

@@ -1,0 +1,203 @@
+"""What a newcomer following the README trips on: merging a full fine-tune, sample sets that never appear, a failed
+run that locks its folder, an interrupted run that does not say how to resume, conversations read from another folder,
+recipe keys that cannot be cleared, a help that does not answer."""
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from phi3v_recipe import predict
+from phi3v_recipe.config import parse_recipe
+from phi3v_recipe.errors import UserError
+
+from .test_processor import photo
+from .test_train import ROOT, clean_env, demo_args
+
+
+@pytest.fixture(scope="module")
+def sample_csv(tmp_path_factory):
+    from phi3v_recipe.synthetic import write_sample_set
+
+    return write_sample_set(tmp_path_factory.mktemp("sample"), rows=24, seed=4)
+
+
+@pytest.fixture()
+def no_loading(monkeypatch):
+    """Fail the test if a model is loaded: the checks must come first."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded before the check")
+
+    monkeypatch.setattr(predict, "load_for_inference", refuse)
+
+
+def test_merging_a_full_fine_tune_says_there_is_nothing_to_merge(tiny_dir, tmp_path, no_loading):
+    image = tmp_path / "bag.png"
+    photo(64, 48).save(image)
+    with pytest.raises(UserError, match="is a fully fine-tuned model, not an adapter: there is nothing to merge"):
+        predict.main(["--adapter", str(tiny_dir), "--image", str(image), "--merge", str(tmp_path / "merged")])
+    assert not (tmp_path / "merged").exists()
+
+
+def test_a_merge_never_writes_over_other_files(tmp_path, no_loading):
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    image = tmp_path / "bag.png"
+    photo(64, 48).save(image)
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    for out, message in [
+        (adapter, "is not empty (it holds adapter_config.json)"),  # the adapter's own folder
+        (a_file, "is a file"),
+    ]:
+        with pytest.raises(UserError, match=re.escape(message)):
+            predict.main(["--adapter", str(adapter), "--image", str(image), "--merge", str(out)])
+
+
+def test_make_sample_data_writes_every_set_it_promises(tmp_path):
+    """After `sample-data --task docvqa` by hand, `make sample-data` still writes the other sets."""
+    (tmp_path / "data/sample/docvqa").mkdir(parents=True)
+    (tmp_path / "data/sample/docvqa/docvqa.jsonl").write_text("")
+    (tmp_path / "pyproject.toml").write_text("")
+    (tmp_path / ".venv").mkdir()
+    (tmp_path / ".venv/.installed").write_text("")  # set-up done (newer than pyproject.toml)
+    planned = subprocess.run(
+        ["make", "-n", "-f", str(ROOT / "Makefile"), "sample-data"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert planned.returncode == 0, planned.stderr
+    tasks = [line.split("--task ")[1].split()[0] for line in planned.stdout.splitlines() if "--task" in line]
+    assert tasks == ["burberry", "nlvr2", "frames", "messages"]
+
+
+@pytest.mark.parametrize(
+    ("dataset", "command"),
+    [
+        ("data/sample/nlvr2/nlvr2.jsonl", "phi3v-recipe sample-data --task nlvr2 --out data/sample/nlvr2"),
+        ("elsewhere/burberry.csv", "phi3v-recipe sample-data --task burberry --out elsewhere"),
+    ],
+)
+def test_a_missing_sample_set_names_the_command_that_writes_it(tiny_dir, tmp_path, monkeypatch, dataset, command):
+    from transformers import AutoProcessor
+
+    from phi3v_recipe.data import DataArguments, prepare_data
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match=f"Write (that|the) sample set with: {command}"):
+        prepare_data(DataArguments(dataset=dataset), AutoProcessor.from_pretrained(tiny_dir), None)
+
+
+def test_a_run_that_fails_on_its_data_does_not_lock_its_folder(tiny_dir, sample_csv, tmp_path):
+    from phi3v_recipe.train import main
+
+    out = tmp_path / "out"
+    with pytest.raises(UserError, match="does not exist here"):
+        main(demo_args(tiny_dir, sample_csv, out, "--dataset", "data/typo.csv", "--overwrite_output_dir", "false"))
+    assert (out / "run_recipe.json").is_file()
+    # The corrected rerun (no --overwrite_output_dir) takes the folder: it held no trained run.
+    trainer = main(demo_args(tiny_dir, sample_csv, out, "--max_steps", "1", "--overwrite_output_dir", "false"))
+    assert trainer.state.global_step == 1
+
+
+def test_an_interrupted_run_says_how_to_resume(tiny_dir, sample_csv, tmp_path):
+    from phi3v_recipe.train import how_to_resume
+
+    out = tmp_path / "out"
+    out.mkdir()
+    argv = ["--config", "recipes/demo.yaml", "--hub_token", "hf_x", "--overwrite_output_dir", "true"]
+    assert "nothing to resume; run the same command to start again" in how_to_resume(out, argv, False)
+    checkpoint = out / "checkpoint-4"
+    checkpoint.mkdir()
+    for name in ("trainer_state.json", "model.safetensors", "optimizer.pt", "scheduler.pt"):
+        (checkpoint / name).write_text("")
+    said = how_to_resume(out, argv, False)
+    assert said.endswith(
+        "python -m phi3v_recipe.train --config recipes/demo.yaml --resume_from_checkpoint true"
+    )  # without the token, and without the overwrite that would delete the checkpoints
+
+
+def test_ctrl_c_during_training_prints_the_resume_command(tiny_dir, sample_csv, tmp_path):
+    """A real SIGINT to a training process after its first checkpoint."""
+    import signal
+    import time
+
+    out = tmp_path / "out"
+    args = demo_args(tiny_dir, sample_csv, out, "--max_steps", "400", "--save_strategy", "steps", "--save_steps", "1")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "phi3v_recipe.train", *args],
+        cwd=ROOT,
+        env=clean_env(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 600  # only a hang reaches it
+        while not list(out.glob("checkpoint-*")) and time.monotonic() < deadline and process.poll() is None:
+            time.sleep(0.5)
+        assert process.poll() is None and list(out.glob("checkpoint-*"))
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=300)
+    finally:
+        process.kill()
+    assert process.returncode == 130, stderr[-3000:]
+    assert f"Checkpoints of {out} are kept. Resume with:" in stderr
+    lines = stderr.splitlines()
+    said = lines.index(f"Checkpoints of {out} are kept. Resume with:")
+    assert lines[said + 1].startswith("  python -m phi3v_recipe.train --config ")
+    assert lines[said + 1].endswith(" --resume_from_checkpoint true") and "Interrupted." in lines[said + 2 :]
+
+
+def test_a_conversation_reads_its_images_from_its_own_folder(tmp_path, no_loading, monkeypatch):
+    chat = tmp_path / "chats" / "chat.json"
+    chat.parent.mkdir()
+    photo(64, 48).save(chat.parent / "bag.png")
+    messages = [{"role": "user", "content": [{"type": "image", "path": "bag.png"}, {"type": "text", "text": "Hi"}]}]
+    chat.write_text(json.dumps(messages))
+    monkeypatch.chdir(tmp_path)  # another folder than the JSON file's
+    _, named = predict.read_messages(str(chat))
+    assert [Path(path) for path, _ in named] == [chat.parent / "bag.png"]
+    assert len(predict.open_images_or_fail(named)) == 1
+    (chat.parent / "bag.png").unlink()
+    with pytest.raises(UserError, match=f"The image item of {chat} {chat.parent / 'bag.png'}: no such file"):
+        predict.main(["--adapter", "x", "--messages", str(chat)])
+
+
+def test_recipe_keys_can_be_cleared_from_the_command_line():
+    recipe, _, _ = parse_recipe(["--config", "recipes/demo.yaml", "--image_column", "null", "--numeric_fields=null"])
+    assert recipe.image_column is None and recipe.numeric_fields == []
+    recipe, _, _ = parse_recipe(["--config", "recipes/demo.yaml"])
+    assert recipe.image_column == "local_image_path" and recipe.numeric_fields == ["full_price"]
+
+
+@pytest.mark.parametrize("module", ["train", "predict", "evaluate", "hub", "bench", "app"])
+def test_python_m_help_answers_before_any_heavy_import(module, tmp_path):
+    """`python -m phi3v_recipe.X --help` shows the command's help (not an error), without importing torch."""
+    done = subprocess.run(
+        [sys.executable, "-m", f"phi3v_recipe.{module}", "--help"],
+        cwd=ROOT,
+        env=clean_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0 and done.stdout.startswith("usage: phi3v-recipe "), done.stdout + done.stderr
+    assert "error" not in done.stderr.lower()
+    checked = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", f"phi3v_recipe.{module}", "--help"],
+        cwd=ROOT,
+        env=clean_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    imported = {line.split("|")[-1].strip() for line in checked.stderr.splitlines() if line.startswith("import time:")}
+    assert not imported & {"torch", "transformers", "datasets"}
