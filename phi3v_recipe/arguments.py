@@ -138,7 +138,12 @@ class RecipeArguments(DataArguments):
         },
     )
     freeze_vision_tower: bool = field(
-        default=True, metadata={"help": "Keep the CLIP vision tower frozen (LoRA on the language model by default)."}
+        default=True,
+        metadata={
+            "help": "Keep the CLIP vision tower frozen in full fine-tuning. Under LoRA only adapted modules train: "
+            "the tower is adapted only when lora_target_modules names its layers (q_proj, k_proj, v_proj, out_proj, "
+            "fc1, fc2)."
+        },
     )
     predictions_to_log: int = field(
         default=8, metadata={"help": "Eval samples whose generated answers are logged as a table at each evaluation."}

@@ -18,6 +18,14 @@ from .hub import HUB_ID
 
 TYPES = (RecipeArguments, SFTConfig, ModelConfig)
 DTYPES = ("auto", "bfloat16", "float16", "float32")
+CLIP_LINEARS = {
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "out_proj",
+    "fc1",
+    "fc2",
+}  # the vision tower's layers (the decoder has none)
 ATTENTION = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
 
 
@@ -115,6 +123,16 @@ def check_values(recipe: RecipeArguments, training: SFTConfig, model: ModelConfi
         raise UserError(f"lora_alpha must be positive, got {model.lora_alpha}.")
     if not 0 <= model.lora_dropout < 1:
         raise UserError(f"lora_dropout must be in [0, 1), got {model.lora_dropout}.")
+    if model.use_peft and "lm_head" in (model.lora_target_modules or []):
+        raise UserError(
+            "lora_target_modules holds lm_head, which TRL refuses: its loss reads lm_head.weight directly, so an adapter "
+            "there would never train. Remove it, or train the head in full with lora_modules_to_save: [lm_head]."
+        )
+    if model.use_peft and not recipe.freeze_vision_tower and not set(model.lora_target_modules or []) & CLIP_LINEARS:
+        print(
+            "Note: freeze_vision_tower=false changes nothing under LoRA with these targets: only adapted modules "
+            f"train. To adapt the vision tower, add CLIP's layers to lora_target_modules ({', '.join(sorted(CLIP_LINEARS))})."
+        )
     positive = {
         "learning_rate": training.learning_rate,
         "per_device_train_batch_size": training.per_device_train_batch_size,

@@ -1,4 +1,4 @@
-"""Files written whole or not at all."""
+"""Files written whole or not at all, with the modes the user's umask gives."""
 
 import os
 import uuid
@@ -16,3 +16,12 @@ def write_atomically(path: str | Path, data: bytes | str) -> Path:
     finally:
         partial.unlink(missing_ok=True)  # only left when the write failed (a full disk)
     return path
+
+
+def follow_umask(folder: str | Path) -> None:
+    """Give the weight files in ``folder`` the mode the user's umask gives new files: safetensors writes them 0600
+    whatever the umask, so a model saved for a team (or a container's other user) could not be read."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for file in Path(folder).glob("*.safetensors"):
+        os.chmod(file, 0o666 & ~umask)

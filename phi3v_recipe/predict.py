@@ -15,6 +15,7 @@ from pathlib import Path
 from .arguments import DEFAULT_QUESTION
 from .conversation import assistant_turn, conversation, count_images, text_of, user_turn
 from .errors import ArgumentParser, UserError, run
+from .files import follow_umask
 
 
 def resolve(repo_or_dir: str, what: str, filenames: tuple[str, ...]) -> Path:
@@ -144,6 +145,7 @@ def merge(model, processor, out_dir: str) -> Path:
         raise UserError("The trained output is a fully fine-tuned model, not an adapter: there is nothing to merge.")
     merged = model.merge_and_unload()
     merged.save_pretrained(out_dir)  # safetensors, the hub's parameter names
+    follow_umask(out_dir)
     processor.save_pretrained(out_dir)
     return Path(out_dir)
 

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 from .errors import ArgumentParser, run
+from .files import follow_umask
 
 BASE_VOCAB = 32000  # the hub vocabulary size: special tokens start at 32000, as on the hub
 
@@ -196,6 +197,7 @@ def write_tiny_checkpoint(out_dir: str | Path, seed: int = 0, num_crops: int = 4
 
     out = Path(out_dir)
     build_model(seed).save_pretrained(out, max_shard_size=max_shard_size)
+    follow_umask(out)
     # The hub's own files, written as the hub has them (save_pretrained would modernise config.json).
     (out / "config.json").write_text(json.dumps(tiny_config_dict(), indent=2) + "\n")
     (out / "preprocessor_config.json").write_text(json.dumps(preprocessor_config_dict(num_crops), indent=2) + "\n")

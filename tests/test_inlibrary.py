@@ -274,3 +274,62 @@ print(type(trainer.model).__name__, trainer.state.global_step)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().splitlines()[-1] == "Phi3VForCausalLM 1"
+
+
+# ---- what our saves write ----
+
+
+@pytest.mark.parametrize("name", ["Phi-3-vision-128k-instruct", "Phi-3.5-vision-instruct"])
+def test_saved_configs_keep_longrope_under_the_hub_keys(shared, name, tmp_path):
+    """The hub's remote code and vLLM read `rope_scaling` ({type: su, long_factor, short_factor}, exactly these three
+    keys) and `rope_theta`; a config written as transformers 5's `rope_parameters` alone runs there without LongRoPE."""
+    from transformers import AutoConfig
+
+    hub = json.loads((shared / "hub" / name / "config.json").read_text())
+    config = AutoConfig.from_pretrained(shared / "hub" / name)
+    config.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    for key in ("rope_scaling", "rope_theta", "original_max_position_embeddings", "max_position_embeddings"):
+        assert saved[key] == hub[key], key
+    assert "rope_parameters" not in saved
+    again = AutoConfig.from_pretrained(tmp_path)
+    assert again.rope_parameters == config.rope_parameters
+
+
+def test_a_saved_model_keeps_longrope_and_its_outputs(tiny_dir, tiny_config_dict, model, inputs, tmp_path):
+    model.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["rope_scaling"] == tiny_config_dict["rope_scaling"]
+    with torch.no_grad():
+        reloaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+        torch.testing.assert_close(reloaded(**inputs).logits, model(**inputs).logits, atol=0, rtol=0)
+
+
+def test_saved_weights_follow_the_umask(tiny_dir, tmp_path):
+    """safetensors writes 0600 whatever the umask: a checkpoint, the trained output and a merge are readable as the
+    user's umask says (0644 under 022)."""
+    import os
+    import stat
+
+    from phi3v_recipe.predict import load_for_inference, merge
+    from phi3v_recipe.synthetic import write_sample_set
+    from phi3v_recipe.train import main
+
+    from .test_train import demo_args
+
+    previous = os.umask(0o022)
+    try:
+        out = tmp_path / "out"
+        sample = write_sample_set(tmp_path / "sample", rows=8, seed=1)
+        main(demo_args(tiny_dir, sample, out, "--max_steps", "1", "--save_strategy", "steps", "--save_steps", "1"))
+        model, processor = load_for_inference(str(out))
+        merge(model, processor, str(tmp_path / "merged"))
+    finally:
+        os.umask(previous)
+    weights = [
+        *out.glob("*.safetensors"),
+        *out.glob("checkpoint-*/*.safetensors"),
+        *(tmp_path / "merged").glob("*.safetensors"),
+    ]
+    assert len(weights) >= 3
+    assert {oct(stat.S_IMODE(path.stat().st_mode)) for path in weights} == {"0o644"}

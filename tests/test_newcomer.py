@@ -201,3 +201,20 @@ def test_python_m_help_answers_before_any_heavy_import(module, tmp_path):
     )
     imported = {line.split("|")[-1].strip() for line in checked.stderr.splitlines() if line.startswith("import time:")}
     assert not imported & {"torch", "transformers", "datasets"}
+
+
+def test_lora_on_lm_head_is_one_line_before_loading():
+    with pytest.raises(UserError, match="lora_target_modules holds lm_head, which TRL refuses"):
+        parse_recipe(
+            ["--config", "recipes/demo.yaml", "--use_peft", "true", "--lora_target_modules", "qkv_proj", "lm_head"]
+        )
+
+
+def test_freeze_vision_tower_false_under_lora_says_what_it_does(capsys):
+    parse_recipe(["--config", "recipes/demo.yaml", "--use_peft", "true", "--freeze_vision_tower", "false"])
+    assert "freeze_vision_tower=false changes nothing under LoRA with these targets" in capsys.readouterr().out
+    parse_recipe(
+        ["--config", "recipes/demo.yaml", "--use_peft", "true", "--freeze_vision_tower", "false"]
+        + ["--lora_target_modules", "qkv_proj", "q_proj"]
+    )
+    assert capsys.readouterr().out == ""

@@ -96,6 +96,26 @@ class Phi3VConfig(Phi3Config):
             }
         return super().convert_rope_params_to_dict(default_theta=default_theta, ignore_keys=ignore_keys, **kwargs)
 
+    def to_dict(self) -> dict:
+        """The config as saved: LongRoPE under the hub's own keys (``rope_scaling`` with ``type``, ``long_factor`` and
+        ``short_factor``, ``rope_theta``), which the hub's remote code and vLLM read, instead of transformers 5's
+        ``rope_parameters``: the hub code would silently run without LongRoPE otherwise. Read back, they give the
+        same ``rope_parameters``."""
+        out = super().to_dict()
+        rope = out.pop("rope_parameters", None) or {}
+        out["rope_theta"] = rope.get("rope_theta", 10_000.0)
+        if rope.get("rope_type") == "longrope":
+            out["rope_scaling"] = {
+                "type": "su",
+                "long_factor": rope["long_factor"],
+                "short_factor": rope["short_factor"],
+            }
+        elif rope.get("rope_type", "default") == "default":
+            out["rope_scaling"] = None
+        else:  # another scaling has no hub form: kept as transformers 5 writes it
+            out["rope_parameters"] = rope
+        return out
+
     @property
     def vision_feature_layer(self) -> int:
         """The CLIP hidden state (index into `hidden_states`) whose patch tokens feed the projection."""
