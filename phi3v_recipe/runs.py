@@ -77,19 +77,29 @@ def checkpoint_step(path: Path) -> int:
         return -1
 
 
-def newest_complete_checkpoint(out: Path, save_only_model: bool = False) -> Path:
-    """The newest complete ``checkpoint-N`` in ``out``, saying which one and why any newer one was passed over."""
+def newest_complete_checkpoint(out: Path, save_only_model: bool = False, say: bool = True) -> Path:
+    """The newest complete ``checkpoint-N`` in ``out``, saying (``say``) which one and why any newer one was passed
+    over."""
     checkpoints = sorted((p for p in out.glob("checkpoint-*") if p.is_dir()), key=checkpoint_step, reverse=True)
     for path in checkpoints:
         problems = checkpoint_problems(path, save_only_model)
         if not problems:
-            print(f"Resuming from {path} (the newest complete checkpoint).")
+            if say:
+                print(f"Resuming from {path} (the newest complete checkpoint).")
             return path
-        print(f"Skipping {path}: incomplete ({', '.join(problems)}).")
+        if say:
+            print(f"Skipping {path}: incomplete ({', '.join(problems)}).")
     raise UserError(
         f"Nothing to resume in {out}: no complete checkpoint-N folder. Start afresh without --resume_from_checkpoint "
         "(add --overwrite_output_dir true if the folder holds a run)."
     )
+
+
+def resume_point(out: Path, resume, save_only_model: bool) -> Path | None:
+    """The checkpoint another process resumes from, once process 0 has prepared ``out`` (said there, not here)."""
+    if not resume:
+        return None
+    return newest_complete_checkpoint(out, save_only_model, say=False) if resume is True else Path(resume)
 
 
 def differences(before: dict, now: dict) -> list[str]:

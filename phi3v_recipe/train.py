@@ -31,6 +31,7 @@ from .config import config_path, no_gpu, parse_recipe
 from .data import prepare_data
 from .errors import UserError, fresh_line, run
 from .evaluate import evaluate
+from .files import follow_umask
 from .tracking import PredictionTableCallback, configure_wandb
 
 # LoRA goes on the language model: these names exist only in the Phi-3 decoder (CLIP uses q/k/v/out_proj, fc1/fc2).
@@ -141,6 +142,10 @@ class Phi3VSFTTrainer(SFTTrainer):
 
     _staging = None  # set while a checkpoint is being written aside
 
+    def _save(self, output_dir=None, state_dict=None):
+        super()._save(output_dir, state_dict)  # the adapter or model, in the output folder and in every checkpoint
+        follow_umask(output_dir or self.args.output_dir)
+
     def _get_output_dir(self, trial):
         return str(self._staging) if self._staging is not None else super()._get_output_dir(trial)
 
@@ -250,13 +255,25 @@ def main(argv: list[str] | None = None) -> SFTTrainer:
     token = hub.check_push_ready(args.hub_model_id, token) if push else None
     hub.ensure_available(model_args.model_name_or_path, "model")
     out = Path(args.output_dir)
-    resume = None
-    if args.process_index == 0:
-        settings = runs.snapshot(recipe, args, model_args)
-        resume = runs.prepare_output_dir(
-            out, settings, resume_value(args.resume_from_checkpoint), recipe.overwrite_output_dir, args.save_only_model
-        )
-        print("Resolved recipe:\n" + resolved_recipe(recipe, model_args, args))
+    # Process 0 claims the folder (and may empty it) first; every other process then finds the same checkpoint to
+    # resume from, so that all agree on the steps left (they would otherwise start from step 0 and deadlock).
+    with args.main_process_first(desc="claiming the output folder", local=False):
+        if args.process_index == 0:
+            settings = runs.snapshot(recipe, args, model_args)
+            resume = runs.prepare_output_dir(
+                out,
+                settings,
+                resume_value(args.resume_from_checkpoint),
+                recipe.overwrite_output_dir,
+                args.save_only_model,
+            )
+            print("Resolved recipe:\n" + resolved_recipe(recipe, model_args, args))
+        else:
+            resume = runs.resume_point(out, resume_value(args.resume_from_checkpoint), args.save_only_model)
+    if args.ddp_find_unused_parameters is None:
+        # Every trainable parameter reaches the loss (the CLIP layers that do not are frozen in load_model): no extra
+        # pass over the autograd graph each step, which transformers would add when activation checkpointing is off.
+        args.ddp_find_unused_parameters = False
     try:
         args.resume_from_checkpoint = None if resume is None else str(resume)
         use_wandb = configure_wandb(args.report_to, args.output_dir)

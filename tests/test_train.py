@@ -146,7 +146,8 @@ def test_qlora_trains_on_the_cpu(tiny_dir, sample_csv, tmp_path):
     assert (tmp_path / "out" / "adapter_model.safetensors").is_file()
 
 
-def test_two_process_ddp_on_the_cpu(tiny_dir, sample_csv, tmp_path):
+def launch_two_processes(args, env, port):
+    """`accelerate launch --multi_gpu --num_processes 2` on the CPU (DDP over gloo), bounded: a hang fails."""
     cmd = [
         str(Path(sys.executable).parent / "accelerate"),
         "launch",
@@ -154,18 +155,37 @@ def test_two_process_ddp_on_the_cpu(tiny_dir, sample_csv, tmp_path):
         "--num_processes",
         "2",
         "--main_process_port",
-        "29533",
+        str(port),
         "-m",
         "phi3v_recipe.train",
-        *demo_args(tiny_dir, sample_csv, tmp_path / "out", "--max_steps", "2", "--per_device_train_batch_size", "2"),
+        *args,
     ]
-    result = subprocess.run(cmd, cwd=ROOT, env=clean_env(tmp_path), capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    state = json.loads((tmp_path / "out" / "metrics.json").read_text())
-    assert state["train_loss"] > 0
-    assert (tmp_path / "out" / "adapter_model.safetensors").is_file()
-    assert "Saved the trained adapter" in result.stdout
-    assert result.stdout.count("Resolved recipe:") == 1  # logged by the main process only
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_two_process_ddp_trains_and_resumes_on_the_cpu(tiny_dir, sample_csv, tmp_path):
+    """Two processes train, checkpoint, and resume to the end: both resume from the same checkpoint (they used to
+    disagree on the steps left and deadlock at the last step), evaluate and save; DDP does no unused-parameter pass."""
+    out = tmp_path / "out"
+    args = demo_args(tiny_dir, sample_csv, out, "--per_device_train_batch_size", "2")
+    args += ["--save_strategy", "steps", "--save_steps", "1", "--eval_strategy", "steps", "--eval_steps", "2"]
+    args += ["--eval_fraction", "0.25"]
+    first = launch_two_processes([*args, "--max_steps", "2"], clean_env(tmp_path), 29533)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert (out / "checkpoint-2").is_dir() and (out / "adapter_model.safetensors").is_file()
+    assert "Saved the trained adapter" in first.stdout
+    assert first.stdout.count("Resolved recipe:") == 1  # logged by the main process only
+    assert "find_unused_parameters=True" not in first.stderr  # torch warns when it was on and found nothing unused
+
+    resumed = launch_two_processes(
+        [*args, "--max_steps", "4", "--resume_from_checkpoint", "true"], clean_env(tmp_path), 29534
+    )
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "Resuming from" in resumed.stdout and str(out / "checkpoint-2") in resumed.stdout
+    state = json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())
+    assert state["global_step"] == 4
+    assert [entry["step"] for entry in state["log_history"] if "loss" in entry] == [1, 2, 3, 4]
+    assert json.loads((out / "metrics.json").read_text())["train_loss"] > 0
 
 
 def run_module(module, args, env, timeout=600):
