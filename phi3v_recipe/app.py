@@ -54,13 +54,15 @@ def open_image(path: str):
     """A PIL image from an uploaded file, or an AppError that says what is wrong with it."""
     from PIL import Image, UnidentifiedImageError
 
+    from .images import to_rgb
+
     try:
         with Image.open(path) as image:
             if image.width * image.height > MAX_IMAGE_PIXELS:
                 raise AppError(
                     f"{Path(path).name} is {image.width}x{image.height}: too large (over {MAX_IMAGE_PIXELS:,} pixels)."
                 )
-            return image.convert("RGB")
+            return to_rgb(image)
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError):
         raise AppError(f"{Path(path).name} is not an image this page can read (PNG, JPEG, WebP, ...).") from None
 

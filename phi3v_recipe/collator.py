@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
+from .images import open_rgb
+
 IGNORE_INDEX = -100
 
 
@@ -26,10 +28,18 @@ def encode_conversation(processor, messages: list[dict], images: list[Image.Imag
         processor_kwargs={"images": images},
     )
     ids, mask = out["input_ids"][0], out["assistant_masks"][0]
-    eos = processor.tokenizer.eos_token_id
+    tokenizer = processor.tokenizer
+    eos = tokenizer.eos_token_id
+    # A role token is never an answer: `<|assistant|>` strips the whitespace after it, so an answer that starts with
+    # a space would otherwise mark it as part of the answer.
+    roles = set(tokenizer.convert_tokens_to_ids(["<|system|>", "<|user|>", "<|assistant|>"]))
+    # The closing end-of-text is trained after an answer only: after a user turn it would teach the model to stop
+    # without answering.
+    closes_an_answer = messages[-1]["role"] == "assistant"
     encoded = {
         "input_ids": ids + [eos],
-        "labels": [token if trained else IGNORE_INDEX for token, trained in zip(ids, mask)] + [eos],
+        "labels": [token if trained and token not in roles else IGNORE_INDEX for token, trained in zip(ids, mask)]
+        + [eos if closes_an_answer else IGNORE_INDEX],
     }
     if images:
         encoded |= {"pixel_values": out["pixel_values"], "image_sizes": out["image_sizes"]}
@@ -37,11 +47,8 @@ def encode_conversation(processor, messages: list[dict], images: list[Image.Imag
 
 
 def open_images(paths: list[str]) -> list[Image.Image]:
-    images = []
-    for path in paths:
-        with Image.open(path) as image:
-            images.append(image.convert("RGB"))
-    return images
+    """The image files, upright and in 8-bit RGB (see ``images.py``)."""
+    return [open_rgb(path) for path in paths]
 
 
 @dataclass

@@ -26,7 +26,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from .errors import ArgumentParser, UserError, run
-from .files import write_atomically
+from .files import is_disk_full, write_atomically
 
 USER_AGENT = "phi3v-recipe/0.1 image fetcher"
 EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp"}
@@ -146,7 +146,9 @@ def fetch_images(
                 return fetch_one(client, url, cache, settings)
             except FetchError as err:
                 return err
-            except Exception as err:  # one URL never stops the run: anything else is that row's failure too
+            except Exception as err:  # one URL never stops the run: anything else is that row's failure too,
+                if is_disk_full(err):  # except a full disk, which would fail every row after it
+                    raise
                 return FetchError(f"{type(err).__name__}: {err}")
 
         with ThreadPoolExecutor(max_workers=settings.workers) as pool:

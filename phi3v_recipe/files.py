@@ -1,5 +1,6 @@
 """Files written whole or not at all, with the modes the user's umask gives."""
 
+import errno
 import os
 import uuid
 from pathlib import Path
@@ -25,3 +26,8 @@ def follow_umask(folder: str | Path) -> None:
     os.umask(umask)
     for file in Path(folder).glob("*.safetensors"):
         os.chmod(file, 0o666 & ~umask)
+
+
+def is_disk_full(err: BaseException) -> bool:
+    """A write that failed for want of space (Rust writers, such as the tokenizer's, say it only in the message)."""
+    return (isinstance(err, OSError) and err.errno == errno.ENOSPC) or "No space left on device" in str(err)

@@ -110,15 +110,16 @@ def open_images_or_fail(paths: list[tuple[str, str]]) -> list:
     one-line error naming it and where it came from."""
     from PIL import Image, UnidentifiedImageError
 
+    from .images import open_rgb
+
     images = []
     for path, named_by in paths:
         if not Path(path).is_file():
             raise UserError(f"{named_by} {path}: no such file.")
         try:
-            with Image.open(path) as image:
-                images.append(image.convert("RGB"))
-        except (UnidentifiedImageError, OSError) as err:
-            raise UserError(f"{named_by} {path}: not a readable image ({type(err).__name__}).") from None
+            images.append(open_rgb(path))
+        except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as err:
+            raise UserError(f"{named_by} {path}: not a readable image ({type(err).__name__}: {err}).") from None
     return images
 
 

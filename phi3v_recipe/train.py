@@ -9,7 +9,6 @@ evaluate -> model card -> push.
 
 import contextlib
 import dataclasses
-import errno
 import json
 import shutil
 import sys
@@ -31,7 +30,7 @@ from .config import config_path, no_gpu, parse_recipe
 from .data import prepare_data
 from .errors import UserError, fresh_line, run
 from .evaluate import evaluate
-from .files import follow_umask
+from .files import follow_umask, is_disk_full
 from .tracking import PredictionTableCallback, configure_wandb
 
 # LoRA goes on the language model: these names exist only in the Phi-3 decoder (CLIP uses q/k/v/out_proj, fc1/fc2).
@@ -215,13 +214,18 @@ def disk_full_is_a_user_error(out: Path):
     try:
         yield
     except Exception as err:  # the tokenizer's Rust writer says it as a plain Exception ("os error 28")
-        if not (isinstance(err, OSError) and err.errno == errno.ENOSPC) and "No space left on device" not in str(err):
+        if not is_disk_full(err):
             raise
-        where = getattr(err, "filename", None) or "a file"
+        where = f" ({err.filename})" if getattr(err, "filename", None) else ""
+        complete = [p for p in out.glob("checkpoint-*") if not runs.checkpoint_problems(p)]
+        after = (
+            "the checkpoints saved before are intact (resume with --resume_from_checkpoint true)"
+            if complete
+            else "no complete checkpoint was saved before, so the run must start again"
+        )
         raise UserError(
-            f"No space left on the disk of {out} while saving ({where}). Free some space or set "
-            "output_dir on another disk; the checkpoints saved before are intact (resume with "
-            "--resume_from_checkpoint true)."
+            f"No space left on the disk of {out} while saving{where}. Free some space or set output_dir on another "
+            f"disk; {after}."
         ) from None
 
 

@@ -6,6 +6,7 @@ from PIL import Image
 
 from ..conversation import count_images
 from ..errors import UserError
+from ..images import upright_size
 from ..phi3_v.processing_phi3_v import IMAGE_TAG
 
 
@@ -18,7 +19,7 @@ class BadRow(UserError):
 
 
 def check_image(path: str, max_pixels: int) -> tuple[int, int]:
-    """Open and fully decode an image file; return its (width, height). Raises BadRow with the reason."""
+    """Open and fully decode an image file; return its upright (width, height). Raises BadRow with the reason."""
     file = Path(path)
     if not file.is_file():
         raise BadRow("missing image file", path)
@@ -31,7 +32,7 @@ def check_image(path: str, max_pixels: int) -> tuple[int, int]:
                     "image over max_image_pixels", f"{path} is {image.width}x{image.height} > {max_pixels} pixels"
                 )
             image.load()  # decodes everything: catches truncated and corrupt files
-            return image.size
+            return upright_size(image)  # as the collator will see it, so that the token count is right
     except BadRow:
         raise
     except Exception as err:

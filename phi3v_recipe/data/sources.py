@@ -2,6 +2,7 @@
 in Hub dataset repos, and Hub datasets; images as paths, URLs (fetched into a cache), embedded bytes, or videos
 (decoded to evenly sampled frames). Every source ends as a table plus, per row, a list of local image files."""
 
+import contextlib
 import hashlib
 import re
 import tarfile
@@ -13,7 +14,7 @@ from tqdm import tqdm
 
 from ..download import FetchError, fetch_images
 from ..errors import UserError
-from ..files import write_atomically
+from ..files import is_disk_full, write_atomically
 from .checks import BadRow
 
 VIDEO_EXTENSIONS = {".avi", ".mp4", ".mkv", ".mov", ".webm", ".mpg", ".mpeg"}
@@ -131,6 +132,8 @@ def video_frames(path: str, max_frames: int, cache_dir: Path) -> list[str]:
         with av.open(str(file)) as container:
             frames = [frame.to_image() for frame in container.decode(video=0)]
     except Exception as err:
+        if is_disk_full(err):
+            raise
         raise BadRow("unreadable video", f"{path} ({type(err).__name__}: {err})") from None
     if not frames:
         raise BadRow("unreadable video", f"{path} has no frames")
@@ -152,6 +155,26 @@ def _local(value, base_dir: Path) -> str:
 def image_refs(table: datasets.Dataset, args, column: str | None, base_dir: Path, is_video: bool) -> list:
     """Per row: a list of local image paths, or the BadRow that explains why there is none."""
     cache_dir = Path(args.image_cache_dir)
+    with disk_full_stops(cache_dir):
+        return _image_refs(table, args, column, base_dir, is_video, cache_dir)
+
+
+@contextlib.contextmanager
+def disk_full_stops(cache_dir: Path):
+    """A full disk while caching images stops the run (it is no bad row: every row after it would fail too)."""
+    try:
+        yield
+    except Exception as err:
+        if not is_disk_full(err):
+            raise
+        where = getattr(err, "filename", None) or cache_dir
+        raise UserError(
+            f"No space left on the disk of {cache_dir} while caching images ({where}). Free some space, or set "
+            "image_cache_dir on another disk."
+        ) from None
+
+
+def _image_refs(table: datasets.Dataset, args, column: str | None, base_dir: Path, is_video: bool, cache_dir: Path):
     if args.image_url_column:
         results = fetch_images(table[args.image_url_column], cache_dir)
         return [BadRow("image download failed", str(r)) if isinstance(r, FetchError) else [str(r)] for r in results]
