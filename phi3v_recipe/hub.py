@@ -35,6 +35,8 @@ tags: [phi3_v, phi3v-recipe, trl, sft, vision-language]
 - Dataset: `{dataset}`
 - Recipe: `{recipe}`
 - Task: {task}
+- Base revision: {revision}
+- Trained with: {versions}
 
 ## Metrics
 
@@ -54,12 +56,41 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 {load}
 processor = AutoProcessor.from_pretrained("{repo_or_dir}")
 ```
-"""
+{elsewhere}"""
 LOAD_ADAPTER = """from peft import PeftModel
 
 base = AutoModelForImageTextToText.from_pretrained("{base_model}", dtype="auto")
 model = PeftModel.from_pretrained(base, "{repo_or_dir}")"""
 LOAD_MODEL = """model = AutoModelForImageTextToText.from_pretrained("{repo_or_dir}", dtype="auto")"""
+# An adapter also loads where most Phi-3-Vision users run it: the hub's own code, and vLLM once merged.
+ELSEWHERE_ADAPTER = """
+On the hub's own code (transformers 4.4x with `trust_remote_code`, PEFT 0.11 or newer):
+
+```python
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoProcessor
+
+base = AutoModelForCausalLM.from_pretrained(
+    "{base_model}", trust_remote_code=True, torch_dtype="auto", _attn_implementation="eager"
+)
+model = PeftModel.from_pretrained(base, "{repo_or_dir}")
+processor = AutoProcessor.from_pretrained("{base_model}", trust_remote_code=True)
+```
+
+In vLLM, merged first (vLLM takes no LoRA for Phi-3-Vision; the merged folder is the base's, with new weights):
+
+```bash
+python -m phi3v_recipe.predict --adapter {repo_or_dir} --image product.jpg --merge merged
+vllm serve merged --trust-remote-code
+```
+"""
+
+
+def versions() -> str:
+    """The library versions a model was trained with, as the card states them."""
+    from importlib.metadata import version
+
+    return ", ".join(f"{name} {version(name)}" for name in ("transformers", "peft", "trl", "torch"))
 
 
 def is_hub_id(name: str) -> bool:
@@ -183,7 +214,14 @@ def format_metrics(metrics: dict) -> str:
 
 
 def write_model_card(
-    out_dir: str | Path, base_model: str, recipe_path: str, recipe, metrics: dict, repo_or_dir: str, adapter: bool
+    out_dir: str | Path,
+    base_model: str,
+    recipe_path: str,
+    recipe,
+    metrics: dict,
+    repo_or_dir: str,
+    adapter: bool,
+    revision: str | None = None,
 ):
     """Write README.md (the model card) and metrics.json into ``out_dir``: an adapter (PEFT) or a full model."""
     out = Path(out_dir)
@@ -203,6 +241,15 @@ def write_model_card(
         task=task_description(recipe),
         metrics=format_metrics(metrics),
         repo_or_dir=repo_or_dir,
+        revision=(
+            "none (a local folder)"
+            if not hub
+            else f"`{revision}`"
+            if revision not in (None, "main")
+            else "`main`, a branch (set model_revision to a commit to pin the base)"
+        ),
+        versions=versions(),
+        elsewhere=ELSEWHERE_ADAPTER.format(base_model=base_model, repo_or_dir=repo_or_dir) if adapter else "",
     )
     path = out / "README.md"
     path.write_text(card)

@@ -144,10 +144,16 @@ def merge(model, processor, out_dir: str) -> Path:
     """Fold the adapter into the base weights and save a plain Phi-3-Vision in the hub layout."""
     if not hasattr(model, "merge_and_unload"):
         raise UserError("The trained output is a fully fine-tuned model, not an adapter: there is nothing to merge.")
+    from .export import copy_base_files, what_it_loads_in
+
     merged = model.merge_and_unload()
     merged.save_pretrained(out_dir)  # safetensors, the hub's parameter names
     follow_umask(out_dir)
     processor.save_pretrained(out_dir)
+    base_dir = Path(merged.config._name_or_path)  # the base's local folder or cache snapshot it was loaded from
+    if base_dir.is_dir():  # then the folder is the base's, with new weights
+        copy_base_files(base_dir, Path(out_dir), processor.image_processor.num_crops, with_model_files=True)
+        print(what_it_loads_in(base_dir))
     return Path(out_dir)
 
 

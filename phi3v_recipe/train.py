@@ -24,7 +24,7 @@ from transformers.trainer_utils import rotate_checkpoints
 from transformers.utils import is_flash_attn_2_available
 from trl import SFTTrainer, get_peft_config, get_quantization_config
 
-from . import hub, runs
+from . import export, hub, runs
 from .collator import IGNORE_INDEX, VisionSFTCollator
 from .config import config_path, no_gpu, parse_recipe
 from .data import prepare_data
@@ -323,6 +323,8 @@ def main(argv: list[str] | None = None) -> SFTTrainer:
             metrics.update(last_evaluation(trainer) or trainer.evaluate())
         with disk_full_is_a_user_error(out):
             trainer.save_model(args.output_dir)  # the adapter (or full model) as safetensors, and the processor
+            if trainer.is_world_process_zero():
+                carry_base_files(out, model_args, processor, adapter)
         if data.eval is not None and trainer.is_world_process_zero():
             if trainer.is_fsdp_enabled:  # generation needs every shard: score afterwards from the saved model
                 print(
@@ -352,6 +354,7 @@ def main(argv: list[str] | None = None) -> SFTTrainer:
                 metrics,
                 repo_or_dir,
                 adapter,
+                model_args.model_revision,
             )
             print(
                 f"Saved the trained {'adapter' if adapter else 'model'}, processor and model card to {args.output_dir}"
@@ -383,6 +386,20 @@ def how_to_resume(out: Path, argv: list[str], save_only_model: bool) -> str:
             kept.append(arg)
     command = shlex.join(["python", "-m", "phi3v_recipe.train", *kept, "--resume_from_checkpoint", "true"])
     return f"Checkpoints of {out} are kept. Resume with:\n  {command}"
+
+
+def carry_base_files(out: Path, model_args, processor, adapter: bool) -> None:
+    """The base's tokenizer and processor files, byte for byte (older tokenizers cannot read a re-saved one), and an
+    adapter config that PEFT 0.11-0.13 load too (see export.py)."""
+    base_dir = export.local_folder(model_args.model_name_or_path, model_args.model_revision)
+    if base_dir is not None:
+        export.copy_base_files(base_dir, out, processor.image_processor.num_crops, with_model_files=False)
+    if adapter:
+        newer = export.for_older_peft(out)
+        if newer:
+            print(
+                f"Note: the adapter sets {', '.join(newer)}, which PEFT before 0.14 does not know: load it with PEFT 0.14+."
+            )
 
 
 def last_evaluation(trainer) -> dict | None:

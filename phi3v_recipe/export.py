@@ -1,0 +1,103 @@
+"""What a user takes away loads where they take it: the hub's own code (transformers 4.4x with the PEFT of that era),
+vLLM, and plain transformers.
+
+- A merged model is the base's hub folder with new weights: its config.json, tokenizer and processor files and remote
+  code files (``*.py``) are the base's own, byte for byte (a changed ``num_crops`` is the one field rewritten).
+- A trained adapter carries the base's tokenizer and processor files as they were (tokenizers of 2024 cannot read a
+  tokenizer.json re-saved by today's), and an adapter_config.json that PEFT 0.11-0.13 read: they build
+  ``LoraConfig(**file)``, so a key they do not know is an error unless it is left out, which only a key at today's
+  default may be.
+"""
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+# Files of a Phi-3-Vision hub folder besides the weights and config.json.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model")
+PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json", "chat_template.jinja", "chat_template.json")
+# The fields of LoraConfig (with PeftConfig's) in PEFT 0.11.1, read from its source; 0.12 and 0.13 add runtime_config.
+PEFT_0_11_KEYS = {
+    "alpha_pattern", "auto_mapping", "base_model_name_or_path", "bias", "fan_in_fan_out", "inference_mode",
+    "init_lora_weights", "layer_replication", "layers_pattern", "layers_to_transform", "loftq_config", "lora_alpha",
+    "lora_dropout", "megatron_config", "megatron_core", "modules_to_save", "peft_type", "r", "rank_pattern",
+    "revision", "target_modules", "task_type", "use_dora", "use_rslora",
+}  # fmt: skip
+
+
+def copy_base_files(base_dir: Path, out: Path, num_crops: int | None, with_model_files: bool) -> list[str]:
+    """Copy the base's tokenizer and processor files into ``out`` (and, ``with_model_files``, its config.json,
+    generation_config.json and remote code, leaving no other file than the weights) over what was saved there; returns
+    the names copied."""
+    names = [*TOKENIZER_FILES, *PROCESSOR_FILES]
+    if with_model_files:
+        names += ["config.json", "generation_config.json", *(p.name for p in base_dir.glob("*.py"))]
+    if with_model_files:  # and nothing of ours beside them: transformers 4.4x reads a processor_config.json first
+        weights = {p.name for p in out.glob("*.safetensors")} | {"model.safetensors.index.json"}
+        for extra in out.iterdir():
+            if extra.is_file() and extra.name not in weights and not (base_dir / extra.name).is_file():
+                extra.unlink()
+    copied = []
+    for name in names:
+        if (base_dir / name).is_file():
+            shutil.copyfile(base_dir / name, out / name)
+            copied.append(name)
+    if num_crops is not None and (base_dir / "preprocessor_config.json").is_file():
+        settings = json.loads((base_dir / "preprocessor_config.json").read_text())
+        if settings.get("num_crops") != num_crops:  # trained at another num_crops: the one field that must change
+            settings["num_crops"] = num_crops
+            (out / "preprocessor_config.json").write_text(json.dumps(settings, indent=2) + "\n")
+    return copied
+
+
+def local_folder(name_or_path: str, revision: str | None = None) -> Path | None:
+    """The folder a model was loaded from: itself, or its snapshot in the local Hub cache (None if not there)."""
+    from huggingface_hub import snapshot_download
+
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return path
+    try:
+        return Path(snapshot_download(name_or_path, revision=revision, local_files_only=True))
+    except Exception:  # not cached whole: the saved files stay as transformers wrote them
+        return None
+
+
+def what_it_loads_in(base_dir: Path) -> str:
+    """One line on where a merged folder of this base loads."""
+    if list(base_dir.glob("*.py")) and json.loads((base_dir / "config.json").read_text()).get("auto_map"):
+        return (
+            "It loads as the base does: in transformers 5 with `import phi3v_recipe`, in the hub's own code "
+            "(trust_remote_code=True, transformers 4.4x) and in vLLM (--trust-remote-code)."
+        )
+    return (
+        f"The base ({base_dir}) has no remote code files (no auto_map): the merged folder loads in transformers 5 with "
+        "`import phi3v_recipe`, not in the hub's own code nor in vLLM. Merge onto a hub checkpoint for those."
+    )
+
+
+def for_older_peft(adapter_dir: Path) -> list[str]:
+    """Rewrite adapter_config.json without the keys PEFT 0.11 does not know whose value is today's default (so today's
+    PEFT reads the same config); returns the unknown keys that had to stay (a non-default setting), which old PEFT
+    will refuse."""
+    from peft import LoraConfig
+
+    path = adapter_dir / "adapter_config.json"
+    config = json.loads(path.read_text())
+    defaults = {f.name: f.default for f in dataclasses.fields(LoraConfig) if f.default is not dataclasses.MISSING}
+    defaults |= {
+        f.name: f.default_factory()
+        for f in dataclasses.fields(LoraConfig)
+        if f.default_factory is not dataclasses.MISSING
+    }
+    defaults["peft_version"] = config.get("peft_version")  # a record of the writer's version (the model card has it)
+    kept = {}
+    for key, value in config.items():
+        default = defaults.get(key, dataclasses.MISSING)
+        if dataclasses.is_dataclass(default):
+            default = dataclasses.asdict(default)
+        if key in PEFT_0_11_KEYS or default is dataclasses.MISSING or value != default:
+            kept[key] = value
+    path.write_text(json.dumps(kept, indent=2, sort_keys=True) + "\n")
+    return sorted(set(kept) - PEFT_0_11_KEYS)
