@@ -53,15 +53,18 @@ $(TASK_SETS): data/sample/%.jsonl: | setup
 
 # make train RECIPE=burberry_lora [ACCELERATE_CONFIG=accelerate_configs/fsdp.yaml] [ARGS="--learning_rate 1e-4"] [RESUME=1]
 # accelerate --quiet: a failed run shows its own one-line error, not a second traceback from the launcher.
+# RECIPE is a name (burberry_lora), a recipe's path (recipes/burberry_lora.yaml) or any recipe file of yours.
 RECIPE ?=
+RECIPE_FILE = $(if $(wildcard $(RECIPE)),$(RECIPE),recipes/$(basename $(notdir $(RECIPE))).yaml)
+CLOSEST = $(BIN)/python -c 'import difflib, sys; m = difflib.get_close_matches(sys.argv[1], sys.argv[2:], 1); print(f" Did you mean {m[0]}?" if m else "")'
 ACCELERATE_CONFIG ?= accelerate_configs/single_gpu.yaml
 ARGS ?=
 RESUME ?=
 train: setup
 	@test -n "$(RECIPE)" || { echo "error: say which recipe: make train RECIPE=<name>. Recipes: $(RECIPES)." >&2; exit 2; }
-	@test -f recipes/$(RECIPE).yaml || { echo "error: recipes/$(RECIPE).yaml does not exist. Recipes: $(RECIPES)." >&2; exit 2; }
+	@test -f $(RECIPE_FILE) || { echo "error: $(RECIPE_FILE) does not exist.$$($(CLOSEST) $(basename $(notdir $(RECIPE))) $(RECIPES)) Recipes: $(RECIPES)." >&2; exit 2; }
 	$(BIN)/accelerate launch --quiet --config_file $(ACCELERATE_CONFIG) -m phi3v_recipe.train \
-		--config recipes/$(RECIPE).yaml $(if $(RESUME),--resume_from_checkpoint true) $(ARGS)
+		--config $(RECIPE_FILE) $(if $(RESUME),--resume_from_checkpoint true) $(ARGS)
 
 # The whole pipeline on the embedded default: tiny model + synthetic sample set, on the CPU, offline.
 demo: setup outputs/tiny-phi3v/config.json data/sample/burberry.csv

@@ -150,8 +150,10 @@ def ensure_available(name: str, what: str, filenames=("config.json",), repo_type
     fetch = f"hf download {name}" + (" --repo-type dataset" if repo_type == "dataset" else "")
     raise UserError(
         f"The {what} {name!r} is not a local folder and not in the Hugging Face cache ({constants.HF_HUB_CACHE}), "
-        f"and the Hub cannot be reached ({why}). Fetch it once where the Hub is reachable ({fetch}) and use that "
-        "cache here" + ("; the tiny demo model is made by `make tiny`." if what == "model" else ".")
+        f"and the Hub cannot be reached ({why}). If it is a Hub id, fetch it once where the Hub is reachable "
+        f"({fetch}) and use that cache here; if it is a folder, it is not at {Path(name).resolve()}: give its path "
+        "from where you run, or an absolute one"
+        + ("; the tiny demo model is made by `make tiny`." if what == "model" else ".")
     )
 
 

@@ -75,7 +75,8 @@ def load_model(model_args, recipe, processor):
         device_map={"": PartialState().local_process_index} if on_gpu else None,
     )
     if Path(model_args.model_name_or_path).expanduser().is_dir():  # the adapter records where its base is: absolute,
-        model.config._name_or_path = str(Path(model_args.model_name_or_path).expanduser().resolve())  # any cwd works
+        base = str(Path(model_args.model_name_or_path).expanduser().resolve())  # so that any folder works
+        model.config._name_or_path = model.name_or_path = base  # (PEFT writes name_or_path into adapter_config.json)
     image_embedding = model.model.vision_embed_tokens
     # CLIP's last layer(s) and post_layernorm never reach the outputs: frozen, so DDP/FSDP see no unused gradients.
     for module in image_embedding.unused_modules():

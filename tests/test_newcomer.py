@@ -4,6 +4,7 @@ recipe keys that cannot be cleared, a help that does not answer."""
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -218,3 +219,35 @@ def test_freeze_vision_tower_false_under_lora_says_what_it_does(capsys):
         + ["--lora_target_modules", "qkv_proj", "q_proj"]
     )
     assert capsys.readouterr().out == ""
+
+
+def test_make_train_takes_a_name_or_a_path_and_suggests_the_closest(tmp_path):
+    env = clean_env(tmp_path)
+
+    def make(*args):
+        return subprocess.run(
+            ["make", "-s", "--no-print-directory", *args],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    for recipe in ("burberry_lora", "recipes/burberry_lora.yaml"):
+        planned = make("-n", "train", f"RECIPE={recipe}")
+        assert "--config recipes/burberry_lora.yaml" in planned.stdout, planned.stderr
+    typo = make("train", "RECIPE=burbery_lora")
+    assert typo.returncode == 2
+    assert "error: recipes/burbery_lora.yaml does not exist. Did you mean burberry_lora? Recipes: " in typo.stderr
+
+
+def test_an_adapter_records_its_base_as_an_absolute_path(tiny_dir, sample_csv, tmp_path, monkeypatch):
+    from phi3v_recipe.train import main
+
+    shutil.copytree(tiny_dir, tmp_path / "outputs" / "tiny-phi3v")
+    monkeypatch.chdir(tmp_path)
+    args = demo_args("outputs/tiny-phi3v", sample_csv, tmp_path / "out", "--max_steps", "1", "--eval_fraction", "0")
+    main(args)
+    recorded = json.loads((tmp_path / "out" / "adapter_config.json").read_text())["base_model_name_or_path"]
+    assert recorded == str(tmp_path / "outputs" / "tiny-phi3v")  # so predict finds it from any folder
