@@ -40,6 +40,22 @@ def run(main, argv: list[str] | None = None):
         raise SystemExit(130) from None
 
 
+def unloadable_model(err: Exception, name: str) -> UserError | None:
+    """A model folder that cannot load, said as one line (None when the error is not one of those)."""
+    text = str(err)
+    if type(err).__name__ == "SafetensorError" or "deserializing header" in text:
+        return UserError(
+            f"The weights of {name} are not a complete safetensors file ({text}): the download or copy was cut "
+            "short. Fetch or copy the model again."
+        )
+    if "Padding_idx must be within num_embeddings" in text or "size mismatch" in text:
+        return UserError(
+            f"{name} does not fit a Phi-3-Vision vocabulary ({text.splitlines()[0][:200]}): its config.json's "
+            "vocab_size must cover the tokenizer's ids (32064 in the hub checkpoints) and match its weights."
+        )
+    return None
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse for our commands: full flag names only, and an error is one line (not a usage dump)."""
 

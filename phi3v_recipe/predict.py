@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .arguments import DEFAULT_QUESTION
 from .conversation import assistant_turn, conversation, count_images, text_of, user_turn
-from .errors import ArgumentParser, UserError, run
+from .errors import ArgumentParser, UserError, run, unloadable_model
 from .files import follow_umask
 
 
@@ -79,7 +79,7 @@ def load_for_inference(adapter: str, base: str | None = None, num_crops: int | N
     GPU when there is one."""
     import torch
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoProcessor
+    from transformers import AutoProcessor
 
     extra = {"num_crops": num_crops} if num_crops is not None else {}
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -88,7 +88,7 @@ def load_for_inference(adapter: str, base: str | None = None, num_crops: int | N
         if base is not None:
             print(f"Warning: {adapter} is a fully fine-tuned model, not an adapter: --base {base} is not used.")
         processor = AutoProcessor.from_pretrained(adapter_dir, **extra)
-        return AutoModelForCausalLM.from_pretrained(adapter_dir, dtype=dtype, device_map=device).eval(), processor
+        return load_model(adapter_dir, adapter, dtype, device), processor
     recorded = read_adapter_config(adapter_dir, adapter).get("base_model_name_or_path")
     if base is not None and recorded and base != recorded:
         print(f"Warning: the adapter was trained on {recorded!r}; applying it to {base!r} as asked (--base).")
@@ -100,9 +100,18 @@ def load_for_inference(adapter: str, base: str | None = None, num_crops: int | N
         (adapter_dir / name).exists() for name in ("processor_config.json", "preprocessor_config.json")
     )
     processor = AutoProcessor.from_pretrained(adapter_dir if has_processor else base_dir, **extra)
-    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype, device_map=device)
-    model = PeftModel.from_pretrained(model, adapter_dir).eval()
+    model = PeftModel.from_pretrained(load_model(base_dir, base, dtype, device), adapter_dir).eval()
     return model, processor
+
+
+def load_model(folder: Path, name: str, dtype, device):
+    """The model in ``folder`` (named ``name`` in errors), in eval mode; a cut-short or mismatched one is one line."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, device_map=device).eval()
+    except Exception as err:
+        raise unloadable_model(err, name) or err from None
 
 
 def open_images_or_fail(paths: list[tuple[str, str]]) -> list:

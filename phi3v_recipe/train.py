@@ -28,7 +28,7 @@ from . import export, hub, runs
 from .collator import IGNORE_INDEX, VisionSFTCollator
 from .config import config_path, no_gpu, parse_recipe
 from .data import prepare_data
-from .errors import UserError, fresh_line, run
+from .errors import UserError, fresh_line, run, unloadable_model
 from .evaluate import evaluate
 from .files import follow_umask, is_disk_full
 from .tracking import PredictionTableCallback, configure_wandb
@@ -66,14 +66,17 @@ def load_model(model_args, recipe, processor):
     on_gpu = quantization_config is not None and torch.cuda.is_available()
     attn = model_args.attn_implementation or ("flash_attention_2" if is_flash_attn_2_available() else "sdpa")
     dtype = model_args.dtype if model_args.dtype in ("auto", None) else getattr(torch, model_args.dtype)
-    model = AutoModelForCausalLM.from_pretrained(
-        model_args.model_name_or_path,
-        revision=model_args.model_revision,
-        dtype=dtype,
-        attn_implementation=attn,
-        quantization_config=quantization_config,
-        device_map={"": PartialState().local_process_index} if on_gpu else None,
-    )
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            model_args.model_name_or_path,
+            revision=model_args.model_revision,
+            dtype=dtype,
+            attn_implementation=attn,
+            quantization_config=quantization_config,
+            device_map={"": PartialState().local_process_index} if on_gpu else None,
+        )
+    except Exception as err:
+        raise unloadable_model(err, model_args.model_name_or_path) or err from None
     if Path(model_args.model_name_or_path).expanduser().is_dir():  # the adapter records where its base is: absolute,
         base = str(Path(model_args.model_name_or_path).expanduser().resolve())  # so that any folder works
         model.config._name_or_path = model.name_or_path = base  # (PEFT writes name_or_path into adapter_config.json)

@@ -251,3 +251,23 @@ def test_an_adapter_records_its_base_as_an_absolute_path(tiny_dir, sample_csv, t
     main(args)
     recorded = json.loads((tmp_path / "out" / "adapter_config.json").read_text())["base_model_name_or_path"]
     assert recorded == str(tmp_path / "outputs" / "tiny-phi3v")  # so predict finds it from any folder
+
+
+def test_an_empty_dataset_and_a_broken_base_are_one_line(tiny_dir, sample_csv, tmp_path):
+    from phi3v_recipe.train import main
+
+    empty = tmp_path / "empty.csv"
+    empty.write_text("product_code,title,category3_code,full_price,local_image_path\n")
+    with pytest.raises(UserError, match="has no rows: the file is empty"):
+        main(demo_args(tiny_dir, empty, tmp_path / "a"))
+    truncated = tmp_path / "truncated"
+    shutil.copytree(tiny_dir, truncated)
+    (truncated / "model.safetensors").write_bytes((tiny_dir / "model.safetensors").read_bytes()[:100_000])
+    with pytest.raises(UserError, match="are not a complete safetensors file"):
+        main(demo_args(truncated, sample_csv, tmp_path / "b"))
+    small_vocab = tmp_path / "small_vocab"
+    shutil.copytree(tiny_dir, small_vocab)
+    config = json.loads((small_vocab / "config.json").read_text())
+    (small_vocab / "config.json").write_text(json.dumps({**config, "vocab_size": 32000}))
+    with pytest.raises(UserError, match="does not fit a Phi-3-Vision vocabulary"):
+        main(demo_args(small_vocab, sample_csv, tmp_path / "c"))

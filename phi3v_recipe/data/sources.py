@@ -32,7 +32,14 @@ def load_table(args) -> tuple[datasets.Dataset, Path]:
         kind = FILE_KINDS.get(path.suffix.lower())
         if kind is None:
             raise UserError(f"dataset={source!r}: a local file must be .csv, .jsonl, .json or .parquet.")
-        return datasets.load_dataset(kind, data_files=str(path), split="train"), path.parent
+        try:
+            return datasets.load_dataset(kind, data_files=str(path), split="train"), path.parent
+        except Exception as err:  # datasets says an empty file in its reader's words (pandas, arrow, its splits)
+            if "no data" in str(err) or type(err).__name__ == "EmptyDataError" or path.stat().st_size == 0:
+                raise UserError(
+                    f"dataset={source!r} has no rows: the file is empty (or holds only a header)."
+                ) from None
+            raise
     if path.is_dir():
         if any(p.suffix.lower() in VIDEO_EXTENSIONS for p in path.rglob("*")):
             return video_folder(path, args.dataset_split), path
