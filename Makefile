@@ -9,7 +9,7 @@ TORCH ?= torch==2.13.0
 TORCH_INDEX ?= $(if $(shell command -v nvidia-smi 2>/dev/null),,https://download.pytorch.org/whl/cpu)
 RECIPES := $(sort $(basename $(notdir $(wildcard recipes/*.yaml))))
 
-.PHONY: setup test test-all lint format tiny sample-data train demo demo-learn docker-build docker-train docker-smoke bench app
+.PHONY: setup test test-all test-oldest lint format tiny sample-data train demo demo-learn docker-build docker-train docker-smoke bench app
 
 setup: $(VENV)/.installed
 
@@ -26,6 +26,13 @@ test: setup
 
 test-all: setup
 	$(BIN)/python -m pytest -q -m ""
+
+# The model's tests on the oldest transformers the package allows (make test runs the newest that installs).
+OLDEST_TRANSFORMERS := 5.23.0
+test-oldest: setup
+	$(BIN)/pip install --quiet --no-deps --target $(VENV)/transformers-$(OLDEST_TRANSFORMERS) transformers==$(OLDEST_TRANSFORMERS)
+	PYTHONPATH=$(VENV)/transformers-$(OLDEST_TRANSFORMERS) $(BIN)/python -m pytest -q tests/test_inlibrary.py \
+		tests/test_model.py tests/test_processor.py tests/test_vlm.py tests/test_collator.py
 
 lint: setup
 	$(BIN)/ruff check .
