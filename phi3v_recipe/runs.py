@@ -102,6 +102,23 @@ def resume_point(out: Path, resume, save_only_model: bool) -> Path | None:
     return newest_complete_checkpoint(out, save_only_model, say=False) if resume is True else Path(resume)
 
 
+def check_steps_left(checkpoint: Path, settings: dict) -> None:
+    """A resume must have steps left: the Trainer would otherwise train one more step past a finished run and change
+    its saved output."""
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    if settings.get("max_steps", -1) > 0:
+        last = settings["max_steps"]
+    elif state.get("num_train_epochs") == settings.get("num_train_epochs"):
+        last = state.get("max_steps", 0)  # the same epochs: the same number of steps as the run computed
+    else:
+        return  # more (or fewer) epochs: the Trainer works the steps out
+    if state["global_step"] >= last:
+        raise UserError(
+            f"{checkpoint} is at step {state['global_step']} of {last}: the run is finished, nothing to resume. Raise "
+            "--max_steps (or num_train_epochs) to train on from it, or start afresh in another output_dir."
+        )
+
+
 def differences(before: dict, now: dict) -> list[str]:
     keys = sorted((set(before) | set(now)) - MAY_CHANGE_ON_RESUME)
     return [f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in keys if before.get(k) != now.get(k)]
@@ -127,12 +144,14 @@ def prepare_output_dir(out: Path, settings: dict, resume, overwrite: bool, save_
                     f"{'; '.join(changed)}. Resume with the same recipe, or start afresh in another output_dir."
                 )
         if resume is True:
-            return newest_complete_checkpoint(out, save_only_model)
-        path = Path(resume)
-        problems = checkpoint_problems(path, save_only_model) if path.is_dir() else ["no such folder"]
-        if problems:
-            raise UserError(f"Cannot resume from {path}: {', '.join(problems)}.")
-        print(f"Resuming from {path} (as asked).")
+            path = newest_complete_checkpoint(out, save_only_model)
+        else:
+            path = Path(resume)
+            problems = checkpoint_problems(path, save_only_model) if path.is_dir() else ["no such folder"]
+            if problems:
+                raise UserError(f"Cannot resume from {path}: {', '.join(problems)}.")
+            print(f"Resuming from {path} (as asked).")
+        check_steps_left(path, settings)
         return path
     if holds_a_run(out):
         if not overwrite:

@@ -180,6 +180,7 @@ def test_the_model_card_has_no_placeholder_and_no_empty_cell(tmp_path):
     assert "No evaluation was run." in local
 
 
+@pytest.mark.slow  # 2+ minutes of training: make test-all runs it
 def test_the_demo_ends_with_answers_that_parse_and_beat_a_baseline(tiny_dir, tmp_path):
     """`make demo`'s recipe as shipped: full fine-tuning of the tiny model on the synthetic set (about 100 s)."""
     from phi3v_recipe.synthetic import write_sample_set

@@ -271,3 +271,27 @@ def test_an_empty_dataset_and_a_broken_base_are_one_line(tiny_dir, sample_csv, t
     (small_vocab / "config.json").write_text(json.dumps({**config, "vocab_size": 32000}))
     with pytest.raises(UserError, match="does not fit a Phi-3-Vision vocabulary"):
         main(demo_args(small_vocab, sample_csv, tmp_path / "c"))
+
+
+def test_resuming_a_finished_run_is_refused_and_changes_nothing(tiny_dir, sample_csv, tmp_path):
+    from phi3v_recipe.train import main
+
+    out = tmp_path / "out"
+    args = demo_args(tiny_dir, sample_csv, out, "--max_steps", "2", "--save_strategy", "steps", "--save_steps", "1")
+    main([*args, "--eval_fraction", "0"])
+    adapter = (out / "adapter_model.safetensors").read_bytes()
+    with pytest.raises(UserError, match="is at step 2 of 2: the run is finished, nothing to resume"):
+        main([*args, "--eval_fraction", "0", "--resume_from_checkpoint", "true"])
+    assert (out / "adapter_model.safetensors").read_bytes() == adapter
+    trainer = main([*args, "--eval_fraction", "0", "--resume_from_checkpoint", "true", "--max_steps", "3"])
+    assert trainer.state.global_step == 3  # raising max_steps trains on
+
+
+def test_a_huge_image_given_to_predict_is_one_line(tmp_path, monkeypatch):
+    from PIL import Image
+
+    path = tmp_path / "huge.png"
+    photo(400, 300).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 50_000)  # as a 20000x20000 image is against PIL's real limit
+    with pytest.raises(UserError, match=f"--image {path}: not a readable image \\(DecompressionBombError"):
+        predict.open_images_or_fail([(str(path), "--image")])
