@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import json
 import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -19,7 +20,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 from accelerate import PartialState
-from transformers import AutoModelForCausalLM, AutoProcessor
+from transformers import AutoModelForCausalLM, AutoProcessor, TrainerCallback
 from transformers.trainer_utils import rotate_checkpoints
 from transformers.utils import is_flash_attn_2_available
 from trl import SFTTrainer, get_peft_config, get_quantization_config
@@ -317,7 +318,18 @@ def main(argv: list[str] | None = None) -> SFTTrainer:
                     allow_val_change=True,
                 )
 
-        train_result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+        stop = StopOnSignal()
+        trainer.add_callback(stop)
+        with stop.listening():
+            train_result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+        if stop.signal is not None:  # stopped early with a checkpoint: no evaluation, save or push
+            if args.process_index == 0:
+                print(
+                    f"{fresh_line()}Stopped on {stop.signal.name} after step {trainer.state.global_step}.",
+                    file=sys.stderr,
+                )
+                print(how_to_resume(out, argv, args.save_only_model, args.world_size), file=sys.stderr)
+            raise SystemExit(128 + stop.signal.value)
         if trainer.state.global_step == 0:
             raise UserError(
                 "The run trained 0 steps, so nothing was saved or pushed; check max_steps / num_train_epochs."
@@ -368,11 +380,11 @@ def main(argv: list[str] | None = None) -> SFTTrainer:
         return trainer
     except KeyboardInterrupt:
         if args.process_index == 0:
-            print(fresh_line() + how_to_resume(out, argv, args.save_only_model), file=sys.stderr)
+            print(fresh_line() + how_to_resume(out, argv, args.save_only_model, args.world_size), file=sys.stderr)
         raise
 
 
-def how_to_resume(out: Path, argv: list[str], save_only_model: bool) -> str:
+def how_to_resume(out: Path, argv: list[str], save_only_model: bool, processes: int = 1) -> str:
     """What to run after an interrupted run: the same command resuming from its newest complete checkpoint, or, with
     none yet, the same command again (the folder then holds nothing to lose)."""
     import shlex
@@ -388,8 +400,46 @@ def how_to_resume(out: Path, argv: list[str], save_only_model: bool) -> str:
             skip = True
         elif not arg.startswith(("--resume_from_checkpoint=", "--overwrite_output_dir=", "--hub_token=")):
             kept.append(arg)
-    command = shlex.join(["python", "-m", "phi3v_recipe.train", *kept, "--resume_from_checkpoint", "true"])
-    return f"Checkpoints of {out} are kept. Resume with:\n  {command}"
+    command = shlex.join(["-m", "phi3v_recipe.train", *kept, "--resume_from_checkpoint", "true"])
+    launcher = "accelerate launch [your launch flags]" if processes > 1 else "python"
+    return f"Checkpoints of {out} are kept. Resume with (or add RESUME=1 to your make train):\n  {launcher} {command}"
+
+
+class StopOnSignal(TrainerCallback):
+    """Preemption (SIGTERM: a spot instance has a minute or two) or a first Ctrl-C: finish the current optimizer step,
+    write a complete checkpoint, and stop; a second Ctrl-C stops at once. Every process stops at the same step: the
+    flag is all-reduced at each step end (one tiny collective), so no process waits on another's collective."""
+
+    def __init__(self):
+        self.signal = None
+
+    def _asked(self, signum, frame):
+        if self.signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # the second Ctrl-C
+        self.signal = signal.Signals(signum)
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # from now on Ctrl-C interrupts at once
+
+    @contextlib.contextmanager
+    def listening(self):
+        previous = {sig: signal.signal(sig, self._asked) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        asked = self.signal is not None
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            flag = torch.tensor([float(asked)], device=args.device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            if flag.item() and not asked:  # another process was signalled: stop with it, at this step
+                self.signal = signal.SIGTERM
+            asked = bool(flag.item())
+        if asked:
+            control.should_save = True
+            control.should_training_stop = True
+        return control
 
 
 def carry_base_files(out: Path, model_args, processor, adapter: bool) -> None:

@@ -123,10 +123,13 @@ def test_an_interrupted_run_says_how_to_resume(tiny_dir, sample_csv, tmp_path):
     assert said.endswith(
         "python -m phi3v_recipe.train --config recipes/demo.yaml --resume_from_checkpoint true"
     )  # without the token, and without the overwrite that would delete the checkpoints
+    assert "\n  accelerate launch [your launch flags] -m phi3v_recipe.train --config" in how_to_resume(
+        out, argv, False, 2
+    )
 
 
-def test_ctrl_c_during_training_prints_the_resume_command(tiny_dir, sample_csv, tmp_path):
-    """A real SIGINT to a training process after its first checkpoint."""
+def test_ctrl_c_during_training_saves_at_the_step_end_and_prints_the_resume_command(tiny_dir, sample_csv, tmp_path):
+    """A real SIGINT to a training process: as SIGTERM, the step ends with a checkpoint and the resume command."""
     import signal
     import time
 
@@ -150,11 +153,25 @@ def test_ctrl_c_during_training_prints_the_resume_command(tiny_dir, sample_csv, 
     finally:
         process.kill()
     assert process.returncode == 130, stderr[-3000:]
-    assert f"Checkpoints of {out} are kept. Resume with:" in stderr
     lines = stderr.splitlines()
-    said = lines.index(f"Checkpoints of {out} are kept. Resume with:")
+    said = lines.index(f"Checkpoints of {out} are kept. Resume with (or add RESUME=1 to your make train):")
+    assert lines[said - 1].startswith("Stopped on SIGINT after step ")
     assert lines[said + 1].startswith("  python -m phi3v_recipe.train --config ")
-    assert lines[said + 1].endswith(" --resume_from_checkpoint true") and "Interrupted." in lines[said + 2 :]
+    assert lines[said + 1].endswith(" --resume_from_checkpoint true")
+
+
+def test_a_second_ctrl_c_stops_at_once():
+    import signal
+
+    from phi3v_recipe.train import StopOnSignal
+
+    stop = StopOnSignal()
+    with stop.listening():
+        stop._asked(signal.SIGTERM, None)
+        assert stop.signal is signal.SIGTERM and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        with pytest.raises(KeyboardInterrupt):
+            stop._asked(signal.SIGINT, None)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handlers are put back
 
 
 def test_a_conversation_reads_its_images_from_its_own_folder(tmp_path, no_loading, monkeypatch):
@@ -295,3 +312,50 @@ def test_a_huge_image_given_to_predict_is_one_line(tmp_path, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 50_000)  # as a 20000x20000 image is against PIL's real limit
     with pytest.raises(UserError, match=f"--image {path}: not a readable image \\(DecompressionBombError"):
         predict.open_images_or_fail([(str(path), "--image")])
+
+
+def test_sigterm_stops_at_a_step_with_a_checkpoint_and_the_resume_command(tiny_dir, sample_csv, tmp_path):
+    """Preemption: SIGTERM finishes the current step, writes a complete checkpoint (with no save due), says how to
+    resume, and exits 143; the printed command then finishes the run."""
+    import signal
+    import time
+
+    out = tmp_path / "out"
+    args = demo_args(tiny_dir, sample_csv, out, "--max_steps", "400", "--save_strategy", "no", "--eval_fraction", "0")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "phi3v_recipe.train", *args],
+        cwd=ROOT,
+        env=clean_env(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        lines = []
+        deadline = time.monotonic() + 600  # only a hang reaches it
+        while time.monotonic() < deadline:
+            line = process.stdout.readline()
+            lines.append(line)
+            if "'loss'" in line or not line:  # trained a first logged step
+                break
+        process.send_signal(signal.SIGTERM)
+        rest, _ = process.communicate(timeout=300)
+    finally:
+        process.kill()
+    output = "".join(lines) + rest
+    assert process.returncode == 143, output[-3000:]
+    [checkpoint] = list(out.glob("checkpoint-*"))
+    step = int(checkpoint.name.split("-")[1])
+    assert 1 <= step < 400 and f"Stopped on SIGTERM after step {step}." in output
+    command = [line.strip() for line in output.splitlines() if line.strip().startswith("python -m phi3v_recipe.train")]
+    assert command and command[0].endswith("--resume_from_checkpoint true")
+    resumed = subprocess.run(
+        [sys.executable, *command[0].split()[1:-2], "--max_steps", str(step + 1), "--resume_from_checkpoint", "true"],
+        cwd=ROOT,
+        env=clean_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"Resuming from {checkpoint}" in resumed.stdout

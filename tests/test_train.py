@@ -329,3 +329,45 @@ def test_failed_upload_keeps_the_adapter_and_says_how_to_retry(tiny_dir, sample_
     assert f"python -m phi3v_recipe.hub push {out} --repo_id me/phi3v-test" in line
     assert (out / "adapter_model.safetensors").is_file() and (out / "README.md").is_file()
     assert "hf_fake_token_for_test" not in result.stdout + result.stderr
+
+
+def test_two_processes_stop_together_on_sigterm_with_a_checkpoint(tiny_dir, sample_csv, tmp_path):
+    """A preempted machine signals every process: both finish the same step, one checkpoint is written, the launch
+    exits 143 and says how to resume."""
+    import contextlib
+    import os
+    import signal
+    import time
+
+    out = tmp_path / "out"
+    args = demo_args(tiny_dir, sample_csv, out, "--max_steps", "400", "--per_device_train_batch_size", "2")
+    cmd = [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2"]
+    cmd += ["--main_process_port", "29535", "-m", "phi3v_recipe.train", *args, "--eval_fraction", "0"]
+    launch = subprocess.Popen(
+        cmd, cwd=ROOT, env=clean_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        lines, deadline = [], time.monotonic() + 600  # only a hang reaches it
+        while time.monotonic() < deadline:
+            lines.append(launch.stdout.readline())
+            if "'loss'" in lines[-1] or not lines[-1]:
+                break
+        os.killpg(launch.pid, signal.SIGTERM)  # the launcher and both processes, as a spot instance's shutdown
+        rest, _ = launch.communicate(timeout=300)
+        time.sleep(1)
+        left_behind = True
+        try:
+            os.killpg(launch.pid, 0)  # any process of the launch still there?
+        except ProcessLookupError:
+            left_behind = False
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(launch.pid, signal.SIGKILL)
+    assert not left_behind
+    output = "".join(lines) + rest
+    assert launch.returncode == 143, output[-3000:]
+    [checkpoint] = list(out.glob("checkpoint-*"))
+    assert f"Stopped on SIGTERM after step {checkpoint.name.split('-')[1]}." in output
+    assert "accelerate launch [your launch flags] -m phi3v_recipe.train" in output
+    assert json.loads((checkpoint / "trainer_state.json").read_text())["global_step"] >= 1
