@@ -27,7 +27,7 @@ from trl import SFTTrainer, get_peft_config, get_quantization_config
 
 from . import export, hub, runs
 from .collator import IGNORE_INDEX, VisionSFTCollator
-from .config import config_path, no_gpu, parse_recipe
+from .config import CLIP_LINEARS, config_path, no_gpu, parse_recipe
 from .data import prepare_data
 from .errors import UserError, fresh_line, run, unloadable_model
 from .evaluate import evaluate
@@ -193,6 +193,12 @@ def build_trainer(model_args, recipe, args, processor, data, callbacks=()) -> "P
     peft_config = get_peft_config(model_args)
     if peft_config is not None and model_args.lora_target_modules is None:
         peft_config.target_modules = LANGUAGE_MODEL_LORA_TARGETS
+    if peft_config is not None and set(peft_config.target_modules or []) & CLIP_LINEARS:
+        # CLIP's modules are named alike in every layer: no adapter on the layers past the feature layer, which never
+        # reach the output (they would get no gradient, and DDP would stop at its second step).
+        unused = {id(sub) for module in model.model.vision_embed_tokens.unused_modules() for sub in module.modules()}
+        past = [name for name, module in model.named_modules() if id(module) in unused and name]
+        peft_config.exclude_modules = sorted(set(peft_config.exclude_modules or []) | set(past))
     trainer = Phi3VSFTTrainer(
         model=model,
         args=args,
@@ -203,7 +209,24 @@ def build_trainer(model_args, recipe, args, processor, data, callbacks=()) -> "P
         peft_config=peft_config,
         callbacks=list(callbacks),
     )
+    check_every_trainable_reaches_the_loss(trainer.model)
     return trainer
+
+
+def check_every_trainable_reaches_the_loss(model) -> None:
+    """A trainable parameter in the CLIP layers past the feature layer never gets a gradient: DDP would stop with a
+    reduction error at the second step (it runs without find_unused_parameters), and one process would train it for
+    nothing. Said before training, naming the parameters."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    unused = {id(p) for module in base.model.vision_embed_tokens.unused_modules() for p in module.parameters()}
+    stuck = [
+        name for name, parameter in base.named_parameters() if parameter.requires_grad and id(parameter) in unused
+    ]
+    if stuck:
+        raise UserError(
+            f"{len(stuck)} trainable parameters sit in CLIP layers that never reach the output (the tower is read at "
+            f"its layer -2), such as {stuck[0]}: leave those layers out of lora_modules_to_save."
+        )
 
 
 def resume_value(value):
@@ -299,6 +322,11 @@ def main(argv: list[str] | None = None) -> SFTTrainer:
             print(f"Data: {data.summary()} (skipped rows listed in {skipped_file})")
         if len(data.train) == 0:
             raise UserError(f"No training rows left after the checks; see {out / 'skipped_rows.csv'} for why.")
+        if data.eval is None and args.eval_strategy != "no":
+            raise UserError(
+                f"eval_strategy={args.eval_strategy.value} but there is no eval split (eval_fraction=0 and no "
+                "eval_split): set --eval_strategy no, or keep an eval split."
+            )
 
         callbacks = []
         if use_wandb and data.eval is not None and recipe.predictions_to_log:

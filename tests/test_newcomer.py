@@ -359,3 +359,52 @@ def test_sigterm_stops_at_a_step_with_a_checkpoint_and_the_resume_command(tiny_d
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"Resuming from {checkpoint}" in resumed.stdout
+
+
+def test_lora_on_clip_names_adapts_only_the_layers_that_run(tiny_dir, sample_csv, tmp_path):
+    """CLIP's module names repeat in every layer, and the tower is read at its layer -2: the layers past it get no
+    adapter (they would get no gradient, and DDP, run without find_unused_parameters, would stop)."""
+    from safetensors import safe_open
+
+    from phi3v_recipe.train import main
+
+    out = tmp_path / "out"
+    main(
+        demo_args(
+            tiny_dir,
+            sample_csv,
+            out,
+            "--max_steps",
+            "1",
+            "--eval_fraction",
+            "0",
+            "--lora_target_modules",
+            "qkv_proj",
+            "fc1",
+        )
+    )
+    with safe_open(str(out / "adapter_model.safetensors"), "pt") as weights:
+        adapted = {key.split("encoder.layers.")[1].split(".")[0] for key in weights.keys() if ".fc1.lora_" in key}
+    assert adapted == {"0", "1"}  # the tiny tower has 3 layers; layer 2 is past the feature layer
+
+
+def test_a_trainable_parameter_that_never_reaches_the_loss_is_one_line(tiny_dir):
+    from transformers import AutoModelForCausalLM
+
+    from phi3v_recipe.train import check_every_trainable_reaches_the_loss
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir)
+    for module in model.model.vision_embed_tokens.unused_modules():
+        module.requires_grad_(False)
+    check_every_trainable_reaches_the_loss(model)
+    model.model.vision_embed_tokens.img_processor.vision_model.post_layernorm.weight.requires_grad_(True)
+    with pytest.raises(UserError, match="trainable parameters sit in CLIP layers that never reach the output"):
+        check_every_trainable_reaches_the_loss(model)
+
+
+def test_evaluation_without_an_eval_split_is_one_line(tiny_dir, sample_csv, tmp_path):
+    from phi3v_recipe.train import main
+
+    args = demo_args(tiny_dir, sample_csv, tmp_path / "out", "--eval_fraction", "0", "--eval_strategy", "steps")
+    with pytest.raises(UserError, match="eval_strategy=steps but there is no eval split"):
+        main(args)
