@@ -128,6 +128,18 @@ def test_an_interrupted_run_says_how_to_resume(tiny_dir, sample_csv, tmp_path):
     )
 
 
+def start_training(args: list[str], tmp_path, stderr) -> subprocess.Popen:
+    """`python -m phi3v_recipe.train ARGS` in the background, its output piped (stderr to ``stderr``)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "phi3v_recipe.train", *args],
+        cwd=ROOT,
+        env=clean_env(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        text=True,
+    )
+
+
 def test_ctrl_c_during_training_saves_at_the_step_end_and_prints_the_resume_command(tiny_dir, sample_csv, tmp_path):
     """A real SIGINT to a training process: as SIGTERM, the step ends with a checkpoint and the resume command."""
     import signal
@@ -135,14 +147,7 @@ def test_ctrl_c_during_training_saves_at_the_step_end_and_prints_the_resume_comm
 
     out = tmp_path / "out"
     args = demo_args(tiny_dir, sample_csv, out, "--max_steps", "400", "--save_strategy", "steps", "--save_steps", "1")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "phi3v_recipe.train", *args],
-        cwd=ROOT,
-        env=clean_env(tmp_path),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = start_training(args, tmp_path, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 600  # only a hang reaches it
         while not list(out.glob("checkpoint-*")) and time.monotonic() < deadline and process.poll() is None:
@@ -322,14 +327,7 @@ def test_sigterm_stops_at_a_step_with_a_checkpoint_and_the_resume_command(tiny_d
 
     out = tmp_path / "out"
     args = demo_args(tiny_dir, sample_csv, out, "--max_steps", "400", "--save_strategy", "no", "--eval_fraction", "0")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "phi3v_recipe.train", *args],
-        cwd=ROOT,
-        env=clean_env(tmp_path),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    process = start_training(args, tmp_path, stderr=subprocess.STDOUT)
     try:
         lines = []
         deadline = time.monotonic() + 600  # only a hang reaches it
