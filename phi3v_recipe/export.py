@@ -26,29 +26,25 @@ PEFT_0_11_KEYS = {
 }  # fmt: skip
 
 
-def copy_base_files(base_dir: Path, out: Path, num_crops: int | None, with_model_files: bool) -> list[str]:
+def copy_base_files(base_dir: Path, out: Path, num_crops: int | None, with_model_files: bool) -> None:
     """Copy the base's tokenizer and processor files into ``out`` (and, ``with_model_files``, its config.json,
-    generation_config.json and remote code, leaving no other file than the weights) over what was saved there; returns
-    the names copied."""
+    generation_config.json and remote code, leaving no other file than the weights) over what was saved there."""
     names = [*TOKENIZER_FILES, *PROCESSOR_FILES]
     if with_model_files:
         names += ["config.json", "generation_config.json", *(p.name for p in base_dir.glob("*.py"))]
-    if with_model_files:  # and nothing of ours beside them: transformers 4.4x reads a processor_config.json first
+        # and nothing of ours beside them: transformers 4.4x reads a processor_config.json first
         weights = {p.name for p in out.glob("*.safetensors")} | {"model.safetensors.index.json"}
         for extra in out.iterdir():
             if extra.is_file() and extra.name not in weights and not (base_dir / extra.name).is_file():
                 extra.unlink()
-    copied = []
     for name in names:
         if (base_dir / name).is_file():
             shutil.copyfile(base_dir / name, out / name)
-            copied.append(name)
     if num_crops is not None and (base_dir / "preprocessor_config.json").is_file():
         settings = json.loads((base_dir / "preprocessor_config.json").read_text())
         if settings.get("num_crops") != num_crops:  # trained at another num_crops: the one field that must change
             settings["num_crops"] = num_crops
             (out / "preprocessor_config.json").write_text(json.dumps(settings, indent=2) + "\n")
-    return copied
 
 
 def local_folder(name_or_path: str, revision: str | None = None) -> Path | None:

@@ -1,9 +1,13 @@
 """Files written whole or not at all, with the modes the user's umask gives."""
 
+import contextlib
 import errno
 import os
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+
+from .errors import UserError
 
 
 def write_atomically(path: str | Path, data: bytes | str) -> Path:
@@ -31,3 +35,19 @@ def follow_umask(folder: str | Path) -> None:
 def is_disk_full(err: BaseException) -> bool:
     """A write that failed for want of space (Rust writers, such as the tokenizer's, say it only in the message)."""
     return (isinstance(err, OSError) and err.errno == errno.ENOSPC) or "No space left on device" in str(err)
+
+
+@contextlib.contextmanager
+def full_disk_is_one_line(folder: Path, doing: str, advice: str | Callable[[], str]):
+    """A full disk while ``doing`` is one line naming ``folder`` (and the file, when the error says it) and what to do:
+    ``advice``, or what it returns when called then. Any other error passes through."""
+    try:
+        yield
+    except Exception as err:
+        if not is_disk_full(err):
+            raise
+        where = f" ({err.filename})" if getattr(err, "filename", None) else ""
+        advice = advice() if callable(advice) else advice
+        raise UserError(
+            f"No space left on the disk of {folder} while {doing}{where}. Free some space, or {advice}."
+        ) from None

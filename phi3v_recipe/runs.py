@@ -77,6 +77,11 @@ def checkpoint_step(path: Path) -> int:
         return -1
 
 
+def has_complete_checkpoint(out: Path, save_only_model: bool = False) -> bool:
+    """Whether ``out`` holds a checkpoint a run can resume from."""
+    return any(p.is_dir() and not checkpoint_problems(p, save_only_model) for p in out.glob("checkpoint-*"))
+
+
 def newest_complete_checkpoint(out: Path, save_only_model: bool = False, say: bool = True) -> Path:
     """The newest complete ``checkpoint-N`` in ``out``, saying (``say``) which one and why any newer one was passed
     over."""

@@ -31,7 +31,7 @@ from .config import CLIP_LINEARS, config_path, no_gpu, parse_recipe
 from .data import prepare_data
 from .errors import UserError, fresh_line, run, unloadable_model
 from .evaluate import evaluate
-from .files import follow_umask, is_disk_full
+from .files import follow_umask, full_disk_is_one_line
 from .tracking import PredictionTableCallback, configure_wandb
 
 # LoRA goes on the language model: these names exist only in the Phi-3 decoder (CLIP uses q/k/v/out_proj, fc1/fc2).
@@ -236,25 +236,15 @@ def resume_value(value):
     return True if str(value).lower() in ("true", "yes", "last") else value
 
 
-@contextlib.contextmanager
 def disk_full_is_a_user_error(out: Path):
     """A full disk while saving is one line that says so, not a traceback; what was saved before stays intact."""
-    try:
-        yield
-    except Exception as err:  # the tokenizer's Rust writer says it as a plain Exception ("os error 28")
-        if not is_disk_full(err):
-            raise
-        where = f" ({err.filename})" if getattr(err, "filename", None) else ""
-        complete = [p for p in out.glob("checkpoint-*") if not runs.checkpoint_problems(p)]
-        after = (
-            "the checkpoints saved before are intact (resume with --resume_from_checkpoint true)"
-            if complete
-            else "no complete checkpoint was saved before, so the run must start again"
-        )
-        raise UserError(
-            f"No space left on the disk of {out} while saving{where}. Free some space or set output_dir on another "
-            f"disk; {after}."
-        ) from None
+
+    def advice() -> str:  # read when the disk fills: a checkpoint may have been saved since the run began
+        if runs.has_complete_checkpoint(out):
+            return "set output_dir on another disk; the checkpoints saved before are intact (resume with --resume_from_checkpoint true)"
+        return "set output_dir on another disk; no complete checkpoint was saved before, so the run must start again"
+
+    return full_disk_is_one_line(out, "saving", advice)
 
 
 def hide_token_in_argv(argv: list[str]) -> None:
@@ -417,8 +407,7 @@ def how_to_resume(out: Path, argv: list[str], save_only_model: bool, processes: 
     none yet, the same command again (the folder then holds nothing to lose)."""
     import shlex
 
-    has_checkpoint = any(not runs.checkpoint_problems(p, save_only_model) for p in out.glob("checkpoint-*"))
-    if not has_checkpoint:
+    if not runs.has_complete_checkpoint(out, save_only_model):
         return f"Stopped before the first checkpoint of {out}: nothing to resume; run the same command to start again."
     kept, skip = [], False
     for arg in argv:  # the command as given, without its resume or overwrite choice and without a token
@@ -461,9 +450,10 @@ class StopOnSignal(TrainerCallback):
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             flag = torch.tensor([float(asked)], device=args.device)
             torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-            if flag.item() and not asked:  # another process was signalled: stop with it, at this step
+            anyone = bool(flag.item())  # one host sync per step
+            if anyone and not asked:  # another process was signalled: stop with it, at this step
                 self.signal = signal.SIGTERM
-            asked = bool(flag.item())
+            asked = anyone
         if asked:
             control.should_save = True
             control.should_training_stop = True

@@ -2,7 +2,6 @@
 in Hub dataset repos, and Hub datasets; images as paths, URLs (fetched into a cache), embedded bytes, or videos
 (decoded to evenly sampled frames). Every source ends as a table plus, per row, a list of local image files."""
 
-import contextlib
 import hashlib
 import re
 import tarfile
@@ -14,7 +13,7 @@ from tqdm import tqdm
 
 from ..download import FetchError, fetch_images
 from ..errors import UserError
-from ..files import is_disk_full, write_atomically
+from ..files import full_disk_is_one_line, is_disk_full, write_atomically
 from .checks import BadRow
 
 VIDEO_EXTENSIONS = {".avi", ".mp4", ".mkv", ".mov", ".webm", ".mpg", ".mpeg"}
@@ -162,23 +161,9 @@ def _local(value, base_dir: Path) -> str:
 def image_refs(table: datasets.Dataset, args, column: str | None, base_dir: Path, is_video: bool) -> list:
     """Per row: a list of local image paths, or the BadRow that explains why there is none."""
     cache_dir = Path(args.image_cache_dir)
-    with disk_full_stops(cache_dir):
+    # A full disk while caching images stops the run: it is no bad row, every row after it would fail too.
+    with full_disk_is_one_line(cache_dir, "caching images", "set image_cache_dir on another disk"):
         return _image_refs(table, args, column, base_dir, is_video, cache_dir)
-
-
-@contextlib.contextmanager
-def disk_full_stops(cache_dir: Path):
-    """A full disk while caching images stops the run (it is no bad row: every row after it would fail too)."""
-    try:
-        yield
-    except Exception as err:
-        if not is_disk_full(err):
-            raise
-        where = getattr(err, "filename", None) or cache_dir
-        raise UserError(
-            f"No space left on the disk of {cache_dir} while caching images ({where}). Free some space, or set "
-            "image_cache_dir on another disk."
-        ) from None
 
 
 def _image_refs(table: datasets.Dataset, args, column: str | None, base_dir: Path, is_video: bool, cache_dir: Path):
