@@ -63,10 +63,18 @@ def checkpoint_problems(path: Path, save_only_model: bool = False) -> list[str]:
     problems = []
     if not (path / "trainer_state.json").is_file():
         problems.append("no trainer_state.json")
-    if not any((path / name).is_file() for name in WEIGHTS):
+    # Under FSDP with SHARDED_STATE_DICT the weights and optimizer are folders of shards (torch.distributed.checkpoint,
+    # its .metadata written last), named as Accelerate's save_fsdp_model / save_fsdp_optimizer name them.
+    if (
+        not any((path / name).is_file() for name in WEIGHTS)
+        and not (path / "pytorch_model_fsdp_0/.metadata").is_file()
+    ):
         problems.append("no weights")
     if not save_only_model:
-        problems += [f"no {name}" for name in ("optimizer.pt", "scheduler.pt") if not (path / name).is_file()]
+        if not (path / "optimizer.pt").is_file() and not (path / "optimizer_0/.metadata").is_file():
+            problems.append("no optimizer.pt")
+        if not (path / "scheduler.pt").is_file():
+            problems.append("no scheduler.pt")
     return problems
 
 

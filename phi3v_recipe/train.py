@@ -9,7 +9,9 @@ evaluate -> model card -> push.
 
 import contextlib
 import dataclasses
+import functools
 import json
+import os
 import shutil
 import signal
 import sys
@@ -122,6 +124,13 @@ class Phi3VSFTTrainer(SFTTrainer):
     normalisation and metrics as TRL's."""
 
     _last_log = None
+
+    def _get_dataloader(self, *args, **kwargs):
+        loader = super()._get_dataloader(*args, **kwargs)
+        torch_loader = getattr(loader, "base_dataloader", loader)  # Accelerate's DataLoaderShard wraps torch's
+        if torch_loader.num_workers and hasattr(os, "setpgid"):
+            torch_loader.worker_init_fn = functools.partial(out_of_the_process_group, then=torch_loader.worker_init_fn)
+        return loader
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         plain_nll = self.args.loss_type == "nll" and self.label_smoother is None and self.compute_loss_func is None
@@ -355,6 +364,8 @@ def main(argv: list[str] | None = None) -> SFTTrainer:
         metrics = {f"train_{k}" if not k.startswith("train") else k: v for k, v in train_result.metrics.items()}
         if data.eval is not None:
             metrics.update(last_evaluation(trainer) or trainer.evaluate())
+        if trainer.is_fsdp_enabled:  # checkpoints stay sharded; the output is the whole model, gathered from them
+            trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
         with disk_full_is_a_user_error(out):
             trainer.save_model(args.output_dir)  # the adapter (or full model) as safetensors, and the processor
             if trainer.is_world_process_zero():
@@ -420,6 +431,15 @@ def how_to_resume(out: Path, argv: list[str], save_only_model: bool, processes: 
     command = shlex.join(["-m", "phi3v_recipe.train", *kept, "--resume_from_checkpoint", "true"])
     launcher = "accelerate launch [your launch flags]" if processes > 1 else "python"
     return f"Checkpoints of {out} are kept. Resume with (or add RESUME=1 to your make train):\n  {launcher} {command}"
+
+
+def out_of_the_process_group(worker_id: int, then=None) -> None:
+    """A DataLoader worker's start: its own process group, so that a signal to the run's group (Ctrl-C in the terminal,
+    ``kill -- -PGID``) stops the training processes, which finish their step with the workers' batches, instead of
+    killing the workers under them. A worker still ends with its process (torch's workers watch their parent)."""
+    os.setpgid(0, 0)
+    if then is not None:
+        then(worker_id)
 
 
 class StopOnSignal(TrainerCallback):

@@ -331,9 +331,22 @@ def test_failed_upload_keeps_the_adapter_and_says_how_to_retry(tiny_dir, sample_
     assert "hf_fake_token_for_test" not in result.stdout + result.stderr
 
 
-def test_two_processes_stop_together_on_sigterm_with_a_checkpoint(tiny_dir, sample_csv, tmp_path):
-    """A preempted machine signals every process: both finish the same step, one checkpoint is written, the launch
-    exits 143 and says how to resume."""
+def running_with(text: str) -> list[int]:
+    """The processes whose command line holds ``text``."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if text.encode() in cmdline.read_bytes():
+                found.append(int(cmdline.parent.name))
+        except OSError:
+            pass
+    return found
+
+
+@pytest.mark.parametrize("workers", ["0", pytest.param("2", marks=pytest.mark.slow)])
+def test_two_processes_stop_together_on_sigterm_with_a_checkpoint(tiny_dir, sample_csv, tmp_path, workers):
+    """A preempted machine signals every process (DataLoader workers included): both finish the same step, one
+    checkpoint is written, the launch exits 143 and says how to resume."""
     import contextlib
     import os
     import signal
@@ -341,6 +354,7 @@ def test_two_processes_stop_together_on_sigterm_with_a_checkpoint(tiny_dir, samp
 
     out = tmp_path / "out"
     args = demo_args(tiny_dir, sample_csv, out, "--max_steps", "400", "--per_device_train_batch_size", "2")
+    args += ["--dataloader_num_workers", workers]
     cmd = [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2"]
     cmd += ["--main_process_port", "29535", "-m", "phi3v_recipe.train", *args, "--eval_fraction", "0"]
     launch = subprocess.Popen(
@@ -365,9 +379,16 @@ def test_two_processes_stop_together_on_sigterm_with_a_checkpoint(tiny_dir, samp
         with contextlib.suppress(ProcessLookupError):
             os.killpg(launch.pid, signal.SIGKILL)
     assert not left_behind
+    # DataLoader workers have their own process group (the group's signal is not theirs): they end with their process.
+    deadline = time.monotonic() + 30
+    while running_with(str(out)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not running_with(str(out))
     output = "".join(lines) + rest
     assert launch.returncode == 143, output[-3000:]
-    [checkpoint] = list(out.glob("checkpoint-*"))
+    checkpoints = list(out.glob("checkpoint-*"))
+    assert len(checkpoints) == 1, output[-3000:]
+    [checkpoint] = checkpoints
     assert f"Stopped on SIGTERM after step {checkpoint.name.split('-')[1]}." in output
     assert "accelerate launch [your launch flags] -m phi3v_recipe.train" in output
     assert json.loads((checkpoint / "trainer_state.json").read_text())["global_step"] >= 1
