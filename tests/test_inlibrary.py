@@ -96,12 +96,45 @@ def test_inputs_embeds_with_pixels_use_the_pixels(model, inputs):
 
 
 def test_get_image_features_are_what_fills_the_image_positions(model, inputs):
+    """As transformers' VLMs give them: the image encoder's output, one projected feature block per image in
+    ``pooler_output`` (what fills the <|image|> positions), also returned by the forward as ``image_outputs``."""
     with torch.no_grad():
-        features = model.get_image_features(inputs["pixel_values"], inputs["image_sizes"])
+        image_outputs = model.get_image_features(inputs["pixel_values"], inputs["image_sizes"])
+        features = torch.cat(image_outputs.pooler_output)
         embeds = model.get_input_embeddings()(inputs["input_ids"])
         embeds[inputs["input_ids"] == IMAGE_TOKEN_ID] = features
-        torch.testing.assert_close(model(inputs_embeds=embeds).logits, model(**inputs).logits)
+        outputs = model(**inputs)
+        torch.testing.assert_close(model(inputs_embeds=embeds).logits, outputs.logits)
     assert features.shape == ((inputs["input_ids"] == IMAGE_TOKEN_ID).sum(), model.config.hidden_size)
+    assert len(image_outputs.pooler_output) == len(inputs["pixel_values"])
+    slots, clip = inputs["pixel_values"].shape[:2], model.config.vision_config.hidden_size
+    assert image_outputs.last_hidden_state.shape[:2] == slots and image_outputs.last_hidden_state.shape[-1] == clip
+    torch.testing.assert_close(torch.cat(outputs.image_outputs.pooler_output), features)
+
+
+def test_image_features_give_clips_hidden_states_and_attentions_when_asked_and_a_tuple_without_return_dict(
+    model, inputs
+):
+    pixels = {"pixel_values": inputs["pixel_values"], "image_sizes": inputs["image_sizes"]}
+    layers = model.config.vision_config.num_hidden_layers
+    before = model.config._attn_implementation
+    model.set_attn_implementation("eager")  # attention maps exist under eager attention only
+    try:
+        with torch.no_grad():
+            plain = model.get_image_features(**pixels)
+            everything = model.get_image_features(**pixels, output_hidden_states=True, output_attentions=True)
+            as_tuple = model.get_image_features(**pixels, return_dict=False)
+            outputs = model(**inputs, output_hidden_states=True, output_attentions=True)
+    finally:
+        model.set_attn_implementation(before)
+    assert plain.hidden_states is None and plain.attentions is None
+    assert len(everything.hidden_states) == layers + 1 and len(everything.attentions) == layers
+    assert all(attention is not None for attention in everything.attentions)
+    for a, b in zip(plain.pooler_output, everything.pooler_output):  # asking for more changes no feature
+        torch.testing.assert_close(a, b)
+    assert isinstance(as_tuple, tuple) and torch.equal(as_tuple[0], plain.last_hidden_state)
+    assert len(outputs.image_outputs.hidden_states) == layers + 1
+    assert len(outputs.hidden_states) == model.config.num_hidden_layers + 1
 
 
 def test_a_mismatch_between_ids_and_pixels_is_one_clear_error(model, processor, inputs):

@@ -11,17 +11,36 @@ appearance, as the reference implementation does with its negative ids. Negative
 that token, so they keep working.
 """
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 from transformers import Phi3ForCausalLM, Phi3Model
 from transformers import initialization as init
+from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling, CausalLMOutputWithPast
 from transformers.models.clip.modeling_clip import CLIPEncoder, CLIPVisionEmbeddings
 from transformers.models.phi3.modeling_phi3 import Phi3PreTrainedModel
+from transformers.utils import can_return_tuple
 from transformers.utils.import_utils import torch_compilable_check
 
 from .configuration_phi3_v import Phi3VConfig
 
 CROP_SIZE = 336  # the HD transform tiles images into 336x336 crops
+
+
+@dataclass
+class Phi3VModelOutputWithPast(BaseModelOutputWithPast):
+    """The language model's outputs and, when images were given, the image encoder's (``image_outputs``: see
+    ``Phi3VModel.get_image_features``), as transformers' own VLMs return them."""
+
+    image_outputs: BaseModelOutputWithPooling | None = None
+
+
+@dataclass
+class Phi3VCausalLMOutputWithPast(CausalLMOutputWithPast):
+    """``CausalLMOutputWithPast`` with the image encoder's outputs (``image_outputs``)."""
+
+    image_outputs: BaseModelOutputWithPooling | None = None
 
 
 class Phi3VCLIPVisionTower(nn.Module):
@@ -40,12 +59,30 @@ class Phi3VCLIPVisionTower(nn.Module):
         """How many encoder layers produce ``hidden_states[layer]`` (index 0 is the embeddings' output)."""
         return layer if layer >= 0 else len(self.encoder.layers) + 1 + layer
 
-    def hidden_state(self, pixel_values: torch.Tensor, layer: int) -> torch.Tensor:
-        """Return ``hidden_states[layer]`` of the CLIP encoder, running only the layers needed to get there."""
+    def forward(self, pixel_values: torch.Tensor, layer: int, output_hidden_states=False, output_attentions=False):
+        """``hidden_states[layer]`` of the CLIP encoder, running only the layers needed to get there; with
+        ``output_hidden_states`` / ``output_attentions`` every layer runs, as CLIP's own outputs would give them, and
+        the tuples of all hidden states / attention maps come back too (else None)."""
         hidden = self.pre_layrnorm(self.embeddings(pixel_values))
-        for encoder_layer in self.encoder.layers[: self.layers_needed(layer)]:
-            hidden = encoder_layer(hidden, attention_mask=None)
-        return hidden
+        states, attentions = [hidden], []
+        everything = output_hidden_states or output_attentions
+        layers = self.encoder.layers if everything else self.encoder.layers[: self.layers_needed(layer)]
+        hooks = [  # CLIPAttention returns (output, weights); its weights exist under eager attention
+            encoder_layer.self_attn.register_forward_hook(lambda module, args, out: attentions.append(out[1]))
+            for encoder_layer in (layers if output_attentions else [])
+        ]
+        try:
+            for encoder_layer in layers:
+                hidden = encoder_layer(hidden, attention_mask=None)
+                states.append(hidden)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        return (
+            states[self.layers_needed(layer)],
+            tuple(states) if output_hidden_states else None,
+            tuple(attentions) if output_attentions else None,
+        )
 
 
 class Phi3VImageEmbedding(nn.Module):
@@ -63,25 +100,43 @@ class Phi3VImageEmbedding(nn.Module):
             nn.Linear(merged_dim, config.hidden_size), nn.GELU(), nn.Linear(config.hidden_size, config.hidden_size)
         )
 
-    def forward(self, pixel_values: torch.Tensor, image_sizes: torch.Tensor) -> torch.Tensor:
-        """``pixel_values [images, crops+1, 3, 336, 336]``, ``image_sizes [images, 2]`` (padded H, W) ->
-        ``[total image tokens, hidden]``, images in order."""
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        image_sizes: torch.Tensor,
+        output_hidden_states=False,
+        output_attentions=False,
+    ) -> BaseModelOutputWithPooling:
+        """``pixel_values [images, crops+1, 3, 336, 336]``, ``image_sizes [images, 2]`` (padded H, W) -> the projected
+        features of each image (``pooler_output``: one ``[image tokens, hidden]`` per image, in order), the CLIP hidden
+        state they come from per crop slot (``last_hidden_state [images, crops+1, patches+1, clip width]``, zeros in
+        empty slots) and, when asked, CLIP's hidden states and attention maps over the real crops."""
         grids = [(int(h) // CROP_SIZE, int(w) // CROP_SIZE) for h, w in image_sizes.tolist()]
         # Only real crops go through CLIP: slot 0 is the global image, then h*w sub-crops, then zero padding.
         crops = torch.cat([pixels[: 1 + h * w] for pixels, (h, w) in zip(pixel_values, grids)])
         vision = self.img_processor.vision_model
         crops = crops.to(dtype=vision.embeddings.patch_embedding.weight.dtype)
-        features = vision.hidden_state(crops, self.feature_layer)[:, 1:]  # drop CLS
-        merged = self._merge_2x2(features)
-        tokens, start = [], 0
-        for h, w in grids:
+        selected, hidden_states, attentions = vision(
+            crops, self.feature_layer, output_hidden_states, output_attentions
+        )
+        merged = self._merge_2x2(selected[:, 1:])  # drop CLS
+        per_slot = selected.new_zeros(*pixel_values.shape[:2], *selected.shape[1:])
+        tokens, counts, start = [], [], 0
+        for index, (h, w) in enumerate(grids):
             global_crop, sub_crops = merged[start], merged[start + 1 : start + 1 + h * w]
+            per_slot[index, : 1 + h * w] = selected[start : start + 1 + h * w]
             start += 1 + h * w
             side = global_crop.shape[0]
             sub_grid = sub_crops.reshape(h, w, side, side, -1).transpose(1, 2).reshape(h * side, w * side, -1)
             tokens += [self._with_newlines(sub_grid), self.glb_GN[0], self._with_newlines(global_crop)]
-        image_tokens = torch.cat(tokens)
-        return self.img_projection(image_tokens.to(self.img_projection[0].weight.dtype))
+            counts.append(sum(part.shape[0] for part in tokens[-3:]))
+        projected = self.img_projection(torch.cat(tokens).to(self.img_projection[0].weight.dtype))
+        return BaseModelOutputWithPooling(
+            last_hidden_state=per_slot,
+            pooler_output=projected.split(counts),
+            hidden_states=hidden_states,
+            attentions=attentions,
+        )
 
     def unused_modules(self) -> list[nn.Module]:
         """CLIP parts kept only for checkpoint fidelity: the layers after the feature layer and post_layernorm."""
@@ -129,10 +184,19 @@ class Phi3VModel(Phi3VPreTrainedModel, Phi3Model):
         self.vision_embed_tokens = Phi3VImageEmbedding(config)
         self.post_init()
 
-    def get_image_features(self, pixel_values: torch.Tensor, image_sizes: torch.Tensor) -> torch.Tensor:
-        """The projected features of every image, ``[total image tokens, hidden]``, in the order they fill the
-        ``<|image|>`` positions."""
-        return self.vision_embed_tokens(pixel_values, image_sizes)
+    @can_return_tuple
+    def get_image_features(
+        self, pixel_values: torch.Tensor, image_sizes: torch.Tensor, output_hidden_states=None, output_attentions=None,
+        **kwargs,
+    ) -> BaseModelOutputWithPooling:  # fmt: skip
+        """The image encoder's outputs: ``pooler_output`` holds each image's projected features (``[image tokens,
+        hidden]``), in the order they fill the ``<|image|>`` positions; ``last_hidden_state`` the CLIP hidden state
+        they come from, per crop slot; ``hidden_states`` / ``attentions`` CLIP's, when asked (or set in the config)."""
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
+        if output_attentions is None:
+            output_attentions = self.config.output_attentions
+        return self.vision_embed_tokens(pixel_values, image_sizes, output_hidden_states, output_attentions)
 
     def image_mask(self, input_ids: torch.LongTensor | None, inputs_embeds: torch.Tensor) -> torch.Tensor:
         """``[batch, seq]``: True at the image positions, read from the ids, or from the embeddings when only those
@@ -142,6 +206,7 @@ class Phi3VModel(Phi3VPreTrainedModel, Phi3Model):
         token = torch.tensor(self.config.image_token_id, device=inputs_embeds.device)
         return (inputs_embeds == self.embed_tokens(token)).all(-1)
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -149,17 +214,25 @@ class Phi3VModel(Phi3VPreTrainedModel, Phi3Model):
         image_sizes: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
         **kwargs,
-    ):
+    ) -> Phi3VModelOutputWithPast:
         if input_ids is not None:  # negative ids: the image positions of the processor before 0.2
             input_ids = input_ids.masked_fill(input_ids < 0, self.config.image_token_id)
         if inputs_embeds is None and input_ids is not None:
             inputs_embeds = self.embed_tokens(input_ids)
         # Without pixels (decode steps, or an assistant model drafting) the image positions keep the <|image|>
         # embedding, as in transformers' own VLMs.
+        image_outputs = None
         if pixel_values is not None:
             if image_sizes is None:
                 raise ValueError("pixel_values were given without image_sizes; pass the processor's full output.")
-            features = self.get_image_features(pixel_values, image_sizes)
+            image_outputs = self.get_image_features(
+                pixel_values,
+                image_sizes,
+                output_hidden_states=kwargs.get("output_hidden_states"),
+                output_attentions=kwargs.get("output_attentions"),
+                return_dict=True,
+            )
+            features = torch.cat(image_outputs.pooler_output)
             mask = self.image_mask(input_ids, inputs_embeds)
             torch_compilable_check(
                 mask.sum() == features.shape[0],
@@ -169,7 +242,8 @@ class Phi3VModel(Phi3VPreTrainedModel, Phi3Model):
                 ),
             )
             inputs_embeds = inputs_embeds.masked_scatter(mask.unsqueeze(-1), features.to(inputs_embeds.dtype))
-        return super().forward(input_ids=None, inputs_embeds=inputs_embeds, **kwargs)
+        outputs = super().forward(input_ids=None, inputs_embeds=inputs_embeds, return_dict=True, **kwargs)
+        return Phi3VModelOutputWithPast(**outputs, image_outputs=image_outputs)
 
 
 class Phi3VForCausalLM(Phi3VPreTrainedModel, Phi3ForCausalLM):
@@ -181,23 +255,32 @@ class Phi3VForCausalLM(Phi3VPreTrainedModel, Phi3ForCausalLM):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
-    def get_image_features(self, pixel_values: torch.Tensor, image_sizes: torch.Tensor) -> torch.Tensor:
+    def get_image_features(self, pixel_values: torch.Tensor, image_sizes: torch.Tensor, **kwargs):
         """See ``Phi3VModel.get_image_features``."""
-        return self.model.get_image_features(pixel_values, image_sizes)
+        return self.model.get_image_features(pixel_values, image_sizes, **kwargs)
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
         pixel_values: torch.Tensor | None = None,
         image_sizes: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
         **kwargs,
-    ):
+    ) -> Phi3VCausalLMOutputWithPast:
         # Image positions are never targets, whoever copied the ids into the labels (TRL's language-modelling
         # collator does): neither the <|image|> token nor an older caller's negative ids.
         if labels is not None:
             labels = labels.masked_fill((labels == self.config.image_token_id) | (labels < 0), -100)
         # The cache and every other argument pass through by whatever name this transformers version uses.
-        return super().forward(
-            input_ids=input_ids, pixel_values=pixel_values, image_sizes=image_sizes, labels=labels, **kwargs
+        outputs = self.model(
+            input_ids=input_ids, pixel_values=pixel_values, image_sizes=image_sizes, return_dict=True, **kwargs
         )
+        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.lm_head(outputs.last_hidden_state[:, keep, :])
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+        rest = {name: value for name, value in outputs.items() if name != "last_hidden_state"}
+        return Phi3VCausalLMOutputWithPast(loss=loss, logits=logits, **rest)

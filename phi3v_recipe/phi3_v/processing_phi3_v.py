@@ -118,6 +118,7 @@ class Phi3VProcessor(ProcessorMixin):
     """
 
     image_token = "<|image|>"
+    valid_processor_kwargs = Phi3VProcessorKwargs  # what transformers' processor API reads the kwargs with
 
     def __init__(self, image_processor, tokenizer, chat_template=None, **kwargs):
         # A checkpoint's own string-only template (the hub's) is replaced by ours, which renders the same strings.
