@@ -217,6 +217,61 @@ def test_processor_refuses_what_it_would_ignore(processor, kwargs, named):
         processor(PROMPT, [photo(400, 300)], **kwargs)
 
 
+def test_processor_takes_the_standard_rescale_and_normalize_settings(processor, tiny_dir):
+    """transformers' image settings: unnormalised pixels are the scaled ones before (x - mean) / std; unscaled ones
+    are 255 times those; float images are already scaled, so do_rescale never scales them twice; a processor built
+    with a setting keeps it (and saves it)."""
+    from phi3v_recipe.phi3_v import Phi3VImageProcessor
+
+    image = photo(500, 300)
+    normal = processor(PROMPT, [image], return_tensors="pt")["pixel_values"]
+    scaled = processor(PROMPT, [image], do_normalize=False, return_tensors="pt")["pixel_values"]
+    raw = processor(PROMPT, [image], images_kwargs={"do_rescale": False, "do_normalize": False})["pixel_values"]
+    mean = torch.tensor(processor.image_processor.image_mean).view(3, 1, 1)
+    std = torch.tensor(processor.image_processor.image_std).view(3, 1, 1)
+    real = normal[0, 1]  # the first crop (the global view is resampled after normalising)
+    torch.testing.assert_close(real, (scaled[0, 1] - mean) / std)
+    torch.testing.assert_close(raw[0, 1], scaled[0, 1] * 255, rtol=1e-5, atol=1e-4)
+    floats = np.array(image).astype(np.float32) / 255
+    for do_rescale in (True, False):
+        again = processor(PROMPT, [floats], do_rescale=do_rescale, return_tensors="pt")["pixel_values"]
+        torch.testing.assert_close(again, normal, atol=1e-5, rtol=0)
+    built = Phi3VImageProcessor(num_crops=processor.image_processor.num_crops, do_normalize=False)
+    torch.testing.assert_close(built(image)["pixel_values"][0, 1], scaled[0, 1])
+    assert built.to_dict()["do_normalize"] is False
+
+
+def test_image_processor_reads_the_channel_layout_and_keeps_other_channels_without_rgb_conversion(tiny_dir):
+    from phi3v_recipe.phi3_v import Phi3VImageProcessor
+
+    image_processor = Phi3VImageProcessor.from_pretrained(tiny_dir)
+    hwc = np.array(photo(500, 300))
+    expected = image_processor(hwc)["pixel_values"]
+    chw = image_processor(hwc.transpose(2, 0, 1).copy(), input_data_format="channels_first")["pixel_values"]
+    torch.testing.assert_close(chw, expected)
+    rgba = np.concatenate([hwc, np.full((*hwc.shape[:2], 1), 255, dtype=np.uint8)], axis=-1)
+    four = {"input_data_format": "channels_last"}  # 4 channels are not inferred (nor in transformers)
+    assert image_processor(rgba, **four)["pixel_values"].shape[2] == 3  # made RGB, as the model reads it
+    kept = image_processor(rgba, do_convert_rgb=False, image_mean=[0.5] * 4, image_std=[0.5] * 4, **four)
+    kept = kept["pixel_values"]
+    assert kept.shape[2] == 4
+
+
+def test_processor_takes_the_video_and_audio_keys_generic_callers_pass_and_refuses_videos(processor):
+    """apply_chat_template passes transformers' video-loading keys to every processor: with no video they do
+    nothing here. Videos and audio themselves are refused with the way to give frames."""
+    messages = [
+        {"role": "user", "content": [{"type": "image", "image": photo(400, 300)}, {"type": "text", "text": "Hi"}]}
+    ]
+    plain = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
+    with_keys = processor.apply_chat_template(
+        messages, add_generation_prompt=True, tokenize=True, return_dict=True, num_frames=2, fps=None
+    )
+    assert plain["input_ids"] == with_keys["input_ids"]
+    with pytest.raises(ValueError, match="list of frames"):
+        processor(PROMPT, [photo(400, 300)], videos=[np.zeros((2, 32, 32, 3), dtype=np.uint8)])
+
+
 def test_image_processor_refuses_a_misspelt_setting(tiny_dir):
     from phi3v_recipe.phi3_v import Phi3VImageProcessor
 
@@ -253,9 +308,18 @@ def test_num_multimodal_tokens_match_the_processed_images(processor):
     assert more.num_image_tokens[0] > data.num_image_tokens[0]
 
 
-def test_a_literal_image_token_in_the_text_is_refused(processor):
-    with pytest.raises(ValueError, match="holds <\\|image\\|> itself"):
+def test_image_token_placeholders_work_as_numbered_tags_and_never_mix_with_them(processor):
+    """``processor.image_token`` in the text, one per image, as transformers' VLM processors take it: the same ids as
+    the hub's numbered tags. Placeholders that do not match the images, or both kinds in one text, are an error."""
+    images = [photo(400, 300), photo(300, 500)]
+    tagged = processor("<|user|>\n<|image_1|>\n<|image_2|>\nhi<|end|>\n", images, return_tensors="pt")
+    plain = processor("<|user|>\n<|image|>\n<|image|>\nhi<|end|>\n", images, return_tensors="pt")
+    assert torch.equal(tagged["input_ids"], plain["input_ids"])
+    assert torch.equal(tagged["pixel_values"], plain["pixel_values"])
+    with pytest.raises(ValueError, match="found no image tags|0 <\\|image_N\\|>|do not match"):
         processor("<|user|>\n<|image|> hi<|end|>\n", [])
+    with pytest.raises(ValueError, match="mixes"):
+        processor("<|user|>\n<|image|><|image_2|> hi<|end|>\n", images)
 
 
 # ---- TRL given a path or a hub id ----

@@ -47,7 +47,14 @@ def num_image_tokens(width: int, height: int, num_crops: int, tokens_per_crop: i
     return (rows * cols + 1) * tokens_per_crop + 1 + (rows + 1) * side
 
 
-class Phi3VImagesKwargs(ImagesKwargs, total=False):
+def is_float(image) -> bool:
+    """A float numpy array or torch tensor: read as already scaled to [0, 1]."""
+    return isinstance(image, (np.ndarray, torch.Tensor)) and (
+        image.is_floating_point() if isinstance(image, torch.Tensor) else np.issubdtype(image.dtype, np.floating)
+    )
+
+
+class Phi3VImageProcessorKwargs(ImagesKwargs, total=False):
     num_crops: int
     num_img_tokens: int
 
@@ -63,7 +70,7 @@ def check_num_crops(num_crops: int) -> None:
 
 
 class Phi3VImageProcessor(BaseImageProcessor):
-    valid_kwargs = Phi3VImagesKwargs
+    valid_kwargs = Phi3VImageProcessorKwargs
     model_input_names = ["pixel_values", "image_sizes"]
 
     def __init__(
@@ -73,13 +80,16 @@ class Phi3VImageProcessor(BaseImageProcessor):
         image_std: list[float] = OPENAI_CLIP_STD,
         num_img_tokens: int = 144,
         do_convert_rgb: bool = True,
+        do_rescale: bool = True,
+        rescale_factor: float = 1 / 255,
+        do_normalize: bool = True,
         **kwargs,
     ):
         unknown = sorted(set(kwargs) - FILE_KEYS)
         if unknown:  # a misspelt setting (num_crop=16) would otherwise be stored and ignored
             raise TypeError(
                 f"Phi3VImageProcessor does not take {', '.join(unknown)}; its settings are num_crops, image_mean, "
-                "image_std, num_img_tokens and do_convert_rgb."
+                "image_std, num_img_tokens, do_convert_rgb, do_rescale, rescale_factor and do_normalize."
             )
         super().__init__(**kwargs)
         check_num_crops(num_crops)
@@ -88,40 +98,58 @@ class Phi3VImageProcessor(BaseImageProcessor):
         self.image_std = list(image_std)
         self.num_img_tokens = num_img_tokens
         self.do_convert_rgb = do_convert_rgb
+        self.do_rescale = do_rescale
+        self.rescale_factor = rescale_factor
+        self.do_normalize = do_normalize
 
     def num_image_tokens(self, width: int, height: int, num_crops: int | None = None) -> int:
         """Image tokens for an image of this size at ``num_crops`` (this processor's by default; no pixel work)."""
         return num_image_tokens(width, height, num_crops or self.num_crops, self.num_img_tokens)
 
     @staticmethod
-    def to_pil(image) -> Image.Image:
-        """A PIL image as is; a numpy array or torch tensor (HWC or CHW, uint8 or floats in [0, 1]) as a PIL image,
-        as transformers' own image processors read them."""
+    def to_pil(image, input_data_format=None) -> Image.Image:
+        """A PIL image as is; a numpy array or torch tensor (HWC or CHW, or as ``input_data_format`` says; uint8 or
+        floats in [0, 1]) as a PIL image, as transformers' own image processors read them."""
         if isinstance(image, Image.Image):
             return image
         if isinstance(image, (np.ndarray, torch.Tensor)):
-            return to_pil_image(image)
+            return to_pil_image(image, input_data_format=input_data_format)
         raise TypeError(
             f"Phi-3-Vision takes PIL images, numpy arrays, torch tensors, file paths or URLs; got {type(image).__name__}."
         )
 
-    def hd_image(self, image: Image.Image, num_crops: int | None = None, mean=None, std=None) -> torch.Tensor:
-        """One PIL image -> its normalised, padded HD tensor ``[3, rows*336, cols*336]``."""
-        image = image.convert("RGB")  # also flattens RGBA, palette and grayscale images
+    def hd_image(
+        self,
+        image: Image.Image,
+        num_crops: int | None = None,
+        mean=None,
+        std=None,
+        scale=1 / 255,
+        normalize=True,
+        convert_rgb=True,
+    ) -> torch.Tensor:
+        """One PIL image -> its padded HD tensor ``[channels, rows*336, cols*336]``: 8-bit values times ``scale``,
+        white padding, then normalised (``normalize``). Made RGB first (``convert_rgb``: the model reads 3 channels);
+        without it the image keeps its own channels."""
+        if convert_rgb:
+            image = image.convert("RGB")  # also flattens RGBA, palette and grayscale images
         new_w, new_h, rows, cols = hd_grid(*image.size, num_crops or self.num_crops)
         transposed = image.width < image.height
         if transposed:
             image = image.transpose(Image.Transpose.TRANSPOSE)
             new_w, new_h, rows, cols = new_h, new_w, cols, rows
         resized = image.resize((new_w, new_h), Image.Resampling.BILINEAR)
-        pixels = torch.from_numpy(np.array(resized)).permute(2, 0, 1).float().div(255)
+        array = np.array(resized)
+        pixels = torch.from_numpy(array.reshape(*array.shape[:2], -1)).permute(2, 0, 1).float() * scale
         pad = rows * CROP - new_h
         top = pad // 2
-        pixels = F.pad(pixels, (0, 0, top, pad - top), value=1.0)  # white, as 255 before scaling
+        pixels = F.pad(pixels, (0, 0, top, pad - top), value=255 * scale)  # white
         if transposed:
             pixels = pixels.transpose(1, 2)
-        mean = torch.tensor(mean or self.image_mean).view(3, 1, 1)
-        std = torch.tensor(std or self.image_std).view(3, 1, 1)
+        if not normalize:
+            return pixels
+        mean = torch.tensor(mean or self.image_mean).view(-1, 1, 1)
+        std = torch.tensor(std or self.image_std).view(-1, 1, 1)
         return (pixels - mean) / std
 
     def crops(self, hd: torch.Tensor, num_crops: int | None = None) -> torch.Tensor:
@@ -129,28 +157,57 @@ class Phi3VImageProcessor(BaseImageProcessor):
         _, height, width = hd.shape
         rows, cols = height // CROP, width // CROP
         global_view = F.interpolate(hd[None], size=(CROP, CROP), mode="bicubic", align_corners=False)
-        tiles = hd.reshape(3, rows, CROP, cols, CROP).permute(1, 3, 0, 2, 4).reshape(-1, 3, CROP, CROP)
-        slots = hd.new_zeros((num_crops or self.num_crops) + 1, 3, CROP, CROP)
+        channels = hd.shape[0]
+        tiles = hd.reshape(channels, rows, CROP, cols, CROP).permute(1, 3, 0, 2, 4).reshape(-1, channels, CROP, CROP)
+        slots = hd.new_zeros((num_crops or self.num_crops) + 1, channels, CROP, CROP)
         slots[0] = global_view[0]
         slots[1 : 1 + rows * cols] = tiles
         return slots
 
     def preprocess(
-        self, images, return_tensors="pt", num_crops: int | None = None, image_mean=None, image_std=None, **kwargs
+        self,
+        images,
+        return_tensors="pt",
+        num_crops: int | None = None,
+        image_mean=None,
+        image_std=None,
+        do_rescale: bool | None = None,
+        rescale_factor: float | None = None,
+        do_normalize: bool | None = None,
+        do_convert_rgb: bool | None = None,
+        input_data_format=None,
+        **kwargs,
     ) -> BatchFeature:
         """``images``: an image (PIL, numpy, torch) or a list of them -> ``pixel_values [n, num_crops+1, 3, 336,
-        336]`` and ``image_sizes [n, 2]`` (padded height, width). ``num_crops``, ``image_mean`` and ``image_std``
-        override this processor's settings for this call."""
+        336]`` and ``image_sizes [n, 2]`` (padded height, width). Any setting given here overrides this processor's
+        for this call. ``do_rescale`` / ``rescale_factor`` scale 8-bit images; float arrays and tensors are read as
+        already in [0, 1] either way (never scaled twice)."""
         if kwargs:
             raise TypeError(
                 f"Phi3VImageProcessor does not take {', '.join(sorted(kwargs))}; per call it takes num_crops, "
-                "image_mean, image_std and return_tensors."
+                "image_mean, image_std, do_rescale, rescale_factor, do_normalize, do_convert_rgb, input_data_format "
+                "and return_tensors."
             )
+        do_rescale = self.do_rescale if do_rescale is None else do_rescale
+        rescale_factor = self.rescale_factor if rescale_factor is None else rescale_factor
+        do_normalize = self.do_normalize if do_normalize is None else do_normalize
+        do_convert_rgb = self.do_convert_rgb if do_convert_rgb is None else do_convert_rgb
         if num_crops is not None:
             check_num_crops(num_crops)
         if not isinstance(images, (list, tuple)):
             images = [images]
-        hd_images = [self.hd_image(self.to_pil(image), num_crops, image_mean, image_std) for image in images]
+        hd_images = [
+            self.hd_image(
+                self.to_pil(image, input_data_format),
+                num_crops,
+                image_mean,
+                image_std,
+                1 / 255 if is_float(image) else rescale_factor if do_rescale else 1.0,  # floats: PIL made them 8-bit
+                do_normalize,
+                do_convert_rgb,
+            )
+            for image in images
+        ]
         data = {
             "pixel_values": torch.stack([self.crops(hd, num_crops) for hd in hd_images]),
             "image_sizes": torch.tensor([list(hd.shape[1:]) for hd in hd_images], dtype=torch.long),

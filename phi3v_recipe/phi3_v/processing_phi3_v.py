@@ -12,11 +12,20 @@ through a chat template of its own. Keyword arguments follow transformers' proce
 
 import re
 
+import numpy as np
 from PIL import Image
 from transformers.image_processing_utils import BatchFeature
-from transformers.processing_utils import MultiModalData, ProcessingKwargs, ProcessorMixin
+from transformers.image_utils import get_image_size
+from transformers.processing_utils import (
+    AudioKwargs,
+    ImagesKwargs,
+    MultiModalData,
+    ProcessingKwargs,
+    ProcessorMixin,
+    VideosKwargs,
+)
 
-from .image_processing_phi3_v import Phi3VImagesKwargs, hd_grid
+from .image_processing_phi3_v import Phi3VImageProcessorKwargs, hd_grid
 
 IMAGE_TAG = re.compile(r"<\|image_(\d+)\|>")
 
@@ -69,12 +78,20 @@ def check_image_tags(text: str, num_images: int) -> None:
         )
 
 
+def width_height(image) -> tuple[int, int]:
+    """(W, H) of a PIL image, or of a numpy array or torch tensor (HWC or CHW) read as transformers reads them."""
+    if isinstance(image, Image.Image):
+        return image.size
+    height, width = get_image_size(image if isinstance(image, np.ndarray) else np.asarray(image))
+    return width, height
+
+
 def _is_image(value) -> bool:
     return not isinstance(value, (list, tuple))
 
 
 class Phi3VProcessorKwargs(ProcessingKwargs, total=False):
-    images_kwargs: Phi3VImagesKwargs
+    images_kwargs: Phi3VImageProcessorKwargs
 
 
 # What this processor does with the text and image keyword arguments; any other one is refused by name.
@@ -91,13 +108,29 @@ TEXT_KWARGS = {
     "return_text_replacement_offsets": False,
     "return_tensors": None,
 }
-IMAGE_KWARGS = {"num_crops", "image_mean", "image_std", "return_tensors"}
-GROUPS = {"text_kwargs", "images_kwargs", "common_kwargs", "videos_kwargs", "audio_kwargs"}
+IMAGE_KWARGS = {
+    "num_crops",
+    "image_mean",
+    "image_std",
+    "do_rescale",
+    "do_convert_rgb",
+    "input_data_format",
+    "rescale_factor",
+    "do_normalize",
+    "return_tensors",
+}
+# transformers' video- and audio-only keys: generic callers (apply_chat_template among them) pass them to every
+# processor; with no video or audio, which this processor refuses outright, they have nothing to act on.
+OTHER_MODALITIES = set(VideosKwargs.__annotations__) | set(AudioKwargs.__annotations__)
+OTHER_MODALITIES -= set(ImagesKwargs.__annotations__) | set(TEXT_KWARGS)
+GROUPS = {"text_kwargs", "images_kwargs", "common_kwargs", "videos_kwargs", "audio_kwargs", "videos", "audio"}
 
 
 def check_kwargs(kwargs: dict) -> None:
     """Refuse, by name, any keyword argument the processor would otherwise ignore."""
-    unknown = [key for key in kwargs if key not in GROUPS | set(TEXT_KWARGS) | IMAGE_KWARGS]
+    if kwargs.get("videos") is not None or kwargs.get("audio") is not None:
+        raise ValueError("Phi-3-Vision takes images only: give video as a list of frames (images).")
+    unknown = [key for key in kwargs if key not in GROUPS | set(TEXT_KWARGS) | IMAGE_KWARGS | OTHER_MODALITIES]
     for group, known in [("text_kwargs", set(TEXT_KWARGS)), ("images_kwargs", IMAGE_KWARGS)]:
         unknown += [f"{group}[{key!r}]" for key in kwargs.get(group, {}) if key not in known]
     unknown += [f"common_kwargs[{key!r}]" for key in kwargs.get("common_kwargs", {}) if key != "return_tensors"]
@@ -162,12 +195,8 @@ class Phi3VProcessor(ProcessorMixin):
         """Token ids of one text, each ``<|image_N|>`` expanded to a run of ``<|image|>`` ids as long as the N-th
         image's token count (``image_sizes``: (W, H) per image, no pixels needed). With ``return_offsets``, also the
         (start, end) characters of each token in ``text`` (image and BOS tokens are empty spans)."""
+        text = self.numbered_tags(text)
         check_image_tags(text, len(image_sizes))
-        if self.image_token in text:
-            raise ValueError(
-                f"The text holds {self.image_token} itself; write one <|image_N|> tag per image and let the processor "
-                "expand it."
-            )
         pieces = IMAGE_TAG.split(text)[::2]
         starts = [0] + [match.end() for match in IMAGE_TAG.finditer(text)]
         encoded = self.tokenizer(pieces, return_offsets_mapping=return_offsets)  # a BOS before every piece
@@ -190,13 +219,24 @@ class Phi3VProcessor(ProcessorMixin):
                 ]
         return (ids, offsets) if return_offsets else ids
 
+    def numbered_tags(self, text: str) -> str:
+        """The text with each ``<|image|>`` placeholder (``processor.image_token``, as transformers' VLM processors
+        take them) written as the hub's ``<|image_N|>`` tag, numbered in order; texts with tags are left as they are.
+        Both kinds in one text is an error."""
+        if self.image_token not in text:
+            return text
+        if IMAGE_TAG.search(text):
+            raise ValueError(f"The text mixes {self.image_token} and <|image_N|> placeholders; use one kind.")
+        pieces = text.split(self.image_token)
+        return "".join(piece + (f"<|image_{n}|>" if n < len(pieces) else "") for n, piece in enumerate(pieces, 1))
+
     def sample_ids(
         self, text: str, images: list[Image.Image] | None, image_sizes: list[tuple[int, int]] | None = None
     ):
         """Token ids of one prompt with its images (or their (W, H) sizes), image tags expanded to image-token runs."""
         return self.encode(text, image_sizes if image_sizes is not None else [image.size for image in images])
 
-    def __call__(self, text: str | list[str] | None = None, images=None, videos=None, audio=None, **kwargs):
+    def __call__(self, text: str | list[str] | None = None, images=None, **kwargs):
         """One prompt with its images, or a batch: ``text=[t1, t2]`` with ``images=[[imgs of t1], [imgs of t2]]`` (or
         one flat list, shared out in order by the tags of each text). Images are PIL images, numpy arrays, torch
         tensors, paths or URLs. A batch is padded to its longest row (or to ``max_length`` with
@@ -204,18 +244,20 @@ class Phi3VProcessor(ProcessorMixin):
         processors, ``return_tensors="pt"`` asks for tensors and ``images_kwargs={"num_crops": 16}`` (or
         ``num_crops=16``) sets the image processor's settings for this call."""
         check_kwargs(kwargs)
-        merged = self._merge_kwargs(Phi3VProcessorKwargs, **kwargs)
+        # A tokenizer built with padding / max_length / truncation settings gives this call its defaults (as in every
+        # transformers processor); its padding_side does not: batches pad on the left unless the call says otherwise
+        # (the hub tokenizers say "right", for training).
+        init = {key: value for key, value in self.tokenizer.init_kwargs.items() if key != "padding_side"}
+        merged = self._merge_kwargs(Phi3VProcessorKwargs, tokenizer_init_kwargs=init, **kwargs)
         options = TEXT_KWARGS | {key: value for key, value in merged["text_kwargs"].items() if key in TEXT_KWARGS}
         for key in ("return_text_replacement_offsets", "return_mm_token_type_ids"):
             options[key] = merged.get(key) or options[key]
         images_kwargs = {key: value for key, value in merged["images_kwargs"].items() if key in IMAGE_KWARGS}
         images_kwargs.setdefault("return_tensors", options["return_tensors"])
-        if videos is not None or audio is not None:
-            raise ValueError("Phi-3-Vision takes images only: give video as a list of frames (images).")
         if text is None:
             raise ValueError("Phi-3-Vision needs a text with one <|image_N|> placeholder per image.")
         batched = not isinstance(text, str)
-        texts = list(text) if batched else [text]
+        texts = [self.numbered_tags(t) for t in (text if batched else [text])]
         per_text = self._images_per_text(texts, images, batched)
         per_text = [[self._load_image(image) for image in imgs] for imgs in per_text]
 
@@ -223,7 +265,7 @@ class Phi3VProcessor(ProcessorMixin):
         rows = [
             self.encode(
                 t,
-                [image.size for image in imgs],
+                [width_height(image) for image in imgs],
                 options["add_special_tokens"],
                 with_offsets,
                 images_kwargs.get("num_crops"),
@@ -275,10 +317,10 @@ class Phi3VProcessor(ProcessorMixin):
             out.update(self.image_processor(all_images, **images_kwargs))
         return out
 
-    def _load_image(self, image) -> Image.Image:
-        """A PIL image as is (exactly as the reference sees it); a path or URL loaded as transformers does; a numpy
-        array or torch tensor made a PIL image as the image processor does."""
-        return self.image_processor.to_pil(self.image_processor.fetch_images(image))
+    def _load_image(self, image):
+        """A PIL image, numpy array or torch tensor as is (the image processor reads them; a float array stays
+        float, so its do_rescale is honoured); a path or URL loaded as transformers does."""
+        return self.image_processor.fetch_images(image)
 
     @staticmethod
     def _images_per_text(texts: list[str], images, batched: bool) -> list[list]:
