@@ -265,7 +265,7 @@ def test_processor_takes_the_video_and_audio_keys_generic_callers_pass_and_refus
     ]
     plain = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
     with_keys = processor.apply_chat_template(
-        messages, add_generation_prompt=True, tokenize=True, return_dict=True, num_frames=2, fps=None
+        messages, add_generation_prompt=True, tokenize=True, return_dict=True, processor_kwargs={"num_frames": 2}
     )
     assert plain["input_ids"] == with_keys["input_ids"]
     with pytest.raises(ValueError, match="list of frames"):
