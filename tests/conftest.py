@@ -1,4 +1,5 @@
 import json
+import socket
 from pathlib import Path
 
 import pytest
@@ -33,3 +34,10 @@ def shared() -> Path:
     if not SHARED.is_dir():
         pytest.skip("../shared/phi3v is not present")
     return SHARED
+
+
+def free_port() -> int:
+    """A port nothing listens on now: fixed ports collide when two test runs share the machine."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

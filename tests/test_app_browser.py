@@ -19,6 +19,7 @@ from phi3v_recipe.predict import load_for_inference
 from phi3v_recipe.synthetic import write_sample_set
 from phi3v_recipe.train import main as train
 
+from .conftest import free_port
 from .test_app import direct_answer
 from .test_processor import photo
 from .test_train import clean_env, demo_args
@@ -26,12 +27,6 @@ from .test_train import clean_env, demo_args
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "outputs" / "test-artifacts"
 QUESTION = "What is this product?"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def browser():

@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 
 from phi3v_recipe.synthetic import write_sample_set
 
+from .conftest import free_port
 from .test_train import clean_env, demo_args
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,14 +81,14 @@ def test_fsdp2_full_fine_tuning_on_two_processes_equals_one_process_and_resumes_
 
     sharded = tmp_path / "fsdp"
     args = demo_args(tiny_dir, sample_csv, sharded, *FULL, *SAME_RUN, *TWO)
-    first = ok(fsdp("fsdp.yaml", [*args, "--max_steps", "2"], env, 29541))
+    first = ok(fsdp("fsdp.yaml", [*args, "--max_steps", "2"], env, free_port()))
     assert first.stdout.count("Resolved recipe:") == 1
     shards = sorted((sharded / "checkpoint-2" / "pytorch_model_fsdp_0").glob("*.distcp"))
     assert [path.name for path in shards] == ["__0_0.distcp", "__1_0.distcp"]
     model_bytes = (sharded / "model.safetensors").stat().st_size
     assert all(0.4 * model_bytes < path.stat().st_size < 0.6 * model_bytes for path in shards)
 
-    resumed = ok(fsdp("fsdp.yaml", [*args, "--max_steps", "4", "--resume_from_checkpoint", "true"], env, 29542))
+    resumed = ok(fsdp("fsdp.yaml", [*args, "--max_steps", "4", "--resume_from_checkpoint", "true"], env, free_port()))
     assert str(sharded / "checkpoint-2") in resumed.stdout
     assert_same_curve(curve(one, 4), curve(sharded, 4))
     assert max_difference(one / "model.safetensors", sharded / "model.safetensors") < 1e-5
@@ -102,7 +103,7 @@ def test_fsdp2_lora_on_two_processes_equals_one_process(tiny_dir, sample_csv, tm
     env = clean_env(tmp_path)
     lora = [*SAME_RUN, "--lora_dropout", "0", "--max_steps", "4"]
     ok(one_process(demo_args(tiny_dir, sample_csv, tmp_path / "one", *lora, *ONE), env))
-    ok(fsdp("fsdp.yaml", demo_args(tiny_dir, sample_csv, tmp_path / "fsdp", *lora, *TWO), env, 29543))
+    ok(fsdp("fsdp.yaml", demo_args(tiny_dir, sample_csv, tmp_path / "fsdp", *lora, *TWO), env, free_port()))
     assert_same_curve(curve(tmp_path / "one", 4), curve(tmp_path / "fsdp", 4))
     adapter = "adapter_model.safetensors"
     assert max_difference(tmp_path / "one" / adapter, tmp_path / "fsdp" / adapter) < 1e-6
@@ -117,7 +118,7 @@ def test_fsdp2_qlora_on_two_processes_trains_like_one_process(tiny_dir, sample_c
     qlora = [*SAME_RUN, "--lora_dropout", "0", "--max_steps", "2", "--load_in_4bit", "true"]
     qlora += ["--bnb_4bit_quant_storage", "float32"]
     ok(one_process(demo_args(tiny_dir, sample_csv, tmp_path / "one", *qlora, *ONE), env))
-    ok(fsdp("fsdp_qlora.yaml", demo_args(tiny_dir, sample_csv, tmp_path / "fsdp", *qlora, *TWO), env, 29544))
+    ok(fsdp("fsdp_qlora.yaml", demo_args(tiny_dir, sample_csv, tmp_path / "fsdp", *qlora, *TWO), env, free_port()))
     losses = [[loss for loss, _ in curve(tmp_path / run, 2)] for run in ("one", "fsdp")]
     assert losses[1] == pytest.approx(losses[0], rel=1e-5)
     adapter = "adapter_model.safetensors"
@@ -152,9 +153,9 @@ def test_two_machines_on_localhost_train_save_and_resume(tiny_dir, sample_csv, t
     out = tmp_path / "out"
     args = demo_args(tiny_dir, sample_csv, out, *TWO, "--save_strategy", "steps", "--save_steps", "2")
     args += ["--eval_strategy", "steps", "--eval_steps", "2", "--eval_fraction", "0.25"]
-    two_machines([*args, "--max_steps", "2"], env, 29545)
+    two_machines([*args, "--max_steps", "2"], env, free_port())
     assert (out / "checkpoint-2").is_dir() and (out / "adapter_model.safetensors").is_file()
-    rank0 = two_machines([*args, "--max_steps", "4", "--resume_from_checkpoint", "true"], env, 29546)
+    rank0 = two_machines([*args, "--max_steps", "4", "--resume_from_checkpoint", "true"], env, free_port())
     assert str(out / "checkpoint-2") in rank0
     state = json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())
     assert state["global_step"] == 4 and [e["step"] for e in state["log_history"] if "loss" in e] == [1, 2, 3, 4]
@@ -180,13 +181,13 @@ def test_a_two_process_run_stopped_and_resumed_is_bit_identical_to_one_that_neve
     args = ["--max_rows", "40", "--gradient_accumulation_steps", "2", "--dataloader_num_workers", "2"]
     args += ["--train_sampling_strategy", "group_by_length", "--save_strategy", "steps", "--save_steps", "1"]
     args = demo_args(tiny_dir, sample_csv, tmp_path / "whole", *args, *TWO)
-    ok(ddp([*args, "--max_steps", "5"], env, 29547))
+    ok(ddp([*args, "--max_steps", "5"], env, free_port()))
     whole = curve(tmp_path / "whole", 5)
-    for stop, port in ((2, 29548), (3, 29550)):
+    for stop in (2, 3):
         out = tmp_path / f"stopped-{stop}"
         here = [*args, "--output_dir", str(out)]
-        ok(ddp([*here, "--max_steps", str(stop)], env, port))
-        ok(ddp([*here, "--max_steps", "5", "--resume_from_checkpoint", "true"], env, port + 1))
+        ok(ddp([*here, "--max_steps", str(stop)], env, free_port()))
+        ok(ddp([*here, "--max_steps", "5", "--resume_from_checkpoint", "true"], env, free_port()))
         assert curve(out, 5) == whole
         adapter = "adapter_model.safetensors"
         assert max_difference(tmp_path / "whole" / adapter, out / adapter) == 0.0
@@ -205,7 +206,7 @@ def test_sigterm_during_data_preparation_stops_every_process_and_a_rerun_takes_t
     csv = write_sample_set(tmp_path / "data", rows=1500, seed=0)
     out = tmp_path / "out"
     args = demo_args(tiny_dir, csv, out, "--max_rows", "1500", "--max_steps", "2", *TWO)
-    cmd = [ACCELERATE, "launch", "--multi_gpu", "--num_processes", "2", "--main_process_port", "29552"]
+    cmd = [ACCELERATE, "launch", "--multi_gpu", "--num_processes", "2", "--main_process_port", str(free_port())]
     cmd += ["-m", "phi3v_recipe.train", *args]
     env = clean_env(tmp_path)
     launch = subprocess.Popen(
@@ -224,5 +225,5 @@ def test_sigterm_during_data_preparation_stops_every_process_and_a_rerun_takes_t
     time.sleep(1)
     assert not running_with(str(out))
     assert sorted(path.name for path in out.iterdir()) == ["run_recipe.json"]
-    ok(ddp(args, env, 29553))
+    ok(ddp(args, env, free_port()))
     assert (out / "adapter_model.safetensors").is_file()

@@ -17,6 +17,8 @@ from phi3v_recipe.hub import PushNotReady
 from phi3v_recipe.synthetic import write_sample_set
 from phi3v_recipe.train import main
 
+from .conftest import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -170,7 +172,7 @@ def test_two_process_ddp_trains_and_resumes_on_the_cpu(tiny_dir, sample_csv, tmp
     args = demo_args(tiny_dir, sample_csv, out, "--per_device_train_batch_size", "2")
     args += ["--save_strategy", "steps", "--save_steps", "1", "--eval_strategy", "steps", "--eval_steps", "2"]
     args += ["--eval_fraction", "0.25"]
-    first = launch_two_processes([*args, "--max_steps", "2"], clean_env(tmp_path), 29533)
+    first = launch_two_processes([*args, "--max_steps", "2"], clean_env(tmp_path), free_port())
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     assert (out / "checkpoint-2").is_dir() and (out / "adapter_model.safetensors").is_file()
     assert "Saved the trained adapter" in first.stdout
@@ -178,7 +180,7 @@ def test_two_process_ddp_trains_and_resumes_on_the_cpu(tiny_dir, sample_csv, tmp
     assert "find_unused_parameters=True" not in first.stderr  # torch warns when it was on and found nothing unused
 
     resumed = launch_two_processes(
-        [*args, "--max_steps", "4", "--resume_from_checkpoint", "true"], clean_env(tmp_path), 29534
+        [*args, "--max_steps", "4", "--resume_from_checkpoint", "true"], clean_env(tmp_path), free_port()
     )
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "Resuming from" in resumed.stdout and str(out / "checkpoint-2") in resumed.stdout
@@ -356,7 +358,7 @@ def test_two_processes_stop_together_on_sigterm_with_a_checkpoint(tiny_dir, samp
     args = demo_args(tiny_dir, sample_csv, out, "--max_steps", "400", "--per_device_train_batch_size", "2")
     args += ["--dataloader_num_workers", workers]
     cmd = [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2"]
-    cmd += ["--main_process_port", "29535", "-m", "phi3v_recipe.train", *args, "--eval_fraction", "0"]
+    cmd += ["--main_process_port", str(free_port()), "-m", "phi3v_recipe.train", *args, "--eval_fraction", "0"]
     launch = subprocess.Popen(
         cmd, cwd=ROOT, env=clean_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         start_new_session=True,

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import Phi3ForCausalLM, Phi3Model
+from transformers import GenerationMixin, Phi3ForCausalLM, Phi3Model
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling, CausalLMOutputWithPast
 from transformers.models.clip.modeling_clip import CLIPEncoder, CLIPVisionEmbeddings
@@ -246,7 +246,7 @@ class Phi3VModel(Phi3VPreTrainedModel, Phi3Model):
         return Phi3VModelOutputWithPast(**outputs, image_outputs=image_outputs)
 
 
-class Phi3VForCausalLM(Phi3VPreTrainedModel, Phi3ForCausalLM):
+class Phi3VForCausalLM(Phi3VPreTrainedModel, Phi3ForCausalLM, GenerationMixin):  # a generator by its own bases
     def __init__(self, config: Phi3VConfig):
         # Skip Phi3ForCausalLM.__init__: it would build (and allocate) a text-only Phi3Model first.
         super(Phi3ForCausalLM, self).__init__(config)
@@ -265,6 +265,9 @@ class Phi3VForCausalLM(Phi3VPreTrainedModel, Phi3ForCausalLM):
         input_ids: torch.LongTensor | None = None,
         pixel_values: torch.Tensor | None = None,
         image_sizes: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         **kwargs,
@@ -275,7 +278,14 @@ class Phi3VForCausalLM(Phi3VPreTrainedModel, Phi3ForCausalLM):
             labels = labels.masked_fill((labels == self.config.image_token_id) | (labels < 0), -100)
         # The cache and every other argument pass through by whatever name this transformers version uses.
         outputs = self.model(
-            input_ids=input_ids, pixel_values=pixel_values, image_sizes=image_sizes, return_dict=True, **kwargs
+            input_ids=input_ids,
+            pixel_values=pixel_values,
+            image_sizes=image_sizes,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            return_dict=True,
+            **kwargs,
         )
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
         logits = self.lm_head(outputs.last_hidden_state[:, keep, :])
