@@ -345,10 +345,18 @@ def running_with(text: str) -> list[int]:
     return found
 
 
-@pytest.mark.parametrize("workers", ["0", pytest.param("2", marks=pytest.mark.slow)])
-def test_two_processes_stop_together_on_sigterm_with_a_checkpoint(tiny_dir, sample_csv, tmp_path, workers):
-    """A preempted machine signals every process (DataLoader workers included): both finish the same step, one
-    checkpoint is written, the launch exits 143 and says how to resume."""
+@pytest.mark.parametrize(
+    ("workers", "stop"),
+    [
+        ("0", "SIGTERM"),
+        pytest.param("2", "SIGTERM", marks=pytest.mark.slow),
+        pytest.param("2", "SIGINT", marks=pytest.mark.slow),  # Ctrl-C in the terminal: the whole process group
+    ],
+)
+def test_two_processes_stop_together_on_a_signal_with_a_checkpoint(tiny_dir, sample_csv, tmp_path, workers, stop):
+    """A preempted machine (SIGTERM) or a Ctrl-C (SIGINT) signals every process, DataLoader workers included: both
+    training processes finish the same step, one checkpoint is written, the launch exits 128 + the signal and says
+    how to resume."""
     import contextlib
     import os
     import signal
@@ -369,7 +377,7 @@ def test_two_processes_stop_together_on_sigterm_with_a_checkpoint(tiny_dir, samp
             lines.append(launch.stdout.readline())
             if "'loss'" in lines[-1] or not lines[-1]:
                 break
-        os.killpg(launch.pid, signal.SIGTERM)  # the launcher and both processes, as a spot instance's shutdown
+        os.killpg(launch.pid, signal.Signals[stop])  # the launcher and both processes, as a shutdown or a Ctrl-C
         rest, _ = launch.communicate(timeout=300)
         time.sleep(1)
         left_behind = True
@@ -387,10 +395,10 @@ def test_two_processes_stop_together_on_sigterm_with_a_checkpoint(tiny_dir, samp
         time.sleep(0.5)
     assert not running_with(str(out))
     output = "".join(lines) + rest
-    assert launch.returncode == 143, output[-3000:]
+    assert launch.returncode == 128 + signal.Signals[stop], output[-3000:]
     checkpoints = list(out.glob("checkpoint-*"))
     assert len(checkpoints) == 1, output[-3000:]
     [checkpoint] = checkpoints
-    assert f"Stopped on SIGTERM after step {checkpoint.name.split('-')[1]}." in output
+    assert f"Stopped on {stop} after step {checkpoint.name.split('-')[1]}." in output
     assert "accelerate launch [your launch flags] -m phi3v_recipe.train" in output
     assert json.loads((checkpoint / "trainer_state.json").read_text())["global_step"] >= 1
