@@ -15,7 +15,7 @@ import re
 import numpy as np
 from PIL import Image
 from transformers.image_processing_utils import BatchFeature
-from transformers.image_utils import get_image_size
+from transformers.image_utils import ImageInput, get_image_size
 from transformers.processing_utils import (
     AudioKwargs,
     ImagesKwargs,
@@ -236,7 +236,7 @@ class Phi3VProcessor(ProcessorMixin):
         """Token ids of one prompt with its images (or their (W, H) sizes), image tags expanded to image-token runs."""
         return self.encode(text, image_sizes if image_sizes is not None else [image.size for image in images])
 
-    def __call__(self, text: str | list[str] | None = None, images=None, **kwargs):
+    def __call__(self, text: str | list[str] | None = None, images: ImageInput | None = None, **kwargs):
         """One prompt with its images, or a batch: ``text=[t1, t2]`` with ``images=[[imgs of t1], [imgs of t2]]`` (or
         one flat list, shared out in order by the tags of each text). Images are PIL images, numpy arrays, torch
         tensors, paths or URLs. A batch is padded to its longest row (or to ``max_length`` with
