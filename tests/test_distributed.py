@@ -227,3 +227,43 @@ def test_sigterm_during_data_preparation_stops_every_process_and_a_rerun_takes_t
     assert sorted(path.name for path in out.iterdir()) == ["run_recipe.json"]
     ok(ddp(args, env, free_port()))
     assert (out / "adapter_model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_sigterm_during_a_checkpoint_write_lets_it_finish_and_stops_at_the_next_step(tiny_dir, sample_csv, tmp_path):
+    """The signal lands while a checkpoint is being written (the launch is frozen with SIGSTOP the moment the staging
+    folder appears, signalled, then let go): that write completes, both processes stop together one step later
+    with a checkpoint, and every checkpoint left is complete."""
+    import os
+    import signal
+    import time
+
+    from phi3v_recipe import runs
+
+    out = tmp_path / "out"
+    args = demo_args(tiny_dir, sample_csv, out, "--max_steps", "400", "--save_strategy", "steps", "--save_steps", "1")
+    args += ["--save_total_limit", "100", *TWO]
+    cmd = [ACCELERATE, "launch", "--multi_gpu", "--num_processes", "2", "--main_process_port", str(free_port())]
+    launch = subprocess.Popen(
+        [*cmd, "-m", "phi3v_recipe.train", *args, "--eval_fraction", "0"], cwd=ROOT, env=clean_env(tmp_path),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )  # fmt: skip
+    staging, during_a_save, deadline = out / runs.STAGING, False, time.monotonic() + 300
+    try:
+        while not during_a_save and launch.poll() is None and time.monotonic() < deadline:
+            if staging.exists():
+                os.killpg(launch.pid, signal.SIGSTOP)
+                during_a_save = staging.exists()  # still writing: the signal arrives mid-save
+                if during_a_save:
+                    os.killpg(launch.pid, signal.SIGTERM)
+                os.killpg(launch.pid, signal.SIGCONT)
+            time.sleep(0.0005)
+        output, _ = launch.communicate(timeout=300)
+    finally:
+        launch.kill()
+    assert during_a_save
+    assert launch.returncode == 143, output[-3000:]
+    checkpoints = sorted(out.glob("checkpoint-*"), key=runs.checkpoint_step)
+    assert checkpoints and not staging.exists()
+    assert all(not runs.checkpoint_problems(path) for path in checkpoints)
+    assert f"Stopped on SIGTERM after step {runs.checkpoint_step(checkpoints[-1])}." in output
