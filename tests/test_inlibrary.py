@@ -241,7 +241,7 @@ def test_processor_takes_the_standard_rescale_and_normalize_settings(processor, 
     assert built.to_dict()["do_normalize"] is False
 
 
-def test_image_processor_reads_the_channel_layout_and_keeps_other_channels_without_rgb_conversion(tiny_dir):
+def test_image_processor_reads_the_channel_layout_and_keeps_other_channels_without_rgb_conversion(tiny_dir, processor):
     from phi3v_recipe.phi3_v import Phi3VImageProcessor
 
     image_processor = Phi3VImageProcessor.from_pretrained(tiny_dir)
@@ -254,6 +254,8 @@ def test_image_processor_reads_the_channel_layout_and_keeps_other_channels_witho
     assert image_processor(rgba, **four)["pixel_values"].shape[2] == 3  # made RGB, as the model reads it
     kept = image_processor(rgba, do_convert_rgb=False, image_mean=[0.5] * 4, image_std=[0.5] * 4, **four)
     kept = kept["pixel_values"]
+    via_processor = processor(PROMPT, [rgba], return_tensors="pt", **four)  # the image's size read the same way
+    assert torch.equal(via_processor["input_ids"], processor(PROMPT, [hwc], return_tensors="pt")["input_ids"])
     assert kept.shape[2] == 4
 
 

@@ -12,7 +12,6 @@ through a chat template of its own. Keyword arguments follow transformers' proce
 
 import re
 
-import numpy as np
 from PIL import Image
 from transformers.image_processing_utils import BatchFeature
 from transformers.image_utils import ImageInput, get_image_size
@@ -78,11 +77,10 @@ def check_image_tags(text: str, num_images: int) -> None:
         )
 
 
-def width_height(image) -> tuple[int, int]:
-    """(W, H) of a PIL image, or of a numpy array or torch tensor (HWC or CHW) read as transformers reads them."""
-    if isinstance(image, Image.Image):
-        return image.size
-    height, width = get_image_size(image if isinstance(image, np.ndarray) else np.asarray(image))
+def width_height(image, input_data_format=None) -> tuple[int, int]:
+    """(W, H) of a PIL image, numpy array or torch tensor (channels as ``input_data_format`` says, else inferred), as
+    transformers' image processors read them."""
+    height, width = get_image_size(image, channel_dim=input_data_format)
     return width, height
 
 
@@ -265,7 +263,7 @@ class Phi3VProcessor(ProcessorMixin):
         rows = [
             self.encode(
                 t,
-                [width_height(image) for image in imgs],
+                [width_height(image, images_kwargs.get("input_data_format")) for image in imgs],
                 options["add_special_tokens"],
                 with_offsets,
                 images_kwargs.get("num_crops"),
