@@ -80,6 +80,10 @@ def check_image_tags(text: str, num_images: int) -> None:
 def width_height(image, input_data_format=None) -> tuple[int, int]:
     """(W, H) of a PIL image, numpy array or torch tensor (channels as ``input_data_format`` says, else inferred), as
     transformers' image processors read them."""
+    if isinstance(
+        image, Image.Image
+    ):  # PIL's own (W, H): get_image_size gives (W, H) for it before 5.24, (H, W) since
+        return image.size
     height, width = get_image_size(image, channel_dim=input_data_format)
     return width, height
 
