@@ -1,5 +1,9 @@
+import contextlib
 import json
+import os
+import signal
 import socket
+import threading
 from pathlib import Path
 
 import pytest
@@ -41,3 +45,20 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def killed_after(process, seconds: float):
+    """Blocking reads of ``process``'s output end by ``seconds``: then its process group (it was started in a session
+    of its own) is killed, the reads see the end of the output, and the test fails instead of hanging."""
+
+    def kill():
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+
+    timer = threading.Timer(seconds, kill)
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from phi3v_recipe.synthetic import write_sample_set
 
-from .conftest import free_port
+from .conftest import free_port, killed_after
 from .test_train import clean_env, demo_args
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -213,10 +213,11 @@ def test_sigterm_during_data_preparation_stops_every_process_and_a_rerun_takes_t
         cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
     )
     try:
-        seen, deadline = "", time.monotonic() + 300
-        while "Checking rows" not in seen and time.monotonic() < deadline:
-            seen += launch.stdout.read(1) or "(ended)"
-            assert not seen.endswith("(ended)"), seen[-3000:]
+        with killed_after(launch, 300):
+            seen = ""
+            while "Checking rows" not in seen:
+                seen += launch.stdout.read(1) or "(ended)"
+                assert not seen.endswith("(ended)"), seen[-3000:]
         os.killpg(launch.pid, signal.SIGTERM)
         launch.communicate(timeout=120)
     finally:

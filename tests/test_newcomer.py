@@ -15,6 +15,7 @@ from phi3v_recipe import predict
 from phi3v_recipe.config import parse_recipe
 from phi3v_recipe.errors import UserError
 
+from .conftest import killed_after
 from .test_processor import photo
 from .test_train import ROOT, clean_env, demo_args
 
@@ -137,6 +138,7 @@ def start_training(args: list[str], tmp_path, stderr) -> subprocess.Popen:
         stdout=subprocess.PIPE,
         stderr=stderr,
         text=True,
+        start_new_session=True,  # its own process group: conftest.killed_after can end it with its children
     )
 
 
@@ -323,19 +325,15 @@ def test_sigterm_stops_at_a_step_with_a_checkpoint_and_the_resume_command(tiny_d
     """Preemption: SIGTERM finishes the current step, writes a complete checkpoint (with no save due), says how to
     resume, and exits 143; the printed command then finishes the run."""
     import signal
-    import time
 
     out = tmp_path / "out"
     args = demo_args(tiny_dir, sample_csv, out, "--max_steps", "400", "--save_strategy", "no", "--eval_fraction", "0")
     process = start_training(args, tmp_path, stderr=subprocess.STDOUT)
     try:
-        lines = []
-        deadline = time.monotonic() + 600  # only a hang reaches it
-        while time.monotonic() < deadline:
-            line = process.stdout.readline()
-            lines.append(line)
-            if "'loss'" in line or not line:  # trained a first logged step
-                break
+        with killed_after(process, 600):  # only a hang reaches it
+            lines = [process.stdout.readline()]
+            while lines[-1] and "'loss'" not in lines[-1]:  # until a first logged step
+                lines.append(process.stdout.readline())
         process.send_signal(signal.SIGTERM)
         rest, _ = process.communicate(timeout=300)
     finally:

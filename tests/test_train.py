@@ -17,7 +17,7 @@ from phi3v_recipe.hub import PushNotReady
 from phi3v_recipe.synthetic import write_sample_set
 from phi3v_recipe.train import main
 
-from .conftest import free_port
+from .conftest import free_port, killed_after
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -372,11 +372,10 @@ def test_two_processes_stop_together_on_a_signal_with_a_checkpoint(tiny_dir, sam
         start_new_session=True,
     )  # fmt: skip
     try:
-        lines, deadline = [], time.monotonic() + 600  # only a hang reaches it
-        while time.monotonic() < deadline:
-            lines.append(launch.stdout.readline())
-            if "'loss'" in lines[-1] or not lines[-1]:
-                break
+        with killed_after(launch, 600):  # only a hang reaches it
+            lines = [launch.stdout.readline()]
+            while lines[-1] and "'loss'" not in lines[-1]:
+                lines.append(launch.stdout.readline())
         os.killpg(launch.pid, signal.Signals[stop])  # the launcher and both processes, as a shutdown or a Ctrl-C
         rest, _ = launch.communicate(timeout=300)
         time.sleep(1)
