@@ -91,6 +91,13 @@ class DataArguments:
     split_seed: int = field(default=42, metadata={"help": "Seed of the (deterministic) train/eval split."})
     max_rows: int | None = field(default=None, metadata={"help": "Use only the first N rows of the source."})
     strict: bool = field(default=False, metadata={"help": "Fail on the first bad row instead of skipping it."})
+    prepared_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Where checked rows are kept for every process and rerun (default: $PHI3V_PREPARED_DIR, else "
+            "phi3v-prepared in the datasets cache)."
+        },
+    )
     max_image_pixels: int = field(
         default=50_000_000, metadata={"help": "Images with more pixels are refused (decompression bombs)."}
     )

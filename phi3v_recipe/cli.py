@@ -1,7 +1,7 @@
 """The ``phi3v-recipe`` command: one entry point for the pipeline, as ``trl`` and ``accelerate`` have.
 
     phi3v-recipe train --config recipes/demo.yaml [--learning_rate 1e-4 ...]
-    phi3v-recipe evaluate | predict | push | download | sample-data | tiny | bench | app ...
+    phi3v-recipe prepare | evaluate | predict | push | download | sample-data | tiny | bench | app ...
 
 Each subcommand is the ``python -m phi3v_recipe.<module>`` of the same name with the same flags. ``--help`` answers
 before any heavy import; user errors print one line (``--debug`` or ``PHI3V_DEBUG=1`` shows the traceback).
@@ -16,6 +16,7 @@ from .errors import UserError, run
 
 COMMANDS = {
     "train": ("phi3v_recipe.train", [], "fine-tune from a recipe (--config recipes/NAME.yaml [--key value ...])"),
+    "prepare": ("phi3v_recipe.prepare", [], "check a recipe's rows once, in parallel, for every later run"),
     "evaluate": ("phi3v_recipe.evaluate", [], "score an adapter on a recipe's eval split"),
     "predict": ("phi3v_recipe.predict", [], "answer questions about images with an adapter (folder or Hub)"),
     "app": ("phi3v_recipe.app", [], "a web page to try an adapter beside its base model (needs .[app])"),
@@ -34,6 +35,7 @@ TRAINING_KEYS = {
     "per_device_train_batch_size": "rows per batch on each device",
     "gradient_accumulation_steps": "batches per optimizer step",
     "max_length": "rows with more tokens (text + image tokens) are skipped, never cut",
+    "dataset_num_proc": "processes that check the rows (default: every core); the result is kept for every rerun",
     "eval_strategy": "no | steps | epoch",
     "eval_steps": "evaluate every N steps",
     "save_strategy": "no | steps | epoch",

@@ -261,7 +261,7 @@ def main(argv: list[str] | None = None) -> dict:
             f"it first (phi3v-recipe train --config {config_path(rest)}), or pass --adapter FOLDER_OR_HUB_ID."
         )
     model, processor = load_for_inference(adapter, own.base, num_crops=recipe.num_crops)
-    data = prepare_data(recipe, processor, training_args.max_length)
+    data = prepare_data(recipe, processor, training_args.max_length, training_args.dataset_num_proc)
     recipe = data.args  # the format and columns resolved
     if data.eval is None:
         raise UserError("The recipe has no eval split (eval_fraction is 0 and no eval_split): set one.")

@@ -314,7 +314,7 @@ def main(argv: list[str] | None = None) -> SFTTrainer:
             model_args.model_name_or_path, revision=model_args.model_revision, **extra
         )
         with args.main_process_first(desc="preparing the data"):
-            data = prepare_data(recipe, processor, args.max_length)
+            data = prepare_data(recipe, processor, args.max_length, args.dataset_num_proc)
         recipe = data.args  # the row format and columns settled from the source
         if args.process_index == 0:
             skipped_file = data.write_skipped(out / "skipped_rows.csv")

@@ -3,6 +3,7 @@ import json
 import os
 import signal
 import socket
+import tempfile
 import threading
 from pathlib import Path
 
@@ -12,6 +13,8 @@ from safetensors.torch import load_file
 import phi3v_recipe  # noqa: F401  (registers phi3_v with the Auto classes)
 from phi3v_recipe.tiny import write_tiny_checkpoint
 
+# Prepared rows (phi3v_recipe/data/prepared.py) go to a folder of this test session, for its subprocesses too.
+os.environ.setdefault("PHI3V_PREPARED_DIR", tempfile.mkdtemp(prefix="phi3v-prepared-"))
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "phi3v"
 HUB_MODELS = ["Phi-3-vision-128k-instruct", "Phi-3.5-vision-instruct"]
 

@@ -1,12 +1,14 @@
 import csv
 import hashlib
 import json
+from pathlib import Path
 
 import datasets
 import pytest
 from PIL import Image
 from transformers import AutoProcessor
 
+import phi3v_recipe.data as data_module
 from phi3v_recipe.conversation import text_of
 from phi3v_recipe.data import BadRow, DataArguments, format_number, prepare_data
 from phi3v_recipe.errors import UserError
@@ -261,3 +263,122 @@ def test_data_arguments_validate():
         DataArguments(answer_template="{title}")
     with pytest.raises(ValueError, match="eval_fraction"):
         DataArguments(eval_fraction=1.5)
+
+
+class CountedChecks:
+    """Counts the rows the row check sees in this process (under `monkeypatch`)."""
+
+    def __init__(self, monkeypatch):
+        self.rows = 0
+        check = data_module.RowCheck.__call__
+
+        def counted(row_check, batch, indices):
+            self.rows += len(indices)
+            return check(row_check, batch, indices)
+
+        monkeypatch.setattr(data_module.RowCheck, "__call__", counted)
+
+    def take(self) -> int:
+        rows, self.rows = self.rows, 0
+        return rows
+
+
+def test_prepared_rows_are_read_back_and_prepared_again_only_when_something_changes(
+    processor, tiny_dir, tmp_path, monkeypatch
+):
+    csv_path = write_sample_set(tmp_path / "s", rows=12, seed=0)
+    checks = CountedChecks(monkeypatch)
+    base = dict(dataset=str(csv_path), eval_fraction=0.25, prepared_dir=str(tmp_path / "prepared"))
+
+    def prepare(processor=processor, max_length=4096, **changes):
+        data = prepare_data(DataArguments(**(base | changes)), processor, max_length)
+        return data, checks.take()
+
+    first, checked = prepare()
+    assert checked == 12
+    again, checked = prepare()
+    assert checked == 0  # read back, not checked again
+    assert again.train.to_list() == first.train.to_list() and again.eval.to_list() == first.eval.to_list()
+    assert again.train.cache_files  # memory-mapped from the kept entry, not held in memory
+    # Splitting differently, or reporting bad rows differently, reuses the same checked rows.
+    assert prepare(eval_fraction=0.5, split_seed=7, strict=True)[1] == 0
+
+    # What changes the rows prepares them again: a recipe key that shapes them, max_length, the processor ...
+    question, checked = prepare(question="What is this?")
+    assert checked == 12 and question.train["messages"][0][0]["content"][-1]["text"] == "What is this?"
+    assert prepare(max_length=4000)[1] == 12
+    other = AutoProcessor.from_pretrained(tiny_dir, num_crops=1)
+    fewer_crops, checked = prepare(processor=other)
+    assert checked == 12 and sum(fewer_crops.train["length"]) < sum(first.train["length"])
+    # ... an edited data file ...
+    rows = list(csv.DictReader(csv_path.open()))
+    rows[0]["title"] = "Large Beige Leather Tote"
+    write_csv(csv_path, rows)
+    edited, checked = prepare()
+    assert checked == 12
+    edited_answers = [a[0] for a in [*edited.train["answers"], *edited.eval["answers"]]]
+    assert any("Large Beige Leather Tote" in answer for answer in edited_answers)
+    assert prepare()[1] == 0
+    # ... an image file replaced by one of another size (the token counts change) ...
+    image = csv_path.parent / rows[0]["local_image_path"]
+    photo(900, 300).save(image)
+    resized, checked = prepare()
+    assert checked == 12
+    resized_rows = {r["product_code"]: r["length"] for r in [*resized.train.to_list(), *resized.eval.to_list()]}
+    edited_rows = {r["product_code"]: r["length"] for r in [*edited.train.to_list(), *edited.eval.to_list()]}
+    assert resized_rows[rows[0]["product_code"]] != edited_rows[rows[0]["product_code"]]
+    # ... and a missing image that appears later.
+    image.unlink()
+    assert prepare()[0].skipped[0][2].kind == "missing image file"
+    photo(64, 48).save(image)
+    assert prepare()[0].skipped == []
+
+    # Another dataset never reads this one's rows, even with the same file name and row count.
+    other_csv = write_sample_set(tmp_path / "t", rows=12, seed=1)
+    other_data, checked = prepare(dataset=str(other_csv))
+    assert checked == 12
+    assert (
+        set(other_data.train["product_code"]) != set(first.train["product_code"])
+        or other_data.train["images"] != first.train["images"]
+    )
+
+
+def test_rows_checked_in_several_processes_are_the_rows_checked_in_one(processor, tmp_path, monkeypatch):
+    csv_path = write_sample_set(tmp_path / "s", rows=30, seed=0)
+    (csv_path.parent / "images" / Path(list(csv.DictReader(csv_path.open()))[3]["local_image_path"]).name).unlink()
+    monkeypatch.setattr(data_module, "PARALLEL_FROM", 10)
+    results = [
+        prepare_data(
+            DataArguments(dataset=str(csv_path), eval_fraction=0, prepared_dir=str(tmp_path / f"p{workers}")),
+            processor,
+            4096,
+            num_proc=workers,
+        )
+        for workers in (1, 3)
+    ]
+    assert results[0].train.to_list() == results[1].train.to_list() and len(results[0].train) == 29
+    assert [(i, key, err.kind) for i, key, err in results[1].skipped] == [(3, "SYN000000003", "missing image file")]
+
+
+def test_images_are_checked_without_decoding_yet_truncated_and_corrupt_files_are_counted_skips(processor, tmp_path):
+    """A PNG is verified chunk by chunk; a JPEG must end with its end-of-image marker, or it is decoded in full."""
+    folder = tmp_path / "img"
+    folder.mkdir()
+    photo(320, 240).save(folder / "good.jpg", quality=90)
+    jpeg = (folder / "good.jpg").read_bytes()
+    (folder / "cut.jpg").write_bytes(jpeg[: len(jpeg) * 2 // 3])  # header intact, the scan cut short
+    (folder / "trailing.jpg").write_bytes(jpeg + b"camera maker's notes")  # decodes fine: kept
+    photo(320, 240).save(folder / "good.png")
+    png = bytearray((folder / "good.png").read_bytes())
+    png[len(png) // 2] ^= 0xFF  # one flipped byte inside the image data: its chunk's CRC fails
+    (folder / "flipped.png").write_bytes(bytes(png))
+    names = ["good.jpg", "cut.jpg", "trailing.jpg", "good.png", "flipped.png"]
+    csv_path = write_csv(tmp_path / "p.csv", [product(name, f"img/{name}") for name in names])
+    data = prepare_data(
+        DataArguments(dataset=str(csv_path), eval_fraction=0, prepared_dir=str(tmp_path / "p")), processor, 4096
+    )
+    assert data.train["product_code"] == ["good.jpg", "trailing.jpg", "good.png"]
+    assert {key: err.kind for _, key, err in data.skipped} == {
+        "cut.jpg": "unreadable image",
+        "flipped.png": "unreadable image",
+    }

@@ -172,17 +172,20 @@ def test_two_process_ddp_trains_and_resumes_on_the_cpu(tiny_dir, sample_csv, tmp
     args = demo_args(tiny_dir, sample_csv, out, "--per_device_train_batch_size", "2")
     args += ["--save_strategy", "steps", "--save_steps", "1", "--eval_strategy", "steps", "--eval_steps", "2"]
     args += ["--eval_fraction", "0.25"]
-    first = launch_two_processes([*args, "--max_steps", "2"], clean_env(tmp_path), free_port())
+    env = clean_env(tmp_path, PHI3V_PREPARED_DIR=str(tmp_path / "prepared"))
+    first = launch_two_processes([*args, "--max_steps", "2"], env, free_port())
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    # The data is checked once: by the first process, while the other waits and then reads its result back.
+    assert first.stderr.count("Checking rows (train): 100%") == 1
+    assert first.stdout.count("Data (train): the prepared rows in") == 1
     assert (out / "checkpoint-2").is_dir() and (out / "adapter_model.safetensors").is_file()
     assert "Saved the trained adapter" in first.stdout
     assert first.stdout.count("Resolved recipe:") == 1  # logged by the main process only
     assert "find_unused_parameters=True" not in first.stderr  # torch warns when it was on and found nothing unused
 
-    resumed = launch_two_processes(
-        [*args, "--max_steps", "4", "--resume_from_checkpoint", "true"], clean_env(tmp_path), free_port()
-    )
+    resumed = launch_two_processes([*args, "--max_steps", "4", "--resume_from_checkpoint", "true"], env, free_port())
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "Checking rows" not in resumed.stderr and resumed.stdout.count("the prepared rows in") == 2
     assert "Resuming from" in resumed.stdout and str(out / "checkpoint-2") in resumed.stdout
     state = json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())
     assert state["global_step"] == 4

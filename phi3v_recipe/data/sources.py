@@ -158,6 +158,21 @@ def _local(value, base_dir: Path) -> str:
     return str(path if path.is_absolute() else base_dir / path)
 
 
+def row_paths(value, base_dir: Path) -> list[str]:
+    """The local image paths of one row's image-column value: a list, or ';'-separated paths in a CSV."""
+    items = value if isinstance(value, list) else [v for v in str(value or "").split(";") if v.strip()]
+    return [_local(item, base_dir) for item in items if item is not None]
+
+
+def resolved_per_row(table: datasets.Dataset, args, column: str | None, is_video: bool) -> bool:
+    """Whether the image column holds plain paths, which each row resolves by itself (``row_paths``), so that rows can
+    be checked in parallel shards; URLs, embedded images and videos are fetched or written first (``image_refs``)."""
+    if args.image_url_column or is_video or column is None:
+        return column is None and not args.image_url_column
+    feature = table.features[column]
+    return not (isinstance(feature, datasets.Image) or getattr(feature, "feature", None) == datasets.Image())
+
+
 def image_refs(table: datasets.Dataset, args, column: str | None, base_dir: Path, is_video: bool) -> list:
     """Per row: a list of local image paths, or the BadRow that explains why there is none."""
     cache_dir = Path(args.image_cache_dir)
@@ -177,8 +192,7 @@ def _image_refs(table: datasets.Dataset, args, column: str | None, base_dir: Pat
         return _materialise_embedded_images(table, column, cache_dir)
     refs = []
     for value in table[column]:
-        items = value if isinstance(value, list) else [v for v in str(value or "").split(";") if v.strip()]
-        paths = [_local(item, base_dir) for item in items if item is not None]
+        paths = row_paths(value, base_dir)
         if is_video:
             try:
                 if len(paths) == 1 and Path(paths[0]).suffix.lower() in VIDEO_EXTENSIONS:

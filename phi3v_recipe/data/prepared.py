@@ -1,0 +1,114 @@
+"""Prepared tables, saved once and memory-mapped after: every other process of a run, every rerun and every resume
+reads the checked rows instead of checking them again.
+
+An entry is a folder ``<prepared_dir>/<key>``: the kept rows (``datasets``' ``save_to_disk``: Arrow files, read back
+memory-mapped) and ``skipped.json`` (the skipped rows with their reason, and the digest of the image files). The key
+hashes what shapes the rows: the source table's fingerprint (``datasets`` derives it from the data files, their
+modification times and the split), every data key of the recipe, the processor (image processor settings, tokenizer,
+chat template) and ``max_length``. The image files are the one input outside the key: an entry is used only while
+every image it names still has the size and modification time it had (one ``stat`` per file).
+"""
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import datasets
+
+from .checks import BadRow
+
+PACKAGE = Path(__file__).resolve().parents[1]
+# The code that turns a source row into a prepared row: any change to it makes new entries.
+ROW_CODE = ["data/*.py", "answers.py", "arguments.py", "conversation.py", "images.py", "phi3_v/processing_phi3_v.py"]
+# Data keys that do not change the rows of a split: how the rows are split afterwards, how a bad row is reported,
+# and where entries are kept.
+NOT_SHAPING = {"eval_fraction", "eval_split", "split_seed", "strict", "prepared_dir"}
+
+
+def default_dir() -> Path:
+    """``$PHI3V_PREPARED_DIR``, else beside ``datasets``' own cache (``$HF_HOME/datasets``), which a cluster puts on
+    storage every node sees."""
+    return Path(os.environ.get("PHI3V_PREPARED_DIR") or Path(datasets.config.HF_DATASETS_CACHE) / "phi3v-prepared")
+
+
+def processor_digest(processor) -> str:
+    """What of the processor decides token counts and checks: image settings, the tokenizer and the chat template."""
+    tokenizer = processor.tokenizer
+    digest = hashlib.sha256()
+    digest.update(type(processor).__name__.encode())
+    digest.update(processor.image_processor.to_json_string().encode())
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    vocab = backend.to_str() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True)
+    digest.update(vocab.encode())
+    digest.update(json.dumps([str(t) for t in tokenizer.added_tokens_decoder.values()]).encode())
+    for template in (getattr(processor, "chat_template", None), getattr(tokenizer, "chat_template", None)):
+        digest.update(str(template).encode())
+    return digest.hexdigest()
+
+
+def code_digest() -> str:
+    digest = hashlib.sha256()
+    for pattern in ROW_CODE:
+        for file in sorted(PACKAGE.glob(pattern)):
+            digest.update(file.read_bytes())
+    return digest.hexdigest()
+
+
+def entry_key(table: datasets.Dataset, args, processor_id: str, max_length: int | None) -> str:
+    shaping = {k: v for k, v in dataclasses.asdict(args).items() if k not in NOT_SHAPING}
+    spec = [code_digest(), table._fingerprint, len(table), shaping, processor_id, max_length]
+    return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def images_digest(paths) -> str:
+    """Size and modification time of every distinct image file (missing ones included: one may appear later)."""
+    digest = hashlib.sha256()
+    for path in sorted(set(paths)):
+        try:
+            stat = os.stat(path)
+            digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        except OSError:
+            digest.update(f"{path}\0missing\n".encode())
+    return digest.hexdigest()
+
+
+def image_paths(table: datasets.Dataset) -> list[str]:
+    """Every image path of the table's ``images`` column, read from the Arrow column without building rows."""
+    if len(table) == 0:
+        return []
+    column = table.with_format("arrow")[:]["images"].combine_chunks()
+    return column.flatten().to_pylist()
+
+
+def load(folder: Path):
+    """(kept rows memory-mapped, skipped rows) of an entry whose image files are unchanged; None otherwise."""
+    meta_file = folder / "skipped.json"
+    if not meta_file.is_file():
+        return None
+    meta = json.loads(meta_file.read_text())
+    kept = datasets.load_from_disk(str(folder))
+    paths = image_paths(kept) + [path for row in meta["skipped"] for path in row["images"]]
+    if images_digest(paths) != meta["images_digest"]:
+        return None
+    skipped = [(row["index"], row["id"], BadRow(row["kind"], row["detail"])) for row in meta["skipped"]]
+    return kept, skipped
+
+
+def save(folder: Path, kept: datasets.Dataset, skipped: list[dict], digest: str) -> None:
+    """Write an entry through a staging folder renamed into place: a reader finds a whole entry or none, and of two
+    processes writing the same entry the first one's stays."""
+    staging = folder.with_name(f".{folder.name}.{uuid.uuid4().hex}.part")
+    try:
+        kept.save_to_disk(str(staging), num_shards=1)  # one shard even when no row is kept
+        (staging / "skipped.json").write_text(json.dumps({"skipped": skipped, "images_digest": digest}))
+        try:
+            os.rename(staging, folder)
+        except OSError:
+            if not (folder / "skipped.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
