@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
+import numpy
 import pyarrow.compute
 
 from ..answers import as_label, format_number, normalize
@@ -185,24 +186,17 @@ def _check_rows(table, args, base_dir, processor, max_length, num_proc, folder: 
             desc=f"Checking rows ({args.dataset_split})",
         )
         kinds = checked.data.column("_skip_kind")
-        bad_rows = pyarrow.compute.indices_nonzero(pyarrow.compute.is_valid(kinds)).to_pylist()
-        bad_set = set(bad_rows)
-        ids = table[args.id_column] if args.id_column in table.column_names else None
+        bad_rows = pyarrow.compute.indices_nonzero(pyarrow.compute.is_valid(kinds)).to_numpy().astype(numpy.int64)
+        bad = checked.select(bad_rows)
+        ids = table.select(bad_rows)[args.id_column] if args.id_column in table.column_names else bad_rows
         skipped = [
-            {
-                "index": i,
-                "id": str(ids[i] if ids is not None else i),
-                "kind": row["_skip_kind"],
-                "detail": row["_skip_detail"],
-                "images": row["images"],
-            }
-            for i, row in zip(
-                bad_rows, checked.select(bad_rows).select_columns(["_skip_kind", "_skip_detail", "images"])
+            {"index": int(i), "id": str(key), "kind": kind, "detail": detail, "images": images}
+            for i, key, kind, detail, images in zip(
+                bad_rows, ids, bad["_skip_kind"], bad["_skip_detail"], bad["images"]
             )
         ]
-        kept = checked.select([i for i in range(len(checked)) if i not in bad_set])
-        kept = kept.remove_columns(["_skip_kind", "_skip_detail"])
-        prepared.save(folder, kept, skipped, prepared.images_digest(prepared.image_paths(checked)))
+        kept = checked.select(numpy.setdiff1d(numpy.arange(len(checked)), bad_rows))
+        prepared.save(folder, kept.remove_columns(["_skip_kind", "_skip_detail"]), skipped)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

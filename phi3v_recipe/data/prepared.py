@@ -18,6 +18,7 @@ import uuid
 from pathlib import Path
 
 import datasets
+import pyarrow.compute
 
 from .checks import BadRow
 
@@ -64,24 +65,24 @@ def entry_key(table: datasets.Dataset, args, processor_id: str, max_length: int 
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
-def images_digest(paths) -> str:
-    """Size and modification time of every distinct image file (missing ones included: one may appear later)."""
+def images_digest(kept: datasets.Dataset, skipped: list[dict]) -> str:
+    """Size and modification time of every image the rows name (missing ones included: one may appear later), in row
+    order, read a batch of rows at a time: memory stays flat however many rows there are."""
     digest = hashlib.sha256()
-    for path in sorted(set(paths)):
-        try:
-            stat = os.stat(path)
-            digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-        except OSError:
-            digest.update(f"{path}\0missing\n".encode())
+
+    def add(paths):
+        for path in paths:
+            try:
+                stat = os.stat(path)
+                digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+            except OSError:
+                digest.update(f"{path}\0missing\n".encode())
+
+    for batch in kept.select_columns(["images"]).with_format("arrow").iter(batch_size=10_000):
+        add(pyarrow.compute.list_flatten(batch.column("images")).to_pylist())
+    for row in skipped:
+        add(row["images"])
     return digest.hexdigest()
-
-
-def image_paths(table: datasets.Dataset) -> list[str]:
-    """Every image path of the table's ``images`` column, read from the Arrow column without building rows."""
-    if len(table) == 0:
-        return []
-    column = table.with_format("arrow")[:]["images"].combine_chunks()
-    return column.flatten().to_pylist()
 
 
 def load(folder: Path):
@@ -91,20 +92,21 @@ def load(folder: Path):
         return None
     meta = json.loads(meta_file.read_text())
     kept = datasets.load_from_disk(str(folder))
-    paths = image_paths(kept) + [path for row in meta["skipped"] for path in row["images"]]
-    if images_digest(paths) != meta["images_digest"]:
+    if images_digest(kept, meta["skipped"]) != meta["images_digest"]:
         return None
     skipped = [(row["index"], row["id"], BadRow(row["kind"], row["detail"])) for row in meta["skipped"]]
     return kept, skipped
 
 
-def save(folder: Path, kept: datasets.Dataset, skipped: list[dict], digest: str) -> None:
+def save(folder: Path, kept: datasets.Dataset, skipped: list[dict]) -> None:
     """Write an entry through a staging folder renamed into place: a reader finds a whole entry or none, and of two
     processes writing the same entry the first one's stays."""
     staging = folder.with_name(f".{folder.name}.{uuid.uuid4().hex}.part")
     try:
         kept.save_to_disk(str(staging), num_shards=1)  # one shard even when no row is kept
-        (staging / "skipped.json").write_text(json.dumps({"skipped": skipped, "images_digest": digest}))
+        (staging / "skipped.json").write_text(
+            json.dumps({"skipped": skipped, "images_digest": images_digest(kept, skipped)})
+        )
         try:
             os.rename(staging, folder)
         except OSError:
