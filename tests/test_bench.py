@@ -85,6 +85,9 @@ def test_official_lora_targets(tiny_dir):
         names |= {f"{clip}.{i}.mlp.fc1", f"{clip}.{i}.mlp.fc2"}
         assert names <= targets if i < used else not names & targets  # the layers that never run are not adapted
     assert {"model.vision_embed_tokens.img_projection.0", "model.vision_embed_tokens.img_projection.2"} <= targets
+    # --freeze_vision_model: the language model and lm_head only
+    frozen = set(baselines.official_lora_targets(model, freeze_vision_model=True))
+    assert frozen == {name for name in targets if ".vision_embed_tokens." not in name} and "lm_head" in frozen
 
 
 def test_full_size_shapes_from_the_meta_device():
@@ -93,8 +96,10 @@ def test_full_size_shapes_from_the_meta_device():
     assert shapes["decoder_linear"] == 32 * (d * 3 * d + d * d + d * 2 * inter + inter * d)
     assert shapes["head"] == vocab * d
     assert shapes["clip_layers"] == 23 and shapes["clip_tokens"] == 577  # hidden state -2 of ViT-L/14 at 336
-    assert shapes["clip_linear"] == 23 * (4 * 1024 * 1024 + 2 * 1024 * 4096) + 1024 * 3 * 14 * 14
+    assert shapes["clip_linear"] == 23 * (4 * 1024 * 1024 + 2 * 1024 * 4096)
+    assert shapes["patch"] == 1024 * 3 * 14 * 14
     assert shapes["projection"] == 4096 * d + d * d
+    assert shapes["lora_projection"] == 64 * (4096 + d) + 64 * (d + d)
     assert shapes["lora_head"] == 64 * (d + vocab)
 
 
@@ -104,6 +109,7 @@ SHAPES = {
     "decoder_linear": 1000,
     "head": 500,
     "clip_linear": 300,
+    "patch": 20,
     "clip_layers": 1,
     "clip_hidden": 4,
     "clip_tokens": 5,
@@ -111,13 +117,15 @@ SHAPES = {
     "lora_decoder": 10,
     "lora_head": 7,
     "lora_clip": 3,
+    "lora_projection": 2,
 }
 
 
 def test_mode_flops_follow_the_formula():
     tokens, tokens_sq, answer, crops, image_tokens = 100, 12_000, 6, 3, 40
     attention = 2 * 2 * 8 * tokens_sq
-    clip = 3 * (2 * 300 * 5 + 4 * 1 * 4 * 25) + 2 * 50 * image_tokens
+    linear, attention_v, patch, projection = 3 * 2 * 300 * 5, 3 * 4 * 1 * 4 * 25, 3 * 2 * 20 * 5, 2 * 50 * image_tokens
+    clip = linear + attention_v + patch + projection
     ours = flops.mode_flops(SHAPES, "ours", tokens, tokens_sq, answer, crops, image_tokens)
     assert ours["decoder"] == 4 * 1000 * tokens + 6 * 10 * tokens
     assert ours["attention"] == 3 * attention
@@ -127,8 +135,14 @@ def test_mode_flops_follow_the_formula():
     assert ours["total"] == sum(v for k, v in ours.items() if k != "total")
     official = flops.mode_flops(SHAPES, "official", tokens, tokens_sq, answer, crops, image_tokens)
     assert official["head"] == 4 * 500 * tokens + 6 * 7 * tokens  # every position, LoRA on the head
-    assert official["vision"] == 3 * clip + 6 * 3 * 5 * crops  # gradients through CLIP
-    assert official["recompute"] == ours["recompute"] + clip
+    # Gradients flow through CLIP and the projection: frozen linear weights x2 (no weight gradient), attention x3, the
+    # patch embedding below every adapted layer forward only, LoRA x6; the checkpointed CLIP layers run again.
+    lora = 6 * (3 * 5 * crops + 2 * image_tokens)
+    assert official["vision"] == 2 * (linear + projection) + 3 * attention_v + patch + lora
+    assert official["recompute"] == ours["recompute"] + linear + attention_v
+    frozen = flops.mode_flops(SHAPES, "official-frozen", tokens, tokens_sq, answer, crops, image_tokens)
+    assert frozen["vision"] == clip and frozen["recompute"] == ours["recompute"]  # --freeze_vision_model: as ours
+    assert frozen["head"] == official["head"] and frozen["decoder"] == ours["decoder"]
     trl_cpu = flops.mode_flops(SHAPES, "trl", tokens, tokens_sq, answer, crops, image_tokens, gpu=False)
     assert trl_cpu["head"] == 4 * 500 * tokens  # TRL's fused head scores every position off Triton devices
     guide = flops.mode_flops(SHAPES, "guide", 512, 512**2, answer, 0, 0)
@@ -141,7 +155,9 @@ def test_analytic_table_pads_each_mode_its_way():
     real = sum(s["tokens"] for s in stats) / len(stats)
     assert real <= rows["ours"]["tokens_per_row"] < 1.02 * real  # length-grouped: almost no padding
     assert rows["official"]["tokens_per_row"] > 1.2 * real and rows["guide"]["tokens_per_row"] == 512
-    assert rows["ours"]["vs_ours"] == 1 and rows["official"]["vs_ours"] > 1
+    assert rows["ours"]["vs_ours"] == 1 and rows["official"]["vs_ours"] > rows["official-frozen"]["vs_ours"] > 1
+    for mode in ("official-bs1", "official-frozen-bs1"):  # one row per device: no padding
+        assert rows[mode]["tokens_per_row"] == real
     assert rows["ours-no-ckpt"]["recompute"] == 0 and rows["ours-no-ckpt"]["vs_ours"] < 1
     square = sum(s["tokens"] ** 2 for s in stats) / len(stats)
     useful = flops.mode_flops(SHAPES, "ours", real, square, 5, 2, 30)
@@ -185,7 +201,20 @@ def test_the_bench_runs_every_mode_in_fresh_processes(tmp_path):
     assert runs["ours"]["trainable_params"] == runs["trl"]["trainable_params"]  # the same LoRA
     assert runs["ours"]["trainable_params"] == runs["ours-no-ckpt"]["trainable_params"]
     assert runs["official"]["trainable_params"] > runs["ours"]["trainable_params"]  # r 64 on head and CLIP too
-    assert "samples_per_s_median_step" in results["vs_official"]["ours"]["2"]
+    assert runs["official-frozen"]["trainable_params"] > runs["ours"]["trainable_params"]  # + lm_head
+    assert runs["official-frozen"]["trainable_params"] < runs["official"]["trainable_params"]
+    assert runs["official-bs1"]["trainable_params"] == runs["official"]["trainable_params"]
+    for mode in ("official-bs1", "official-frozen-bs1"):  # per-device 1 x 2 accumulated: the same rows per step
+        assert (
+            runs[mode]["batch_size"],
+            runs[mode]["per_device_batch"],
+            runs[mode]["gradient_accumulation_steps"],
+        ) == (
+            2,
+            1,
+            2,
+        )
+    assert "samples_per_s_median_step" in results["vs_official"]["ours / official-frozen"]["2"]
     assert {r["mode"] for r in results["flops_full_size"]} == set(baselines.MODES)
 
 

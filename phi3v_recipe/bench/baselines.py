@@ -3,7 +3,11 @@
 import json
 from pathlib import Path
 
-MODES = ["official", "guide", "trl", "ours", "ours-no-ckpt"]
+MODES = ["official", "official-frozen", "official-frozen-bs1", "official-bs1", "guide", "trl", "ours", "ours-no-ckpt"]
+# The cookbook's LoRA modes: with --freeze_vision_model (LoRA on the language model and lm_head only: like for like with
+# ours), and at its scripts' per-device batch 1 with the batch reached by gradient accumulation.
+FROZEN_VISION = {"official-frozen", "official-frozen-bs1"}
+PER_DEVICE_ONE = {"official-bs1", "official-frozen-bs1"}
 GUIDE_LENGTH = 512
 RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "burberry_lora.yaml"
 
@@ -142,9 +146,10 @@ class OfficialCollator:
         }
 
 
-def official_lora_targets(model) -> list[str]:
-    """``create_lora_config``'s targets as module names: the decoder's qkv/o/gate_up/down and ``lm_head``; CLIP's
-    q/k/v/out_proj and fc1/fc2 in the layers that run (the cookbook deletes the others); the image projection."""
+def official_lora_targets(model, freeze_vision_model: bool = False) -> list[str]:
+    """``create_lora_config``'s targets as module names: the decoder's qkv/o/gate_up/down and ``lm_head``; unless
+    ``--freeze_vision_model``, also CLIP's q/k/v/out_proj and fc1/fc2 in the layers that run (the cookbook deletes the
+    others) and the image projection."""
     import torch
 
     embedding = model.model.vision_embed_tokens
@@ -157,8 +162,10 @@ def official_lora_targets(model) -> list[str]:
         in_vision = ".vision_embed_tokens." in f".{name}"
         if name == "lm_head" or (not in_vision and leaf in ("qkv_proj", "o_proj", "down_proj", "gate_up_proj")):
             names.append(name)
-        elif in_vision and (
-            leaf in ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2") or "img_projection" in name
+        elif (
+            in_vision
+            and not freeze_vision_model
+            and (leaf in ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2") or "img_projection" in name)
         ):
             names.append(name)
     return names
@@ -174,12 +181,14 @@ def official_trainer(spec: dict):
         r=64,
         lora_alpha=128,
         lora_dropout=0.0,
-        target_modules=official_lora_targets(model),
+        target_modules=official_lora_targets(model, spec["mode"] in FROZEN_VISION),
         init_lora_weights="gaussian",
     )
     model = get_peft_model(model, lora)
+    one = spec["mode"] in PER_DEVICE_ONE
     args = training_arguments(
-        spec,
+        spec | ({"batch_size": 1} if one else {}),
+        gradient_accumulation_steps=spec["batch_size"] if one else 1,
         optim="adamw_torch",
         learning_rate=4e-5,
         weight_decay=0.01,
@@ -271,6 +280,9 @@ def trl_trainer(spec: dict):
 
 BUILDERS = {
     "official": official_trainer,
+    "official-frozen": official_trainer,
+    "official-frozen-bs1": official_trainer,
+    "official-bs1": official_trainer,
     "guide": guide_trainer,
     "trl": trl_trainer,
     "ours": ours_trainer,

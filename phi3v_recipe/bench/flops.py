@@ -29,7 +29,8 @@ def model_shapes(config) -> dict:
             m.weight.numel() for m in model.model.layers.modules() if isinstance(m, torch.nn.Linear)
         ),
         "head": model.lm_head.weight.numel(),
-        "clip_linear": clip_linear + patch,
+        "clip_linear": clip_linear,
+        "patch": patch,
         "clip_layers": vision.layers_needed(embedding.feature_layer),
         "clip_hidden": vc.hidden_size,
         "clip_tokens": (vc.image_size // vc.patch_size) ** 2 + 1,
@@ -47,18 +48,25 @@ def model_shapes(config) -> dict:
             for m in vision.encoder.modules()
             if isinstance(m, torch.nn.Linear) and id(m.weight) not in unused
         ),
+        "lora_projection": sum(
+            64 * (m.in_features + m.out_features) for m in embedding.img_projection if isinstance(m, torch.nn.Linear)
+        ),
     }
     return shapes
 
 
 FLOPS_FORMULA = """FLOPs per sample, per part (T: the tokens a row is computed on, padding included; A: answer tokens;
-P: positions through the head; C: CLIP crops; S: CLIP tokens per crop; I: image tokens; d, L: width and layers):
+P: positions through the head; C: CLIP crops; S: CLIP tokens per crop; I: image tokens; d, L: width and layers).
+A frozen weight costs 2 (forward) + 2 (the activation gradient, where gradients flow through it); a trained weight
+2 more (its own gradient); a LoRA weight 6:
   decoder    (2 forward + 2 activation-gradient [+ 2 weight-gradient when trained]) x decoder weights x T
              + 6 x LoRA weights x T
   attention  causal scores and values: 2 L d T^2 forward, twice that backward
   head       (2 + 2 [+ 2 when trained]) x V d x P   (+ 6 x LoRA weights x P for the official LoRA on lm_head)
-  vision     CLIP 2 x weights x S x C + 4 L_v d_v S^2 x C, and the projection 2 x weights x I, forward;
-             x3 (with LoRA weights x6) when gradients flow through CLIP (the official LoRA trains it)
+  vision     forward: CLIP 2 x weights x S x C + 4 L_v d_v S^2 x C (patch embedding included), projection 2 x weights
+             x I. Where the official LoRA trains CLIP and the projection, gradients flow through them: their linear
+             layers x2 (frozen weights: no weight gradient), attention x3, + 6 x LoRA weights per token; the patch
+             embedding, below every adapted layer, runs forward only. Frozen (ours, --freeze_vision_model): forward only.
   recompute  activation checkpointing runs the checkpointed layers' forward again (decoder, and CLIP when trained)"""
 
 
@@ -76,14 +84,12 @@ def mode_flops(
     ``tokens`` and ``tokens_sq`` are the mean of T and T^2 per row for this mode's padding."""
     d, layers = shapes["hidden"], shapes["layers"]
     attention_forward = 2 * layers * d * tokens_sq
-    clip_forward = (
-        crops
-        * (
-            2 * shapes["clip_linear"] * shapes["clip_tokens"]
-            + 4 * shapes["clip_layers"] * shapes["clip_hidden"] * shapes["clip_tokens"] ** 2
-        )
-        + 2 * shapes["projection"] * image_tokens
-    )
+    clip_tokens = shapes["clip_tokens"]
+    clip_linear = crops * 2 * shapes["clip_linear"] * clip_tokens
+    projection = 2 * shapes["projection"] * image_tokens
+    clip_attention = crops * 4 * shapes["clip_layers"] * shapes["clip_hidden"] * clip_tokens**2
+    patch = crops * 2 * shapes["patch"] * clip_tokens
+    clip_forward = clip_linear + clip_attention + patch + projection
     decoder_forward = 2 * shapes["decoder_linear"] * tokens + attention_forward
     parts = {}
     if mode == "guide":  # full fine-tuning, text only, every position through the trained head
@@ -95,10 +101,15 @@ def mode_flops(
     else:
         parts["decoder"] = 4 * shapes["decoder_linear"] * tokens + 6 * shapes["lora_decoder"] * tokens
         parts["attention"] = 3 * attention_forward
-        if mode == "official":  # full logits at every position; LoRA on the head, CLIP and projection
+        if mode.startswith("official"):  # full logits at every position; LoRA on the head
             parts["head"] = 4 * shapes["head"] * tokens + 6 * shapes["lora_head"] * tokens
-            parts["vision"] = 3 * clip_forward + 6 * shapes["lora_clip"] * shapes["clip_tokens"] * crops
-            parts["recompute"] = decoder_forward + clip_forward
+            if "frozen" in mode:  # --freeze_vision_model: no LoRA in CLIP or the projection, no gradient through them
+                parts["vision"] = clip_forward
+                parts["recompute"] = decoder_forward
+            else:
+                lora = 6 * (shapes["lora_clip"] * clip_tokens * crops + shapes["lora_projection"] * image_tokens)
+                parts["vision"] = 2 * (clip_linear + projection) + 3 * clip_attention + patch + lora
+                parts["recompute"] = decoder_forward + clip_linear + clip_attention
         else:  # ours, and trl on a GPU (its fused head), project answer positions only; CLIP frozen
             parts["head"] = 4 * shapes["head"] * (tokens if mode == "trl" and not gpu else answer)
             parts["vision"] = clip_forward
@@ -122,6 +133,9 @@ def analytic_table(shapes: dict, stats: list[dict], batch_size: int, gpu: bool =
     real_tokens = (sum(lengths) / n, sum(t * t for t in lengths) / n)
     layouts = {
         "official": padded(random_batches(n, batch_size)),
+        "official-frozen": padded(random_batches(n, batch_size)),
+        "official-frozen-bs1": real_tokens,  # per-device batch 1: no padding
+        "official-bs1": real_tokens,
         "guide": (GUIDE_LENGTH, GUIDE_LENGTH**2),
         "trl": padded(random_batches(n, batch_size)),
         "ours": padded(grouped_batches(lengths, batch_size)),

@@ -66,6 +66,8 @@ def run_mode(spec: dict) -> dict:
         "samples_per_s_median_step": batch / statistics.median(steps),
         "samples_per_s_wall": batch * len(steps) / sum(steps),
         "main_peak_mb": vm_hwm_mb(),
+        "per_device_batch": trainer.args.per_device_train_batch_size,
+        "gradient_accumulation_steps": trainer.args.gradient_accumulation_steps,
         "trainable_params": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
         "train_loss": output.training_loss,
     }
