@@ -87,5 +87,7 @@ class VisionSFTCollator:
         with_images = [example for example in encoded if "pixel_values" in example]
         if with_images:
             batch["pixel_values"] = torch.cat([example["pixel_values"] for example in with_images])
-            batch["image_sizes"] = torch.cat([example["image_sizes"] for example in with_images])
+            # Host data, not a tensor: the Trainer moves tensors to the GPU, and the model reads the sizes on the
+            # host to pick each image's crops; from a GPU tensor that read would wait for the GPU at every step.
+            batch["image_sizes"] = [size for example in with_images for size in example["image_sizes"].tolist()]
         return batch

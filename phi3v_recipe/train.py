@@ -198,6 +198,9 @@ def build_trainer(model_args, recipe, args, processor, data, callbacks=()) -> "P
     # Our collator builds the batches from the raw rows: TRL must neither drop columns nor tokenize the dataset.
     args.remove_unused_columns = False
     args.dataset_kwargs = {"skip_prepare_dataset": True}
+    # Batches come pinned from the DataLoader (dataloader_pin_memory, on by default): copy them to the GPU without
+    # the host waiting for each copy.
+    args.accelerator_config.non_blocking = args.dataloader_pin_memory
     model = load_model(model_args, recipe, processor)
     peft_config = get_peft_config(model_args)
     if peft_config is not None and model_args.lora_target_modules is None:

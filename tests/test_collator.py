@@ -1,7 +1,10 @@
+import traceback
+
 import pytest
 import torch
 from PIL import Image
-from transformers import AutoProcessor
+from torch.utils._python_dispatch import TorchDispatchMode
+from transformers import AutoModelForCausalLM, AutoProcessor
 
 from phi3v_recipe.collator import IGNORE_INDEX, VisionSFTCollator, encode_conversation
 from phi3v_recipe.conversation import conversation, render
@@ -98,8 +101,9 @@ def test_batch_mixes_crop_and_image_counts(processor, image_files):
         assert batch["input_ids"][row, n - 1] == processor.tokenizer.pad_token_id
         assert batch["attention_mask"][row, n - 1] == 1
     assert batch["pixel_values"].shape == (4, 5, 3, 336, 336)  # 1 + 2 + 1 images, num_crops + 1 slots each
-    grids = (batch["image_sizes"] // 336).prod(-1).tolist()
-    assert len(set(grids)) > 1  # different crop counts in one batch
+    assert isinstance(batch["image_sizes"], list)  # host data: the model never reads it back from the GPU
+    grids = [(h // 336) * (w // 336) for h, w in batch["image_sizes"]]
+    assert len(grids) == 4 and len(set(grids)) > 1  # different crop counts in one batch
 
 
 def test_padding_to_a_multiple(processor, image_files):
@@ -121,3 +125,44 @@ def test_batch_feeds_the_model(tiny_dir, processor, image_files):
     batch = VisionSFTCollator(processor)(rows)
     loss = model(**batch).loss
     assert torch.isfinite(loss) and loss > 0
+
+
+# Operations that read a tensor's values on the host: on a GPU each one waits until the device has caught up.
+HOST_READS = {"aten._local_scalar_dense.default", "aten.nonzero.default", "aten.masked_select.default"}
+
+
+class HostReads(TorchDispatchMode):
+    """Records every host read of tensor data with the innermost frame of the code that asked for it."""
+
+    def __init__(self):
+        super().__init__()
+        self.reads = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if str(func) in HOST_READS:
+            frames = [f for f in traceback.extract_stack()[:-1] if "/torch/" not in f.filename]  # not this frame
+            self.reads.append((str(func), f"{frames[-1].filename}:{frames[-1].lineno}"))
+        return func(*args, **(kwargs or {}))
+
+
+def test_a_training_step_of_the_model_never_waits_on_the_device_in_our_code(
+    tiny_dir, processor, image_files, monkeypatch
+):
+    """A training forward and backward on a collated batch, with the model taking the path it takes on a GPU: no value
+    of a tensor is read back on the host by our code (the crop grids come as host data from the collator, the image
+    count check runs on the device). transformers' own SDPA mask still reads the padding mask (listed, not ours)."""
+    from phi3v_recipe.phi3_v import modeling_phi3_v
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir, attn_implementation="sdpa").train()
+    rows = [make_row([image_files["landscape"]], "Q", "A"), make_row([image_files["portrait"]], "Question?", "B")]
+    batch = VisionSFTCollator(processor)(rows)
+    monkeypatch.setattr(modeling_phi3_v, "reads_back", lambda device: False)  # as on a GPU
+    with HostReads() as probe:
+        model(**batch).loss.backward()
+    ours = [read for read in probe.reads if "/phi3v_recipe/" in read[1]]
+    assert ours == [], ours
+    assert all("masking_utils" in where for _, where in probe.reads), probe.reads
+    # The same check on the device still catches ids and pixels that do not match.
+    batch["input_ids"][0, batch["input_ids"][0] == 32044] = 1  # no image positions left in row 0
+    with pytest.raises(RuntimeError, match="image positions"):
+        model(**batch)

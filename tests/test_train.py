@@ -102,6 +102,31 @@ def test_demo_recipe_trains_lora_only_on_the_language_model(tiny_dir, sample_csv
     assert "train_loss" in (out / "README.md").read_text()
 
 
+def test_activation_checkpointing_every_n_th_layer_is_a_recipe_setting_and_batches_copy_without_waiting(
+    tiny_dir, sample_csv, tmp_path
+):
+    """transformers' own policy (``activation_checkpointing_kwargs: {every_n_layers: N}``) reaches the decoder layers
+    through our trainer; the loss is the same as with every layer checkpointed or none; pinned batches are copied
+    non-blocking."""
+    runs = {}
+    for name, extra in {
+        "none": ["--activation_checkpointing", "false"],
+        "all": ["--activation_checkpointing", "true"],
+        "every 2nd": ["--activation_checkpointing", "true"],
+    }.items():
+        if name == "every 2nd":
+            extra += ["--activation_checkpointing_kwargs", '{"use_reentrant": false, "every_n_layers": 2}']
+        trainer = main(demo_args(tiny_dir, sample_csv, tmp_path / name.replace(" ", "-"), *extra, "--max_steps", "2"))
+        layers = trainer.model.get_base_model().model.layers
+        runs[name] = (losses(trainer), [layer.gradient_checkpointing for layer in layers])
+        # Non-blocking copies follow pinned memory (on by default; transformers turns it off with use_cpu).
+        assert trainer.accelerator.non_blocking == trainer.args.dataloader_pin_memory
+    assert runs["none"][1] == [False] * len(layers) and runs["all"][1] == [True] * len(layers)
+    assert runs["every 2nd"][1] == [i % 2 == 0 for i in range(len(layers))]
+    for name in ("all", "every 2nd"):
+        assert runs[name][0] == pytest.approx(runs["none"][0], rel=1e-5)
+
+
 def test_cpu_loss_scores_labelled_positions_only_and_equals_trl_fused_loss(tiny_dir, sample_csv, tmp_path):
     from trl import SFTTrainer
 

@@ -271,7 +271,7 @@ def trl_trainer(spec: dict):
         disable_tqdm=True,
         seed=0,
     )
-    lora = LoraConfig(r=64, lora_alpha=128, lora_dropout=0.05, target_modules=LANGUAGE_MODEL_LORA_TARGETS)
+    lora = LoraConfig(r=64, lora_alpha=128, lora_dropout=0.0, target_modules=LANGUAGE_MODEL_LORA_TARGETS)
     model = load_model(spec, AutoModelForImageTextToText)
     return SFTTrainer(
         model=model, args=args, train_dataset=dataset, processing_class=processor_for(spec), peft_config=lora

@@ -20,7 +20,7 @@ from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling, CausalLMOutputWithPast
 from transformers.models.clip.modeling_clip import CLIPEncoder, CLIPVisionEmbeddings
 from transformers.models.phi3.modeling_phi3 import Phi3PreTrainedModel
-from transformers.utils import can_return_tuple
+from transformers.utils import can_return_tuple, is_torchdynamo_compiling
 from transformers.utils.import_utils import torch_compilable_check
 
 from .configuration_phi3_v import Phi3VConfig
@@ -111,7 +111,9 @@ class Phi3VImageEmbedding(nn.Module):
         features of each image (``pooler_output``: one ``[image tokens, hidden]`` per image, in order), the CLIP hidden
         state they come from per crop slot (``last_hidden_state [images, crops+1, patches+1, clip width]``, zeros in
         empty slots) and, when asked, CLIP's hidden states and attention maps over the real crops."""
-        grids = [(int(h) // CROP_SIZE, int(w) // CROP_SIZE) for h, w in image_sizes.tolist()]
+        # Host data from the collator (a list) costs nothing; a tensor on a GPU is read back here (one sync).
+        sizes = image_sizes.tolist() if torch.is_tensor(image_sizes) else image_sizes
+        grids = [(int(h) // CROP_SIZE, int(w) // CROP_SIZE) for h, w in sizes]
         # Only real crops go through CLIP: slot 0 is the global image, then h*w sub-crops, then zero padding.
         crops = torch.cat([pixels[: 1 + h * w] for pixels, (h, w) in zip(pixel_values, grids)])
         vision = self.img_processor.vision_model
@@ -155,6 +157,28 @@ class Phi3VImageEmbedding(nn.Module):
         """Append the ``sub_GN`` separator after every row of a ``[rows, cols, D]`` grid and flatten it."""
         newline = self.sub_GN[0].expand(grid.shape[0], 1, -1)
         return torch.cat([grid, newline], dim=1).reshape(-1, grid.shape[-1])
+
+
+def reads_back(device: torch.device) -> bool:
+    """Whether reading a value of a tensor on ``device`` is free (the CPU) or waits for the device (a GPU sync)."""
+    return device.type == "cpu"
+
+
+def check_image_positions(mask: torch.Tensor, rows: int) -> None:
+    """The ids hold one image position per feature row. On a GPU the check runs on the device (``_assert_async``: a
+    mismatch fails the step without the host waiting for the GPU at every forward); on the CPU it raises at once."""
+    if not reads_back(mask.device) and not is_torchdynamo_compiling():
+        torch._assert_async(
+            mask.sum() == rows, f"the inputs' image positions and the images' {rows} feature rows differ"
+        )
+        return
+    torch_compilable_check(
+        mask.sum() == rows,
+        lambda: (
+            f"The inputs hold {int(mask.sum())} image positions but the images give {rows} feature rows; the ids "
+            "and pixel_values must come from the same processor call."
+        ),
+    )
 
 
 class Phi3VPreTrainedModel(Phi3PreTrainedModel):
@@ -234,13 +258,7 @@ class Phi3VModel(Phi3VPreTrainedModel, Phi3Model):
             )
             features = torch.cat(image_outputs.pooler_output)
             mask = self.image_mask(input_ids, inputs_embeds)
-            torch_compilable_check(
-                mask.sum() == features.shape[0],
-                lambda: (
-                    f"The inputs hold {int(mask.sum())} image positions but the images give {features.shape[0]} "
-                    "feature rows; the ids and pixel_values must come from the same processor call."
-                ),
-            )
+            check_image_positions(mask, features.shape[0])
             inputs_embeds = inputs_embeds.masked_scatter(mask.unsqueeze(-1), features.to(inputs_embeds.dtype))
         outputs = super().forward(input_ids=None, inputs_embeds=inputs_embeds, return_dict=True, **kwargs)
         return Phi3VModelOutputWithPast(**outputs, image_outputs=image_outputs)
