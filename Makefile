@@ -9,7 +9,7 @@ TORCH ?= torch==2.13.0
 TORCH_INDEX ?= $(if $(shell command -v nvidia-smi 2>/dev/null),,https://download.pytorch.org/whl/cpu)
 RECIPES := $(sort $(basename $(notdir $(wildcard recipes/*.yaml))))
 
-.PHONY: setup test test-all test-oldest lint format tiny sample-data train demo demo-learn docker-build docker-train docker-smoke bench app
+.PHONY: setup test test-all test-oldest lint format tiny sample-data train demo demo-learn docker-build docker-train docker-smoke bench bench-data bench-memory app
 
 setup: $(VENV)/.installed
 
@@ -100,6 +100,14 @@ app: setup
 # On a GPU: make bench ARGS="--sweep 1,2,4,8" (full-size model, num_crops 16).
 bench: setup
 	$(BIN)/python -m phi3v_recipe.bench --out outputs/bench.json $(ARGS)
+
+# Data preparation at 1k, 10k and 50k photo-sized rows: ours (first and second start) beside the previous way.
+bench-data: setup
+	$(BIN)/python -m phi3v_recipe.bench.prepare --out outputs/bench-prepare.json $(ARGS)
+
+# GPU memory of a full-size LoRA step, estimated per batch size and activation checkpointing policy (seconds, CPU).
+bench-memory: setup
+	$(BIN)/python -m phi3v_recipe.bench.memory --out outputs/bench-memory.json $(ARGS)
 
 # Docker: build the CUDA image, and run a recipe in it with the Hub/W&B credentials and cache/outputs on volumes.
 IMAGE ?= phi3v-recipe
