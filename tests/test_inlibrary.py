@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from transformers import AutoModelForCausalLM, AutoProcessor, StaticCache
+from transformers import AutoImageProcessor, AutoModelForCausalLM, AutoProcessor, StaticCache
 
 from phi3v_recipe import Phi3VForCausalLM
 
@@ -281,6 +281,13 @@ def test_image_processor_refuses_a_misspelt_setting(tiny_dir):
         Phi3VImageProcessor(num_crop=16)
     saved = Phi3VImageProcessor.from_pretrained(tiny_dir)  # the file's own keys (auto_map, types) still load
     assert saved.num_crops == 4
+    # Through from_pretrained, transformers passes on only the settings a processor already has: a misspelt one
+    # would load the file's 4 crops without a word.
+    for auto in (AutoProcessor, AutoImageProcessor):
+        with pytest.raises(TypeError, match="num_crop: did you mean num_crops"):
+            auto.from_pretrained(tiny_dir, num_crop=16)
+    loaded = AutoProcessor.from_pretrained(tiny_dir, num_crops=16, revision=None, local_files_only=True)
+    assert loaded.image_processor.num_crops == 16
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,7 @@ Resizing and padding follow the reference exactly (PIL bilinear resize, white pa
 torch bicubic global view of the normalised padded image); everything after the resize is tensor work.
 """
 
+import difflib
 import math
 
 import numpy as np
@@ -69,9 +70,29 @@ def check_num_crops(num_crops: int) -> None:
         raise ValueError(f"num_crops must be a whole number of at least 1, got {num_crops!r}.")
 
 
+SETTINGS = ["num_crops", "image_mean", "image_std", "num_img_tokens", "do_convert_rgb", "do_rescale", "rescale_factor"]
+SETTINGS += ["do_normalize"]
+SETTINGS_SAID = f"its settings are {', '.join(SETTINGS[:-1])} and {SETTINGS[-1]}"
+
+
+def refuse_near_misses(name: str, kwargs: dict) -> None:
+    """``from_pretrained`` drops a keyword it does not know without a word (transformers passes on only the settings
+    a processor already has), so ``num_crop=16`` would load 4 crops silently. Any keyword that is nearly one of our
+    settings is refused by name; the loading keywords (revision, cache_dir, token, ...) pass."""
+    for key in kwargs:
+        near = difflib.get_close_matches(key, SETTINGS, n=1, cutoff=0.8)
+        if near and near[0] != key:
+            raise TypeError(f"{name}.from_pretrained does not take {key}: did you mean {near[0]}? ({SETTINGS_SAID})")
+
+
 class Phi3VImageProcessor(BaseImageProcessor):
     valid_kwargs = Phi3VImageProcessorKwargs
     model_input_names = ["pixel_values", "image_sizes"]
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        refuse_near_misses(cls.__name__, kwargs)
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
     def __init__(
         self,
@@ -87,10 +108,7 @@ class Phi3VImageProcessor(BaseImageProcessor):
     ):
         unknown = sorted(set(kwargs) - FILE_KEYS)
         if unknown:  # a misspelt setting (num_crop=16) would otherwise be stored and ignored
-            raise TypeError(
-                f"Phi3VImageProcessor does not take {', '.join(unknown)}; its settings are num_crops, image_mean, "
-                "image_std, num_img_tokens, do_convert_rgb, do_rescale, rescale_factor and do_normalize."
-            )
+            raise TypeError(f"Phi3VImageProcessor does not take {', '.join(unknown)}; {SETTINGS_SAID}.")
         super().__init__(**kwargs)
         check_num_crops(num_crops)
         self.num_crops = num_crops

@@ -24,7 +24,7 @@ from transformers.processing_utils import (
     VideosKwargs,
 )
 
-from .image_processing_phi3_v import Phi3VImageProcessorKwargs, hd_grid
+from .image_processing_phi3_v import Phi3VImageProcessorKwargs, hd_grid, refuse_near_misses
 
 IMAGE_TAG = re.compile(r"<\|image_(\d+)\|>")
 
@@ -154,6 +154,11 @@ class Phi3VProcessor(ProcessorMixin):
 
     image_token = "<|image|>"
     valid_processor_kwargs = Phi3VProcessorKwargs  # what transformers' processor API reads the kwargs with
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        refuse_near_misses(cls.__name__, kwargs)
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
     def __init__(self, image_processor, tokenizer, chat_template=None, **kwargs):
         # A checkpoint's own string-only template (the hub's) is replaced by ours, which renders the same strings.
