@@ -159,6 +159,7 @@ def test_analytic_table_pads_each_mode_its_way():
     for mode in ("official-bs1", "official-frozen-bs1"):  # one row per device: no padding
         assert rows[mode]["tokens_per_row"] == real
     assert rows["ours-no-ckpt"]["recompute"] == 0 and rows["ours-no-ckpt"]["vs_ours"] < 1
+    assert rows["ours-ckpt-2"]["recompute"] == pytest.approx(rows["ours"]["recompute"] / 2)
     square = sum(s["tokens"] ** 2 for s in stats) / len(stats)
     useful = flops.mode_flops(SHAPES, "ours", real, square, 5, 2, 30)
     assert rows["ours"]["model"] == pytest.approx(useful["total"] - useful["recompute"])

@@ -3,7 +3,8 @@
 import json
 from pathlib import Path
 
-MODES = ["official", "official-frozen", "official-frozen-bs1", "official-bs1", "guide", "trl", "ours", "ours-no-ckpt"]
+MODES = ["official", "official-frozen", "official-frozen-bs1", "official-bs1", "guide", "trl", "ours", "ours-ckpt-2"]
+MODES += ["ours-no-ckpt"]
 # The cookbook's LoRA modes: with --freeze_vision_model (LoRA on the language model and lm_head only: like for like with
 # ours), and at its scripts' per-device batch 1 with the batch reached by gradient accumulation.
 FROZEN_VISION = {"official-frozen", "official-frozen-bs1"}
@@ -44,6 +45,8 @@ def ours_trainer(spec: dict):
     }
     if spec["mode"] == "ours-no-ckpt":
         overrides["activation_checkpointing"] = False
+    if spec["mode"] == "ours-ckpt-2":  # every 2nd decoder layer checkpointed (transformers' every_n_layers)
+        overrides["activation_checkpointing_kwargs"] = json.dumps({"use_reentrant": False, "every_n_layers": 2})
     argv = ["--config", str(RECIPE)]
     for key, value in overrides.items():
         argv += [f"--{key}", str(value).lower() if isinstance(value, bool) else str(value)]
@@ -286,6 +289,7 @@ BUILDERS = {
     "guide": guide_trainer,
     "trl": trl_trainer,
     "ours": ours_trainer,
+    "ours-ckpt-2": ours_trainer,
     "ours-no-ckpt": ours_trainer,
 }
 
