@@ -11,6 +11,7 @@ import csv
 import dataclasses
 import os
 import shutil
+import uuid
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -170,7 +171,7 @@ def _check_rows(table, args, base_dir, processor, max_length, num_proc, folder: 
     features = datasets.Features(
         {k: v for k, v in table.features.items() if k not in removed and k not in OURS} | FEATURES
     )
-    staging = folder.with_name(f".{folder.name}.{os.getpid()}.checking")
+    staging = folder.with_name(f".{folder.name}.{uuid.uuid4().hex}.checking")  # unique across machines too
     staging.mkdir(parents=True, exist_ok=True)
     try:
         checked = table.map(
