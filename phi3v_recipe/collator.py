@@ -8,14 +8,19 @@ after it) and the ``<|endoftext|>`` that closes the conversation: system and use
 are all -100 in the labels.
 """
 
+import csv
+import sys
 from dataclasses import dataclass
 
 import torch
 from PIL import Image
 
+from .errors import UserError
 from .images import open_rgb
 
 IGNORE_INDEX = -100
+# What opening an image file raises when the file does not decode (PIL says some in SyntaxError or its bomb error).
+UNREADABLE = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
 def encode_conversation(processor, messages: list[dict], images: list[Image.Image]) -> dict:
@@ -62,9 +67,24 @@ class VisionSFTCollator:
     processor: object
     max_length: int | None = None
     pad_to_multiple_of: int | None = None
+    skipped_file: str | None = None  # skipped_rows.csv: a row whose image does not decode is listed there too
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
-        encoded = [encode_conversation(self.processor, row["messages"], open_images(row["images"])) for row in rows]
+        encoded, unreadable = [], []
+        for row in rows:
+            try:
+                images = open_images(row["images"])
+            except UNREADABLE as err:  # the data checks read headers only: a file may still fail here
+                unreadable.append((row, err))
+                continue
+            encoded.append(encode_conversation(self.processor, row["messages"], images))
+        if unreadable:
+            self.skip(unreadable)
+        if not encoded:
+            raise UserError(
+                f"No row of a batch has images that decode ({unreadable[0][1]}); the rows are listed in "
+                f"{self.skipped_file or 'the warnings above'}. Fix or remove those files."
+            )
         for example in encoded:
             if self.max_length is not None and len(example["input_ids"]) > self.max_length:
                 raise ValueError(
@@ -75,9 +95,9 @@ class VisionSFTCollator:
         if self.pad_to_multiple_of:
             longest = -(-longest // self.pad_to_multiple_of) * self.pad_to_multiple_of
         pad_id = self.processor.tokenizer.pad_token_id
-        input_ids = torch.full((len(rows), longest), pad_id, dtype=torch.long)
-        labels = torch.full((len(rows), longest), IGNORE_INDEX, dtype=torch.long)
-        attention_mask = torch.zeros((len(rows), longest), dtype=torch.long)
+        input_ids = torch.full((len(encoded), longest), pad_id, dtype=torch.long)
+        labels = torch.full((len(encoded), longest), IGNORE_INDEX, dtype=torch.long)
+        attention_mask = torch.zeros((len(encoded), longest), dtype=torch.long)
         for i, example in enumerate(encoded):
             n = len(example["input_ids"])
             input_ids[i, :n] = torch.tensor(example["input_ids"])
@@ -91,3 +111,15 @@ class VisionSFTCollator:
             # host to pick each image's crops; from a GPU tensor that read would wait for the GPU at every step.
             batch["image_sizes"] = [size for example in with_images for size in example["image_sizes"].tolist()]
         return batch
+
+    def skip(self, unreadable: list[tuple[dict, Exception]]) -> None:
+        """Say each row dropped from a batch for an image that does not decode, and count it in skipped_file."""
+        lines = [
+            (", ".join(row["images"]), f"unreadable image (at decode): {type(err).__name__}: {err}")
+            for row, err in unreadable
+        ]
+        for images, reason in lines:
+            print(f"Skipped a row while training: {images}: {reason}", file=sys.stderr, flush=True)
+        if self.skipped_file:
+            with open(self.skipped_file, "a", newline="") as f:  # one short append per batch, from any worker
+                csv.writer(f).writerows(["", images, reason] for images, reason in lines)

@@ -217,7 +217,9 @@ def build_trainer(model_args, recipe, args, processor, data, callbacks=()) -> "P
         train_dataset=data.train,
         eval_dataset=data.eval,
         processing_class=processor,
-        data_collator=VisionSFTCollator(processor, args.max_length, args.pad_to_multiple_of),
+        data_collator=VisionSFTCollator(
+            processor, args.max_length, args.pad_to_multiple_of, str(Path(args.output_dir) / "skipped_rows.csv")
+        ),
         peft_config=peft_config,
         callbacks=list(callbacks),
     )

@@ -1,3 +1,4 @@
+import csv
 import traceback
 
 import pytest
@@ -8,6 +9,7 @@ from transformers import AutoModelForCausalLM, AutoProcessor
 
 from phi3v_recipe.collator import IGNORE_INDEX, VisionSFTCollator, encode_conversation
 from phi3v_recipe.conversation import conversation, render
+from phi3v_recipe.errors import UserError
 
 from .conftest import HUB_MODELS
 from .test_processor import photo
@@ -166,3 +168,26 @@ def test_a_training_step_of_the_model_never_waits_on_the_device_in_our_code(
     batch["input_ids"][0, batch["input_ids"][0] == 32044] = 1  # no image positions left in row 0
     with pytest.raises(RuntimeError, match="image positions"):
         model(**batch)
+
+
+def test_a_row_whose_image_does_not_decode_at_training_time_is_skipped_and_counted(
+    processor, image_files, tmp_path, capsys
+):
+    """The data checks read image headers; a file that passes them (or changes later) and then fails to decode costs
+    its row, said and listed in skipped_rows.csv, not the run."""
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff\xe0 not a jpeg after all \xff\xd9")
+    skipped = tmp_path / "skipped_rows.csv"
+    skipped.write_text("row,id,reason\n")
+    collate = VisionSFTCollator(processor, skipped_file=str(skipped))
+    good = make_row([image_files["landscape"]], "Q", "A")
+    batch = collate([make_row([str(broken)], "Q", "B"), good])
+    alone = VisionSFTCollator(processor)([good])
+    for key in ("input_ids", "labels", "attention_mask", "pixel_values"):
+        assert torch.equal(batch[key], alone[key]), key
+    assert batch["image_sizes"] == alone["image_sizes"]
+    assert f"Skipped a row while training: {broken}: unreadable image (at decode)" in capsys.readouterr().err
+    listed = list(csv.reader(skipped.open()))
+    assert len(listed) == 2 and listed[1][1] == str(broken) and "unreadable image (at decode)" in listed[1][2]
+    with pytest.raises(UserError, match="No row of a batch has images that decode"):
+        collate([make_row([str(broken)], "Q", "B")])

@@ -342,11 +342,15 @@ def main(argv=None) -> dict:
                 ["pixel_values", "mb_per_batch", "worker_copy_ms", "main_receive_ms", "pin_and_copy_to_gpu_ms"],
             )
         )
-    out = Path(args.out)
+    write_results(args.out, results)
+    return results
+
+
+def write_results(path: str, results: dict) -> None:
+    out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"\nWrote {out}")
-    return results
 
 
 if __name__ == "__main__":

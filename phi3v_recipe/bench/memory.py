@@ -15,8 +15,6 @@ one layer's activations at a time. Not counted: the CUDA context and the allocat
 """
 
 import argparse
-import json
-from pathlib import Path
 
 GIB = 2**30
 
@@ -146,7 +144,7 @@ def main(argv=None) -> dict:
         for policy, every in POLICIES.items():
             parts = estimate(counts, per_token, batch, args.tokens, args.answer, args.crops, every)
             rows.append({"batch_size": batch, "checkpointing": policy} | {k: round(v, 1) for k, v in parts.items()})
-    from . import table
+    from . import table, write_results
 
     print(
         f"\nEstimated GPU memory (GiB) of a LoRA step of the full-size model at {args.tokens:.0f} tokens per row, bf16, "
@@ -158,10 +156,7 @@ def main(argv=None) -> dict:
     )
     results = {"per_token_bytes": per_token, "per_token_bytes_dropout_0.05": with_dropout, "quadratic": quadratic}
     results |= {"counts": counts, "tokens": args.tokens, "rows": rows}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"Wrote {out}")
+    write_results(args.out, results)
     return results
 
 

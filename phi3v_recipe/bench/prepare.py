@@ -224,6 +224,7 @@ def main(argv=None) -> dict:
             )
     results["table"] = table
     from . import table as format_table
+    from . import write_results
 
     print(
         f"\nData preparation ({workers} checking processes for ours; {args.photos} distinct JPEGs of 750x1000 to "
@@ -261,10 +262,7 @@ def main(argv=None) -> dict:
                 f"not measured): {million['cpu_s'] / 60:.0f} CPU min, {million['wall_s'] / 60:.0f} min wall, "
                 f"{million['peak_rss_mb']:.0f} MiB peak"
             )
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"Wrote {out}")
+    write_results(args.out, results)
     return results
 
 
