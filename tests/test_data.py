@@ -333,6 +333,9 @@ def test_prepared_rows_are_read_back_and_prepared_again_only_when_something_chan
     photo(64, 48).save(image)
     assert prepare()[0].skipped == []
 
+    # Entries whose images changed were deleted; no staging or stale folder is left behind.
+    assert not [entry.name for entry in (tmp_path / "prepared").iterdir() if entry.name.startswith(".")]
+
     # Another dataset never reads this one's rows, even with the same file name and row count.
     other_csv = write_sample_set(tmp_path / "t", rows=12, seed=1)
     other_data, checked = prepare(dataset=str(other_csv))

@@ -136,9 +136,10 @@ def _prepare_split(args: DataArguments, processor, max_length: int | None, num_p
     if found is not None:
         print(f"Data ({args.dataset_split}): the prepared rows in {folder}")
     else:
-        shutil.rmtree(folder, ignore_errors=True)  # an entry whose image files changed since
         _check_rows(table, args, base_dir, processor, max_length, num_proc, folder)
         found = prepared.load(folder)
+        if found is None:
+            raise UserError(f"Image files of {args.dataset} changed while its rows were being checked: run again.")
     kept, skipped = found
     if args.strict and skipped:
         index, key, err = min(skipped, key=lambda row: row[0])

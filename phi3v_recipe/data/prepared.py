@@ -9,6 +9,7 @@ chat template) and ``max_length``. The image files are the one input outside the
 every image it names still has the size and modification time it had (one ``stat`` per file).
 """
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -86,13 +87,19 @@ def images_digest(kept: datasets.Dataset, skipped: list[dict]) -> str:
 
 
 def load(folder: Path):
-    """(kept rows memory-mapped, skipped rows) of an entry whose image files are unchanged; None otherwise."""
+    """(kept rows memory-mapped, skipped rows) of an entry whose image files are unchanged; None when there is none.
+    An entry whose image files changed is moved aside (in one rename, so a process reading it keeps its open files)
+    and deleted."""
     meta_file = folder / "skipped.json"
     if not meta_file.is_file():
         return None
     meta = json.loads(meta_file.read_text())
     kept = datasets.load_from_disk(str(folder))
     if images_digest(kept, meta["skipped"]) != meta["images_digest"]:
+        stale = folder.with_name(f".{folder.name}.{uuid.uuid4().hex}.stale")
+        with contextlib.suppress(FileNotFoundError):  # another process moved it first
+            os.rename(folder, stale)
+        shutil.rmtree(stale, ignore_errors=True)
         return None
     skipped = [(row["index"], row["id"], BadRow(row["kind"], row["detail"])) for row in meta["skipped"]]
     return kept, skipped
