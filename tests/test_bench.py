@@ -261,6 +261,7 @@ def test_the_data_preparation_bench_compares_both_ways_on_the_same_rows(tmp_path
         assert 0 < run["peak_anon_mb"] < run["peak_rss_mb"]
     assert results["decode_ms"] > 10 * results["header_ms"]  # photo-sized: decoding is the cost a header read avoids
     assert json.loads(out.read_text())["table"] and "million_rows_estimate" in results
+    assert all("[" not in row["peak_anon_mb"] and float(row["peak_anon_mb"]) > 0 for row in results["table"])
 
 
 def test_the_sequential_baseline_keeps_the_rows_ours_keeps(processor, tmp_path):

@@ -263,6 +263,7 @@ def main(argv=None) -> dict:
                 "wall_s",
                 "wall_vs_sequential",
                 "peak_rss_mb",
+                "peak_anon_mb",
                 "child_peak_mb",
             ],
         )
