@@ -38,12 +38,17 @@ def step_timer(cuda: bool):
     return StepTimer()
 
 
-def vm_hwm_mb() -> float:
-    """This process's peak resident set (kB in /proc/self/status), in MiB."""
+def status_mb(field: str) -> float:
+    """A memory field of this process's /proc/self/status (in kB there), in MiB."""
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def vm_hwm_mb() -> float:
+    """This process's peak resident set, in MiB."""
+    return status_mb("VmHWM")
 
 
 def run_mode(spec: dict) -> dict:

@@ -121,7 +121,7 @@ def measure(spec: dict) -> dict:
     import phi3v_recipe  # noqa: F401  (registers phi3_v)
 
     from ..data import DataArguments, prepare_data
-    from .measure import vm_hwm_mb
+    from .measure import status_mb, vm_hwm_mb
 
     processor = AutoProcessor.from_pretrained(spec["model_dir"], num_crops=16)
     args = DataArguments(dataset=spec["csv"], eval_fraction=0, prepared_dir=spec["prepared_dir"])
@@ -130,7 +130,7 @@ def measure(spec: dict) -> dict:
 
     def sample_anonymous_memory():  # RSS also counts the pages of memory-mapped files read: reclaimable, not held
         while not done.is_set():
-            peak_anon[0] = max(peak_anon[0], rss_anon_mb())
+            peak_anon[0] = max(peak_anon[0], status_mb("RssAnon"))  # heap and stacks: what the process holds
             done.wait(0.02)
 
     sampler = threading.Thread(target=sample_anonymous_memory, daemon=True)
@@ -154,14 +154,6 @@ def measure(spec: dict) -> dict:
         "peak_anon_mb": peak_anon[0],
         "child_peak_rss_mb": children.ru_maxrss / 1024,
     }
-
-
-def rss_anon_mb() -> float:
-    """This process's resident anonymous memory (heap, stacks: what it holds, not file pages it mapped), in MiB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("RssAnon:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def run_child(spec: dict) -> dict:
