@@ -13,13 +13,10 @@ from .errors import UserError, run
 
 
 def main(argv: list[str] | None = None):
-    from transformers import AutoProcessor
-
-    import phi3v_recipe  # noqa: F401  (registers phi3_v)
-
     from . import hub
     from .config import parse_recipe
     from .data import prepare_data
+    from .train import load_processor
 
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):
@@ -27,11 +24,7 @@ def main(argv: list[str] | None = None):
         return None
     recipe, args, model_args = parse_recipe(argv)
     hub.ensure_available(model_args.model_name_or_path, "model")
-    extra = {"num_crops": recipe.num_crops} if recipe.num_crops is not None else {}
-    processor = AutoProcessor.from_pretrained(
-        model_args.model_name_or_path, revision=model_args.model_revision, **extra
-    )
-    data = prepare_data(recipe, processor, args.max_length, args.dataset_num_proc)
+    data = prepare_data(recipe, load_processor(model_args, recipe), args.max_length, args.dataset_num_proc)
     if len(data.train) == 0:
         raise UserError(f"No training rows left after the checks ({data.summary()}).")
     print(f"Data: {data.summary()}")

@@ -60,6 +60,12 @@ def resolved_recipe(recipe, model_args, training_args) -> str:
     return yaml.safe_dump(json.loads(json.dumps(resolved, default=str)), sort_keys=True)
 
 
+def load_processor(model_args, recipe):
+    """The model's processor, at the recipe's num_crops when it sets one."""
+    extra = {"num_crops": recipe.num_crops} if recipe.num_crops is not None else {}
+    return AutoProcessor.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision, **extra)
+
+
 def load_model(model_args, recipe, processor):
     """The base model (optionally in 4/8-bit), with the parts that must not train frozen."""
     quantization_config = get_quantization_config(model_args)
@@ -314,10 +320,7 @@ def main(argv: list[str] | None = None) -> SFTTrainer:
         args.resume_from_checkpoint = None if resume is None else str(resume)
         use_wandb = configure_wandb(args.report_to, args.output_dir)
 
-        extra = {"num_crops": recipe.num_crops} if recipe.num_crops is not None else {}
-        processor = AutoProcessor.from_pretrained(
-            model_args.model_name_or_path, revision=model_args.model_revision, **extra
-        )
+        processor = load_processor(model_args, recipe)
         with args.main_process_first(desc="preparing the data"):
             data = prepare_data(recipe, processor, args.max_length, args.dataset_num_proc)
         recipe = data.args  # the row format and columns settled from the source

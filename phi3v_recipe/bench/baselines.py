@@ -3,8 +3,17 @@
 import json
 from pathlib import Path
 
-MODES = ["official", "official-frozen", "official-frozen-bs1", "official-bs1", "guide", "trl", "ours", "ours-ckpt-2"]
-MODES += ["ours-no-ckpt"]
+MODES = [
+    "official",
+    "official-frozen",
+    "official-frozen-bs1",
+    "official-bs1",
+    "guide",
+    "trl",
+    "ours",
+    "ours-ckpt-2",
+    "ours-no-ckpt",
+]
 # The cookbook's LoRA modes: with --freeze_vision_model (LoRA on the language model and lm_head only: like for like with
 # ours), and at its scripts' per-device batch 1 with the batch reached by gradient accumulation.
 FROZEN_VISION = {"official-frozen", "official-frozen-bs1"}

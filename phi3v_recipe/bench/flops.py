@@ -1,6 +1,6 @@
 """FLOPs per sample of a training step, by part, from the model's shapes and the data's token counts (analytic)."""
 
-from .baselines import GUIDE_LENGTH
+from .baselines import FROZEN_VISION, GUIDE_LENGTH, PER_DEVICE_ONE
 from .micro import grouped_batches, random_batches
 
 
@@ -23,6 +23,7 @@ def model_shapes(config) -> dict:
     patch = vision.embeddings.patch_embedding.weight.numel()  # a matmul per patch
     vc = config.vision_config
     shapes = {
+        "params": sum(p.numel() for p in model.parameters()),
         "hidden": config.hidden_size,
         "layers": config.num_hidden_layers,
         "decoder_linear": sum(
@@ -103,7 +104,9 @@ def mode_flops(
         parts["attention"] = 3 * attention_forward
         if mode.startswith("official"):  # full logits at every position; LoRA on the head
             parts["head"] = 4 * shapes["head"] * tokens + 6 * shapes["lora_head"] * tokens
-            if "frozen" in mode:  # --freeze_vision_model: no LoRA in CLIP or the projection, no gradient through them
+            if (
+                mode in FROZEN_VISION
+            ):  # --freeze_vision_model: no LoRA in CLIP or the projection, no gradient through them
                 parts["vision"] = clip_forward
                 parts["recompute"] = decoder_forward
             else:
@@ -135,13 +138,12 @@ def analytic_table(shapes: dict, stats: list[dict], batch_size: int, gpu: bool =
     layouts = {
         "official": padded(random_batches(n, batch_size)),
         "official-frozen": padded(random_batches(n, batch_size)),
-        "official-frozen-bs1": real_tokens,  # per-device batch 1: no padding
-        "official-bs1": real_tokens,
         "guide": (GUIDE_LENGTH, GUIDE_LENGTH**2),
         "trl": padded(random_batches(n, batch_size)),
         "ours": padded(grouped_batches(lengths, batch_size)),
     }
     layouts["ours-no-ckpt"] = layouts["ours-ckpt-2"] = layouts["ours"]
+    layouts |= dict.fromkeys(PER_DEVICE_ONE, real_tokens)  # per-device batch 1: no padding
     rows = {}
     for mode, (tokens, tokens_sq) in layouts.items():
         image = (0, 0) if mode == "guide" else (mean["crops"], mean["image_tokens"])

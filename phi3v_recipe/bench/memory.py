@@ -76,26 +76,11 @@ def saved_bytes_per_token(lora_dropout: float = 0.0, lengths=(128, 256, 512)) ->
 
 
 def full_size_counts() -> dict:
-    import torch
+    """The full-size model's parameter counts (``flops.model_shapes``: built on the meta device)."""
+    from ..phi3_v import Phi3VConfig
+    from .flops import model_shapes
 
-    from ..phi3_v import Phi3VConfig, Phi3VForCausalLM
-
-    config = Phi3VConfig()
-    with torch.device("meta"):
-        model = Phi3VForCausalLM(config)
-    lora = sum(
-        64 * (m.in_features + m.out_features)
-        for name, m in model.model.layers.named_modules()
-        if isinstance(m, torch.nn.Linear)
-        and name.rsplit(".", 1)[-1] in ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")
-    )
-    return {
-        "params": sum(p.numel() for p in model.parameters()),
-        "lora": lora,
-        "layers": config.num_hidden_layers,
-        "hidden": config.hidden_size,
-        "vocab": config.vocab_size,
-    }
+    return model_shapes(Phi3VConfig())
 
 
 def estimate(
@@ -110,10 +95,10 @@ def estimate(
         activations += positions * per_token  # one checkpointed layer rebuilt during the backward pass
     parts = {
         "weights": counts["params"] * 2,
-        "lora_and_adamw": counts["lora"] * 16,  # fp32 weight, gradient, two moments
+        "lora_and_adamw": counts["lora_decoder"] * 16,  # fp32 weight, gradient, two moments
         "activations": activations,
         "vision": batch * crops * 577 * 4096 * 2 * 2,  # CLIP's widest activation, in and out, frozen: transient
-        "logits": batch * answer * counts["vocab"] * (2 + 4 + 4),  # bf16 logits, fp32 copy and its gradient
+        "logits": batch * answer * counts["head"] // d * (2 + 4 + 4),  # bf16 logits, fp32 copy and its gradient
     }
     return {k: v / GIB for k, v in parts.items()} | {"total": sum(parts.values()) / GIB}
 

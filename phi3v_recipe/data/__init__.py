@@ -137,9 +137,7 @@ def _prepare_split(args: DataArguments, processor, max_length: int | None, num_p
         print(f"Data ({args.dataset_split}): the prepared rows in {folder}")
     else:
         _check_rows(table, args, base_dir, processor, max_length, num_proc, folder)
-        found = prepared.load(folder)
-        if found is None:
-            raise UserError(f"Image files of {args.dataset} changed while its rows were being checked: run again.")
+        found = prepared.load(folder, check_images=False)
     kept, skipped = found
     if args.strict and skipped:
         index, key, err = min(skipped, key=lambda row: row[0])
@@ -179,7 +177,6 @@ def _check_rows(table, args, base_dir, processor, max_length, num_proc, folder: 
             check,
             batched=True,
             batch_size=100,
-            with_indices=True,
             remove_columns=removed,
             features=features,
             num_proc=workers if workers > 1 and len(table) >= PARALLEL_FROM else None,
@@ -216,7 +213,7 @@ class RowCheck:
     processor: object
     max_length: int | None
 
-    def __call__(self, batch: dict, indices: list[int]) -> dict:
+    def __call__(self, batch: dict) -> dict:
         out = {name: [] for name in FEATURES}
         for values in zip(*batch.values()):
             row = dict(zip(batch, values))

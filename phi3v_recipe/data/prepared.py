@@ -86,16 +86,16 @@ def images_digest(kept: datasets.Dataset, skipped: list[dict]) -> str:
     return digest.hexdigest()
 
 
-def load(folder: Path):
+def load(folder: Path, check_images: bool = True):
     """(kept rows memory-mapped, skipped rows) of an entry whose image files are unchanged; None when there is none.
     An entry whose image files changed is moved aside (in one rename, so a process reading it keeps its open files)
-    and deleted."""
+    and deleted. ``check_images=False`` reads an entry just written, whose digest ``save`` has just taken."""
     meta_file = folder / "skipped.json"
     if not meta_file.is_file():
         return None
     meta = json.loads(meta_file.read_text())
     kept = datasets.load_from_disk(str(folder))
-    if images_digest(kept, meta["skipped"]) != meta["images_digest"]:
+    if check_images and images_digest(kept, meta["skipped"]) != meta["images_digest"]:
         stale = folder.with_name(f".{folder.name}.{uuid.uuid4().hex}.stale")
         with contextlib.suppress(FileNotFoundError):  # another process moved it first
             os.rename(folder, stale)

@@ -167,8 +167,12 @@ def row_paths(value, base_dir: Path) -> list[str]:
 def resolved_per_row(table: datasets.Dataset, args, column: str | None, is_video: bool) -> bool:
     """Whether the image column holds plain paths, which each row resolves by itself (``row_paths``), so that rows can
     be checked in parallel shards; URLs, embedded images and videos are fetched or written first (``image_refs``)."""
-    if args.image_url_column or is_video or column is None:
-        return column is None and not args.image_url_column
+    if args.image_url_column:
+        return False
+    if column is None:  # the images are named in the turns (turn_images)
+        return True
+    if is_video:
+        return False
     feature = table.features[column]
     return not (isinstance(feature, datasets.Image) or getattr(feature, "feature", None) == datasets.Image())
 

@@ -70,8 +70,16 @@ def check_num_crops(num_crops: int) -> None:
         raise ValueError(f"num_crops must be a whole number of at least 1, got {num_crops!r}.")
 
 
-SETTINGS = ["num_crops", "image_mean", "image_std", "num_img_tokens", "do_convert_rgb", "do_rescale", "rescale_factor"]
-SETTINGS += ["do_normalize"]
+SETTINGS = [
+    "num_crops",
+    "image_mean",
+    "image_std",
+    "num_img_tokens",
+    "do_convert_rgb",
+    "do_rescale",
+    "rescale_factor",
+    "do_normalize",
+]
 SETTINGS_SAID = f"its settings are {', '.join(SETTINGS[:-1])} and {SETTINGS[-1]}"
 
 
