@@ -251,7 +251,8 @@ def test_the_data_preparation_bench_compares_both_ways_on_the_same_rows(tmp_path
     from phi3v_recipe.bench import prepare
 
     out = tmp_path / "prepare.json"
-    results = prepare.main(["--rows", "30,60", "--photos", "3", "--repeats", "1", "--out", str(out)])
+    args = ["--rows", "30,60", "--photos", "3", "--repeats", "1", "--timeout", "300", "--out", str(out)]
+    results = prepare.main(args)  # a measurement that hangs fails the test after 300 s
     runs = {(r["rows"], r["mode"]): r for r in results["runs"]}
     assert set(runs) == {
         (n, mode) for n in (30, 60) for mode in ("sequential", "ours, first start", "ours, second start")

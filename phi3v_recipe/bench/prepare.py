@@ -156,12 +156,12 @@ def measure(spec: dict) -> dict:
     }
 
 
-def run_child(spec: dict) -> dict:
+def run_child(spec: dict, timeout: float) -> dict:
     result = subprocess.run(
         [sys.executable, "-m", "phi3v_recipe.bench.prepare", "--run", json.dumps(spec)],
         capture_output=True,
         text=True,
-        timeout=7200,
+        timeout=timeout,
     )
     lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
     if result.returncode != 0 or not lines:
@@ -193,6 +193,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--photos", type=int, default=200, help="distinct photos the rows name in turn")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--workers", type=int, default=None, help="ours: checking processes (default: every core)")
+    parser.add_argument("--timeout", type=float, default=7200, help="seconds one measurement may take")
     parser.add_argument("--out", default="outputs/bench-prepare.json")
     parser.add_argument("--run", default=None, help=argparse.SUPPRESS)  # internal: one measurement
     args = parser.parse_args(argv)
@@ -219,7 +220,7 @@ def main(argv=None) -> dict:
                 spec = {"mode": mode, "csv": str(csv_path), "model_dir": str(model_dir), "workers": workers}
                 spec["prepared_dir"] = prepared_dir
                 print(f"  {rows} rows: {mode}, repeat {repeat + 1}", flush=True)
-                result = run_child(spec) | {"mode": mode, "rows": rows, "repeat": repeat}
+                result = run_child(spec, args.timeout) | {"mode": mode, "rows": rows, "repeat": repeat}
                 runs[mode].append(result)
                 results["runs"].append(result)
         baseline_wall = statistics.median(r["wall_s"] for r in runs["sequential"])
