@@ -135,13 +135,19 @@ class DataArguments:
 
 @dataclass
 class RecipeArguments(DataArguments):
-    """Our own recipe keys: the data (see DataArguments) plus what is specific to Phi-3-Vision and to a run."""
+    """Our own recipe keys: the data (see DataArguments) plus what is specific to a model family and to a run."""
 
     num_crops: int | None = field(
         default=None,
         metadata={
             "help": "Max HD crops per image (1-16; the model card advises 16 single-image, 4 multi-image). "
             "Default: the checkpoint's preprocessor_config.json."
+        },
+    )
+    dynamic_hd: int | None = field(
+        default=None,
+        metadata={
+            "help": "Phi-4-multimodal: max crops per image (its fine-tuning sample: 36). Default: the checkpoint's."
         },
     )
     freeze_vision_tower: bool = field(
@@ -166,5 +172,7 @@ class RecipeArguments(DataArguments):
             raise UserError(
                 f"num_crops must be between 1 and 16 (as in the official fine-tuning), got {self.num_crops}."
             )
+        if self.dynamic_hd is not None and self.dynamic_hd < 1:
+            raise UserError(f"dynamic_hd must be at least 1 (the most crops per image), got {self.dynamic_hd}.")
         if self.predictions_to_log < 0:
             raise UserError(f"predictions_to_log must be 0 or more, got {self.predictions_to_log}.")

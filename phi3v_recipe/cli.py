@@ -23,7 +23,11 @@ COMMANDS = {
     "push": ("phi3v_recipe.hub", ["push"], "upload a trained output folder to the Hub (or retry an upload)"),
     "download": ("phi3v_recipe.download", [], "fetch a dataset's images by URL into images + CSV"),
     "sample-data": ("phi3v_recipe.synthetic", [], "write the offline synthetic sample sets"),
-    "tiny": ("phi3v_recipe.tiny", [], "write a tiny random Phi-3-Vision checkpoint in the hub layout"),
+    "tiny": (
+        "phi3v_recipe.tiny",
+        [],
+        "write a tiny random Phi-3-Vision (or --family phi4mm) checkpoint in the hub layout",
+    ),
     "bench": ("phi3v_recipe.bench", [], "benchmarks side by side with the baselines"),
 }
 # The keys people set most, with a short line each (the full list, with TRL's own help: train --help-all).

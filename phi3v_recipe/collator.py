@@ -1,11 +1,12 @@
 """Conversations, labels and batches for supervised fine-tuning on image+text conversations.
 
 An example is a conversation (system / user / assistant turns with typed content: text items and ``{"type":
-"image"}`` items, see ``conversation.py``) rendered by the processor's chat template. A single-turn example
-is ``<s><|user|>\\n<|image_1|>\\n{question}<|end|>\\n<|assistant|>\\n`` then ``{answer}<|end|>\\n<|endoftext|>``, as in
-the official Phi-3-Vision fine-tuning. Only the assistant turns are trained (their text, ``<|end|>`` and the newline
-after it) and the ``<|endoftext|>`` that closes the conversation: system and user turns, image positions and padding
-are all -100 in the labels.
+"image"}`` items, see ``conversation.py``) rendered by the processor's chat template. A single-turn Phi-3-Vision
+example is ``<s><|user|>\\n<|image_1|>\\n{question}<|end|>\\n<|assistant|>\\n`` then ``{answer}<|end|>\\n<|endoftext|>``,
+as in the official Phi-3-Vision fine-tuning; a Phi-4-multimodal one is ``<|user|><|image|>{question}<|end|><|assistant|>``
+then ``{answer}<|end|><|endoftext|>``, as in its sample. Only the assistant turns are trained (their text, ``<|end|>``
+and what the template writes after it) and the ``<|endoftext|>`` that closes the conversation: system and user turns,
+image positions and padding are all -100 in the labels.
 """
 
 import csv
@@ -16,6 +17,7 @@ import torch
 from PIL import Image
 
 from .errors import UserError
+from .families import family_of_processor
 from .images import open_rgb
 
 IGNORE_INDEX = -100
@@ -24,7 +26,7 @@ UNREADABLE = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
 def encode_conversation(processor, messages: list[dict], images: list[Image.Image]) -> dict:
-    """``input_ids`` and ``labels`` (lists) of one conversation, plus its ``pixel_values`` and ``image_sizes``."""
+    """``input_ids`` and ``labels`` (lists) of one conversation, plus its image inputs (the family's)."""
     out = processor.apply_chat_template(
         messages,
         tokenize=True,
@@ -32,22 +34,22 @@ def encode_conversation(processor, messages: list[dict], images: list[Image.Imag
         return_assistant_tokens_mask=True,
         processor_kwargs={"images": images},
     )
-    ids, mask = out["input_ids"][0], out["assistant_masks"][0]
+    ids, mask = list(out["input_ids"][0]), list(out["assistant_masks"][0])
     tokenizer = processor.tokenizer
     eos = tokenizer.eos_token_id
     # A role token is never an answer: `<|assistant|>` strips the whitespace after it, so an answer that starts with
     # a space would otherwise mark it as part of the answer.
     roles = set(tokenizer.convert_tokens_to_ids(["<|system|>", "<|user|>", "<|assistant|>"]))
-    # The closing end-of-text is trained after an answer only: after a user turn it would teach the model to stop
-    # without answering.
-    closes_an_answer = messages[-1]["role"] == "assistant"
+    if ids[-1] != eos:  # Phi-3's template leaves the closing end-of-text to us (Phi-4's writes it)
+        # It is trained after an answer only: after a user turn it would teach the model to stop without answering.
+        ids.append(eos)
+        mask.append(messages[-1]["role"] == "assistant")
     encoded = {
-        "input_ids": ids + [eos],
-        "labels": [token if trained and token not in roles else IGNORE_INDEX for token, trained in zip(ids, mask)]
-        + [eos if closes_an_answer else IGNORE_INDEX],
+        "input_ids": ids,
+        "labels": [token if trained and token not in roles else IGNORE_INDEX for token, trained in zip(ids, mask)],
     }
     if images:
-        encoded |= {"pixel_values": out["pixel_values"], "image_sizes": out["image_sizes"]}
+        encoded |= {key: out[key] for key in family_of_processor(processor).IMAGE_KEYS}
     return encoded
 
 
@@ -104,12 +106,10 @@ class VisionSFTCollator:
             labels[i, :n] = torch.tensor(example["labels"])
             attention_mask[i, :n] = 1  # from the real length: the pad id is also the end-of-text id
         batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
-        with_images = [example for example in encoded if "pixel_values" in example]
+        family = family_of_processor(self.processor)
+        with_images = [example for example in encoded if family.IMAGE_KEYS[0] in example]
         if with_images:
-            batch["pixel_values"] = torch.cat([example["pixel_values"] for example in with_images])
-            # Host data, not a tensor: the Trainer moves tensors to the GPU, and the model reads the sizes on the
-            # host to pick each image's crops; from a GPU tensor that read would wait for the GPU at every step.
-            batch["image_sizes"] = [size for example in with_images for size in example["image_sizes"].tolist()]
+            batch |= family.batch_images(with_images)
         return batch
 
     def skip(self, unreadable: list[tuple[dict, Exception]]) -> None:

@@ -1,8 +1,9 @@
 """Conversations: the one place prompts are built and rendered.
 
 A conversation is a list of messages (``system`` / ``user`` / ``assistant``) whose content is a list of typed items,
-``{"type": "text", "text": ...}`` or ``{"type": "image"}``, rendered by the processor's chat template. Images are
-numbered ``<|image_1|>``, ``<|image_2|>``, ... in order of appearance across the conversation.
+``{"type": "text", "text": ...}`` or ``{"type": "image"}``, rendered by the processor's chat template: Phi-3-Vision
+numbers the images ``<|image_1|>``, ``<|image_2|>``, ... in order of appearance across the conversation;
+Phi-4-multimodal writes each as ``<|image|>``.
 """
 
 
@@ -60,4 +61,5 @@ def render(processor, messages: list[dict], add_generation_prompt: bool = False)
 
 def conversation_length(processor, messages: list[dict], image_sizes: list[tuple[int, int]]) -> int:
     """Tokens of the training example (text + image tokens + the closing end-of-text), from image sizes alone."""
-    return len(processor.encode(render(processor, messages), image_sizes)) + 1
+    ids = processor.encode(render(processor, messages), image_sizes)
+    return len(ids) + (ids[-1] != processor.tokenizer.eos_token_id)  # Phi-4's template writes the end-of-text

@@ -2,7 +2,7 @@
 vLLM, and plain transformers.
 
 - A merged model is the base's hub folder with new weights: its config.json, tokenizer and processor files and remote
-  code files (``*.py``) are the base's own, byte for byte (a changed ``num_crops`` is the one field rewritten).
+  code files (``*.py``) are the base's own, byte for byte (a changed crop setting is the one field rewritten).
 - A trained adapter carries the base's tokenizer and processor files as they were (tokenizers of 2024 cannot read a
   tokenizer.json re-saved by today's), and an adapter_config.json that PEFT 0.11-0.13 read: they build
   ``LoraConfig(**file)``, so a key they do not know is an error unless it is left out, which only a key at today's
@@ -26,9 +26,10 @@ PEFT_0_11_KEYS = {
 }  # fmt: skip
 
 
-def copy_base_files(base_dir: Path, out: Path, num_crops: int | None, with_model_files: bool) -> None:
+def copy_base_files(base_dir: Path, out: Path, crops: tuple[str, int] | None, with_model_files: bool) -> None:
     """Copy the base's tokenizer and processor files into ``out`` (and, ``with_model_files``, its config.json,
-    generation_config.json and remote code, leaving no other file than the weights) over what was saved there."""
+    generation_config.json and remote code, leaving no other file than the weights) over what was saved there.
+    ``crops`` is the crop setting trained with (``("num_crops", 4)``), written over the base's if it differs."""
     names = [*TOKENIZER_FILES, *PROCESSOR_FILES]
     if with_model_files:
         names += ["config.json", "generation_config.json", *(p.name for p in base_dir.glob("*.py"))]
@@ -40,11 +41,24 @@ def copy_base_files(base_dir: Path, out: Path, num_crops: int | None, with_model
     for name in names:
         if (base_dir / name).is_file():
             shutil.copyfile(base_dir / name, out / name)
-    if num_crops is not None and (base_dir / "preprocessor_config.json").is_file():
-        settings = json.loads((base_dir / "preprocessor_config.json").read_text())
-        if settings.get("num_crops") != num_crops:  # trained at another num_crops: the one field that must change
-            settings["num_crops"] = num_crops
-            (out / "preprocessor_config.json").write_text(json.dumps(settings, indent=2) + "\n")
+    if crops is not None:
+        write_crop_setting(base_dir, out, *crops)
+
+
+def write_crop_setting(base_dir: Path, out: Path, key: str, value: int) -> None:
+    """Trained at another crop setting than the base's: the one field that must change, in the file that holds the
+    image settings (preprocessor_config.json, or the image_processor part of transformers 5's processor_config.json)."""
+    for name in ("preprocessor_config.json", "processor_config.json"):
+        if not (base_dir / name).is_file():
+            continue
+        settings = json.loads((base_dir / name).read_text())
+        image = settings if name == "preprocessor_config.json" else settings.get("image_processor")
+        if image is None:
+            continue
+        if image.get(key) != value:
+            image[key] = value
+            (out / name).write_text(json.dumps(settings, indent=2) + "\n")
+        return
 
 
 def local_folder(name_or_path: str, revision: str | None = None) -> Path | None:

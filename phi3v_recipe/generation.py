@@ -27,8 +27,9 @@ def generate_new_tokens(
     tokenizer = processor.tokenizer
     prompts = [render(processor, messages, add_generation_prompt=True) for messages in conversations]
     inputs = processor(prompts, images, padding_side="left", return_tensors="pt").to(model.device)
-    if "pixel_values" in inputs:
-        inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
+    for key in ("pixel_values", "image_pixel_values"):  # Phi-3-Vision's, Phi-4-multimodal's
+        if key in inputs:
+            inputs[key] = inputs[key].to(model.dtype)
     out = model.generate(
         **inputs,
         max_new_tokens=max_new_tokens,

@@ -79,15 +79,15 @@ def load_for_inference(adapter: str, base: str | None = None, num_crops: int | N
     GPU when there is one."""
     import torch
     from peft import PeftModel
-    from transformers import AutoProcessor
 
-    extra = {"num_crops": num_crops} if num_crops is not None else {}
+    from .families import family_of
+
     device = "cuda" if torch.cuda.is_available() else "cpu"
     adapter_dir = resolve(adapter, "adapter", ("adapter_config.json", "config.json"))
     if is_full_model(adapter_dir):
         if base is not None:
             print(f"Warning: {adapter} is a fully fine-tuned model, not an adapter: --base {base} is not used.")
-        processor = AutoProcessor.from_pretrained(adapter_dir, **extra)
+        processor = family_of(adapter_dir).load_processor(adapter_dir, crops=num_crops)
         return load_model(adapter_dir, adapter, dtype, device), processor
     recorded = read_adapter_config(adapter_dir, adapter).get("base_model_name_or_path")
     if base is not None and recorded and base != recorded:
@@ -99,7 +99,7 @@ def load_for_inference(adapter: str, base: str | None = None, num_crops: int | N
     has_processor = any(
         (adapter_dir / name).exists() for name in ("processor_config.json", "preprocessor_config.json")
     )
-    processor = AutoProcessor.from_pretrained(adapter_dir if has_processor else base_dir, **extra)
+    processor = family_of(base_dir).load_processor(adapter_dir if has_processor else base_dir, crops=num_crops)
     model = PeftModel.from_pretrained(load_model(base_dir, base, dtype, device), adapter_dir).eval()
     return model, processor
 
@@ -153,16 +153,18 @@ def merge(model, processor, out_dir: str) -> Path:
     """Fold the adapter into the base weights and save a plain Phi-3-Vision in the hub layout."""
     if not hasattr(model, "merge_and_unload"):
         raise UserError("The trained output is a fully fine-tuned model, not an adapter: there is nothing to merge.")
-    from .export import copy_base_files, what_it_loads_in
+    from .export import copy_base_files
+    from .families import family_of_processor
 
+    family = family_of_processor(processor)
     merged = model.merge_and_unload()
     merged.save_pretrained(out_dir)  # safetensors, the hub's parameter names
     follow_umask(out_dir)
     processor.save_pretrained(out_dir)
     base_dir = Path(merged.config._name_or_path)  # the base's local folder or cache snapshot it was loaded from
     if base_dir.is_dir():  # then the folder is the base's, with new weights
-        copy_base_files(base_dir, Path(out_dir), processor.image_processor.num_crops, with_model_files=True)
-        print(what_it_loads_in(base_dir))
+        copy_base_files(base_dir, Path(out_dir), family.crop_setting(processor), with_model_files=True)
+        print(family.merged_note(base_dir))
     return Path(out_dir)
 
 

@@ -1,6 +1,9 @@
-"""Write a tiny random Phi-3-Vision checkpoint in the hub layout, offline, in seconds.
+"""Write a tiny random checkpoint of a Phi vision model in its hub layout, offline, in seconds.
 
-    python -m phi3v_recipe.tiny OUT_DIR [--seed 0] [--num_crops 4]
+    python -m phi3v_recipe.tiny OUT_DIR [--family phi3v|phi4mm] [--seed 0] [--num_crops N]
+
+The Phi-3-Vision one is written here; other families' (Phi-4-multimodal: ``families/phi4mm.py``) by their own
+module, on the same training corpus.
 
 The checkpoint has the hub's files (config.json with `rope_scaling: su`, model.safetensors, tokenizer.json /
 tokenizer_config.json, preprocessor_config.json, generation_config.json) and the hub's special-token ids, with
@@ -209,11 +212,22 @@ def write_tiny_checkpoint(out_dir: str | Path, seed: int = 0, num_crops: int = 4
 def main(argv: list[str] | None = None) -> None:
     parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out_dir")
+    parser.add_argument(
+        "--family", default="phi3v", help="phi3v (Phi-3-Vision, the default) or phi4mm (Phi-4-multimodal)"
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--num_crops", type=int, default=4)
+    parser.add_argument(
+        "--num_crops", type=int, default=None, help="most crops per image (default: phi3v 4, phi4mm 2 as dynamic_hd)"
+    )
     args = parser.parse_args(argv)
-    out = write_tiny_checkpoint(args.out_dir, seed=args.seed, num_crops=args.num_crops)
-    print(f"Wrote a tiny random Phi-3-Vision checkpoint to {out}")
+    from .families import by_name
+
+    family = by_name(args.family)
+    out = Path(args.out_dir)
+    extra = {"crops": args.num_crops} if args.num_crops is not None else {}
+    family.write_tiny(out, CORPUS, seed=args.seed, **extra)
+    follow_umask(out)
+    print(f"Wrote a tiny random {family.HUB_MODEL.split('/')[-1]} checkpoint ({family.NAME}) to {out}")
 
 
 if __name__ == "__main__":

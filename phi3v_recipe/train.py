@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 from accelerate import PartialState
-from transformers import AutoModelForCausalLM, AutoProcessor, TrainerCallback
+from transformers import AutoModelForCausalLM, TrainerCallback
 from transformers.trainer_utils import rotate_checkpoints
 from transformers.utils import is_flash_attn_2_available
 from trl import SFTTrainer, get_peft_config, get_quantization_config
@@ -33,14 +33,9 @@ from .config import CLIP_LINEARS, config_path, no_gpu, parse_recipe
 from .data import prepare_data
 from .errors import UserError, fresh_line, run, unloadable_model
 from .evaluate import evaluate
+from .families import crops_of, family_of, family_of_model, family_of_processor
 from .files import follow_umask, full_disk_is_one_line
 from .tracking import PredictionTableCallback, configure_wandb
-
-# LoRA goes on the language model: these names exist only in the Phi-3 decoder (CLIP uses q/k/v/out_proj, fc1/fc2).
-LANGUAGE_MODEL_LORA_TARGETS = ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
-# Kept out of 4-bit quantisation: the vision tower, separators and projection, and the output head. Full module
-# prefixes: transformers 5 matches the skip list against full module names.
-QUANTIZATION_SKIP = ["model.vision_embed_tokens", "lm_head"]
 
 
 def resolved_recipe(recipe, model_args, training_args) -> str:
@@ -61,16 +56,17 @@ def resolved_recipe(recipe, model_args, training_args) -> str:
 
 
 def load_processor(model_args, recipe):
-    """The model's processor, at the recipe's num_crops when it sets one."""
-    extra = {"num_crops": recipe.num_crops} if recipe.num_crops is not None else {}
-    return AutoProcessor.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision, **extra)
+    """The model's processor (its family's), at the recipe's crop setting when it sets one."""
+    family = family_of(model_args.model_name_or_path, model_args.model_revision)
+    return family.load_processor(model_args.model_name_or_path, model_args.model_revision, crops_of(family, recipe))
 
 
 def load_model(model_args, recipe, processor):
     """The base model (optionally in 4/8-bit), with the parts that must not train frozen."""
+    family = family_of_processor(processor)
     quantization_config = get_quantization_config(model_args)
     if quantization_config is not None:
-        quantization_config.llm_int8_skip_modules = QUANTIZATION_SKIP
+        quantization_config.llm_int8_skip_modules = family.QUANTIZATION_SKIP
     # A quantized model is placed whole on this process's GPU (under FSDP / DDP each process holds its copy).
     on_gpu = quantization_config is not None and torch.cuda.is_available()
     attn = model_args.attn_implementation or ("flash_attention_2" if is_flash_attn_2_available() else "sdpa")
@@ -89,12 +85,11 @@ def load_model(model_args, recipe, processor):
     if Path(model_args.model_name_or_path).expanduser().is_dir():  # the adapter records where its base is: absolute,
         base = str(Path(model_args.model_name_or_path).expanduser().resolve())  # so that any folder works
         model.config._name_or_path = model.name_or_path = base  # (PEFT writes name_or_path into adapter_config.json)
-    image_embedding = model.model.vision_embed_tokens
-    # CLIP's last layer(s) and post_layernorm never reach the outputs: frozen, so DDP/FSDP see no unused gradients.
-    for module in image_embedding.unused_modules():
+    # The vision tower's last layer(s) and norms never reach the outputs: frozen, so DDP/FSDP see no unused gradients.
+    for module in family.unused_modules(model):
         module.requires_grad_(False)
     if recipe.freeze_vision_tower:
-        image_embedding.img_processor.requires_grad_(False)
+        family.vision_tower(model).requires_grad_(False)
     # The hub config.json says eos 2 (`</s>`); the chat format ends an answer with <|end|> then <|endoftext|>.
     tokenizer = processor.tokenizer
     for config in (model.config, model.generation_config):
@@ -207,14 +202,19 @@ def build_trainer(model_args, recipe, args, processor, data, callbacks=()) -> "P
     # Batches come pinned from the DataLoader (dataloader_pin_memory, on by default): copy them to the GPU without
     # the host waiting for each copy.
     args.accelerator_config.non_blocking = args.dataloader_pin_memory
+    family = family_of_processor(processor)
     model = load_model(model_args, recipe, processor)
     peft_config = get_peft_config(model_args)
+    if peft_config is not None:  # a family may bring its own adapter (Phi-4-multimodal's vision LoRA)
+        own = family.peft_model(model, model_args, model_args.model_name_or_path, model_args.model_revision)
+        if own is not None:
+            model, peft_config = own, None
     if peft_config is not None and model_args.lora_target_modules is None:
-        peft_config.target_modules = LANGUAGE_MODEL_LORA_TARGETS
+        peft_config.target_modules = family.LORA_TARGETS
     if peft_config is not None and set(peft_config.target_modules or []) & CLIP_LINEARS:
         # CLIP's modules are named alike in every layer: no adapter on the layers past the feature layer, which never
         # reach the output (they would get no gradient, and DDP would stop at its second step).
-        unused = {id(sub) for module in model.model.vision_embed_tokens.unused_modules() for sub in module.modules()}
+        unused = {id(sub) for module in family.unused_modules(model) for sub in module.modules()}
         past = [name for name, module in model.named_modules() if id(module) in unused and name]
         peft_config.exclude_modules = sorted(set(peft_config.exclude_modules or []) | set(past))
     trainer = Phi3VSFTTrainer(
@@ -238,14 +238,15 @@ def check_every_trainable_reaches_the_loss(model) -> None:
     reduction error at the second step (it runs without find_unused_parameters), and one process would train it for
     nothing. Said before training, naming the parameters."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    unused = {id(p) for module in base.model.vision_embed_tokens.unused_modules() for p in module.parameters()}
+    family = family_of_model(base)
+    unused = {id(p) for module in family.unused_modules(base) for p in module.parameters()}
     stuck = [
         name for name, parameter in base.named_parameters() if parameter.requires_grad and id(parameter) in unused
     ]
     if stuck:
         raise UserError(
-            f"{len(stuck)} trainable parameters sit in CLIP layers that never reach the output (the tower is read at "
-            f"its layer -2), such as {stuck[0]}: leave those layers out of lora_modules_to_save."
+            f"{len(stuck)} trainable parameters sit in vision-tower layers that never reach the output (the tower is "
+            f"read at its layer -2), such as {stuck[0]}: leave those layers out of lora_modules_to_save."
         )
 
 
@@ -493,7 +494,8 @@ def carry_base_files(out: Path, model_args, processor, adapter: bool) -> None:
     adapter config that PEFT 0.11-0.13 load too (see export.py)."""
     base_dir = export.local_folder(model_args.model_name_or_path, model_args.model_revision)
     if base_dir is not None:
-        export.copy_base_files(base_dir, out, processor.image_processor.num_crops, with_model_files=False)
+        crops = family_of_processor(processor).crop_setting(processor)
+        export.copy_base_files(base_dir, out, crops, with_model_files=False)
     if adapter:
         newer = export.for_older_peft(out)
         if newer:
