@@ -106,15 +106,17 @@ class Session:
 
     def stream(self, messages: list[dict], images: list, base: bool, max_new_tokens: int = 128):
         """The answer to a conversation ending with a user turn, yielded as it grows, from the fine-tuned model or
-        (``base``) the same model with its adapter disabled."""
+        (``base``) the same model as its base checkpoint ships (the adapter off; Phi-4-multimodal's own vision
+        adapter on)."""
         import contextlib
 
         from transformers import TextIteratorStreamer
 
+        from .families import family_of_processor
         from .generation import generate_new_tokens
 
         streamer = TextIteratorStreamer(self.processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        context = self.model.disable_adapter() if base else contextlib.nullcontext()
+        context = family_of_processor(self.processor).as_shipped(self.model)() if base else contextlib.nullcontext()
         failure = []
 
         def generate():

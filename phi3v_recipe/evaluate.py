@@ -11,7 +11,7 @@ Metrics (``metric`` in the recipe):
 - ``accuracy``: the answer read as one of the recipe's ``labels`` equals the true label (unparseable = miss).
 
 Printed side by side with the trivial baseline (train median / majority value, most common answer or label) and
-with the base model without the adapter. Writes metrics.json and predictions.jsonl.
+with the base model as it ships (the adapter off). Writes metrics.json and predictions.jsonl.
 """
 
 import json
@@ -179,7 +179,7 @@ def evaluate(
     batch_size: int = 8,
     max_new_tokens: int = 64,
 ) -> dict:
-    """Score ``model`` on ``eval_rows`` (and, given ``base_model_context``, the base model without the adapter);
+    """Score ``model`` on ``eval_rows`` (and, given ``base_model_context``, the base model as it ships);
     print the table; write predictions.jsonl and metrics.json into ``output_dir``; return the metrics written
     (``eval_*`` for the model, ``base_model_*`` and ``baseline_*`` for the others)."""
     from .generation import generate_answers
@@ -251,6 +251,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from .config import config_path, parse_recipe
     from .data import prepare_data
+    from .families import family_of_processor
     from .predict import load_for_inference
 
     recipe, training_args, model_args = parse_recipe(rest)
@@ -260,14 +261,16 @@ def main(argv: list[str] | None = None) -> dict:
             f"{adapter} (the recipe's output_dir) does not exist: this recipe has not been trained here yet. Train "
             f"it first (phi3v-recipe train --config {config_path(rest)}), or pass --adapter FOLDER_OR_HUB_ID."
         )
-    model, processor = load_for_inference(adapter, own.base, num_crops=recipe.num_crops)
+    crops = recipe.num_crops if recipe.num_crops is not None else recipe.dynamic_hd  # the family's key, as trained
+    model, processor = load_for_inference(adapter, own.base, num_crops=crops)
     data = prepare_data(recipe, processor, training_args.max_length, training_args.dataset_num_proc)
     recipe = data.args  # the format and columns resolved
     if data.eval is None:
         raise UserError("The recipe has no eval split (eval_fraction is 0 and no eval_split): set one.")
     eval_rows = data.eval.to_list()[: own.max_samples]
     output_dir = own.metrics_dir or (str(Path(adapter) / "eval") if Path(adapter).is_dir() else "outputs/eval")
-    context = None if own.skip_base or not hasattr(model, "disable_adapter") else model.disable_adapter
+    shipped = family_of_processor(processor).as_shipped
+    context = None if own.skip_base or not hasattr(model, "disable_adapter") else shipped(model)
     metrics = evaluate(
         model,
         processor,

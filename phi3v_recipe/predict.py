@@ -18,8 +18,9 @@ from .errors import ArgumentParser, UserError, run, unloadable_model
 from .files import follow_umask
 
 
-def resolve(repo_or_dir: str, what: str, filenames: tuple[str, ...]) -> Path:
-    """A local folder as is; otherwise a Hub repo id, from the cache or downloaded. A clear error when it is neither."""
+def resolve(repo_or_dir: str, what: str, filenames: tuple[str, ...], revision: str | None = None) -> Path:
+    """A local folder as is; otherwise a Hub repo id (at ``revision``), from the cache or downloaded. A clear error
+    when it is neither."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
 
@@ -32,7 +33,7 @@ def resolve(repo_or_dir: str, what: str, filenames: tuple[str, ...]) -> Path:
         raise UserError(f"The {what} {repo_or_dir!r} is not a folder.")
     ensure_available(repo_or_dir, what, filenames)
     try:
-        return Path(snapshot_download(repo_or_dir))
+        return Path(snapshot_download(repo_or_dir, revision=revision))
     except GatedRepoError:
         raise UserError(
             f"The {what} {repo_or_dir!r} is gated: accept its terms on the Hub, then `hf auth login`."
@@ -89,13 +90,15 @@ def load_for_inference(adapter: str, base: str | None = None, num_crops: int | N
             print(f"Warning: {adapter} is a fully fine-tuned model, not an adapter: --base {base} is not used.")
         processor = family_of(adapter_dir).load_processor(adapter_dir, crops=num_crops)
         return load_model(adapter_dir, adapter, dtype, device), processor
-    recorded = read_adapter_config(adapter_dir, adapter).get("base_model_name_or_path")
+    adapter_config = read_adapter_config(adapter_dir, adapter)
+    recorded = adapter_config.get("base_model_name_or_path")
     if base is not None and recorded and base != recorded:
         print(f"Warning: the adapter was trained on {recorded!r}; applying it to {base!r} as asked (--base).")
     base = base or recorded
     if not base:
         raise UserError(f"{adapter} does not name its base model: pass --base MODEL.")
-    base_dir = resolve(base, "base model", ("config.json",))
+    # The base at the revision it was trained on (Phi-4-multimodal's loads natively only at its recorded one).
+    base_dir = resolve(base, "base model", ("config.json",), adapter_config.get("revision"))
     has_processor = any(
         (adapter_dir / name).exists() for name in ("processor_config.json", "preprocessor_config.json")
     )

@@ -385,7 +385,7 @@ def main(argv: list[str] | None = None) -> SFTTrainer:
                     f"Scored evaluation skipped under FSDP; run: python -m phi3v_recipe.evaluate --config {recipe_path}"
                 )
             else:
-                base = trainer.model.disable_adapter if adapter else None
+                base = family_of_processor(processor).as_shipped(trainer.model) if adapter else None
                 metrics.update(
                     evaluate(
                         trainer.model,

@@ -26,6 +26,17 @@ def tiny_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny4_dir(tmp_path_factory) -> Path:
+    """A tiny random Phi-4-multimodal checkpoint in the hub layout, with its vision-lora/ (once per test session)."""
+    from phi3v_recipe.families import phi4mm
+    from phi3v_recipe.tiny import CORPUS
+
+    out = tmp_path_factory.mktemp("tiny4") / "ckpt"
+    phi4mm.write_tiny(out, CORPUS)
+    return out
+
+
+@pytest.fixture(scope="session")
 def tiny_state_dict(tiny_dir):
     return load_file(tiny_dir / "model.safetensors")
 

@@ -8,6 +8,8 @@ A family module says, for its models:
 - ``IMAGE_KEYS`` and ``batch_images(examples)``: the model's image inputs, and how examples make one batch;
 - ``LORA_TARGETS``, ``QUANTIZATION_SKIP``, ``unused_modules(model)`` (frozen: they never reach the loss) and
   ``peft_model(model, model_args)`` (the adapter a LoRA run trains, or None for the generic one);
+- ``as_shipped(model)``: a context in which a model with a trained adapter answers as its base checkpoint ships (the
+  "base model" column of every evaluation and the app);
 - ``merged_note(base_dir)``: where a merged model loads;
 - ``write_tiny(out, corpus, seed, crops)``: a tiny random checkpoint in its hub layout, for the demo and the tests.
 

@@ -66,6 +66,11 @@ def peft_model(model, model_args, path, revision=None):
     return None
 
 
+def as_shipped(model):
+    """A context in which ``model`` (the base with a trained adapter) answers as the base does: the adapter off."""
+    return model.disable_adapter
+
+
 def merged_note(base_dir) -> str:
     """Where a merged folder of this base loads."""
     from ..export import what_it_loads_in

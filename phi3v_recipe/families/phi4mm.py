@@ -15,6 +15,7 @@
   ``phi4mm_images.py``; it saves in transformers' format.
 """
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -196,6 +197,7 @@ def peft_model(model, model_args, path, revision=None):
         ) from None
     config.inference_mode = False
     config.modules_to_save = TRAINED_MODULES
+    config.revision = revision  # saved: the base revision the adapter applies to
     peft = get_peft_model(model, config)
     state = get_peft_model_state_dict(peft)  # the LoRA (freshly initialised) and the image embedding's copy
     strangers = sorted(set(weights) - set(state))
@@ -205,6 +207,30 @@ def peft_model(model, model_args, path, revision=None):
     for module in unused_modules(peft.get_base_model()):  # the trained copy's parts that never reach the loss
         module.requires_grad_(False)
     return peft
+
+
+def as_shipped(model):
+    """A context in which ``model`` (the base with a trained adapter) answers as its checkpoint ships: the base with
+    the checkpoint's own vision LoRA and image embedding, not the bare base (which is untrained for images). That
+    adapter is read from the base once, as a second adapter of the model; the trained one is active again after."""
+
+    @contextlib.contextmanager
+    def shipped():
+        if SHIPPED not in model.peft_config:
+            config = model.peft_config[model.active_adapter]
+            base = config.base_model_name_or_path
+            model.load_adapter(base, adapter_name=SHIPPED, subfolder=ADAPTER_FOLDER, revision=config.revision)
+        trained = model.active_adapter
+        model.set_adapter(SHIPPED)  # the image embedding's trained copy has no SHIPPED entry: the original serves
+        try:
+            yield
+        finally:
+            model.set_adapter(trained)
+
+    return shipped
+
+
+SHIPPED = "as-shipped"
 
 
 def merged_note(base_dir) -> str:

@@ -1,0 +1,260 @@
+"""Phi-4-multimodal through the same recipe: its image processor (against transformers' where torchvision is
+installed), its prompt and answer-only labels for every data format, its vision LoRA trained with the image
+embedding, evaluation against the checkpoint as it ships, predict, merge, and one-line errors for a wrong family or
+crop key. The tokenizer is the tiny one (a byte-level BPE with the hub's special-token ids): no Phi-4 tokenizer files
+are available here, so the label checks run on it."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+from phi3v_recipe.collator import IGNORE_INDEX, VisionSFTCollator, encode_conversation
+from phi3v_recipe.conversation import conversation, render
+from phi3v_recipe.data import DataArguments, prepare_data
+from phi3v_recipe.errors import UserError
+from phi3v_recipe.families import phi4mm
+from phi3v_recipe.families.phi4mm_images import Phi4MMImageProcessor
+
+from .test_processor import photo
+from .test_tasks import EXPECTED_FORMAT, FORMAT_ROWS, write_jsonl
+from .test_train import ROOT
+
+IMAGE = phi4mm.SPECIAL_IDS["<|image|>"]
+SIZES = [(640, 480), (1000, 750), (300, 1200), (2000, 1500), (448, 448), (50, 700), (1999, 37), (3000, 200)]
+
+
+@pytest.fixture(scope="module")
+def processor(tiny4_dir):
+    return phi4mm.load_processor(tiny4_dir, crops=1)
+
+
+@pytest.mark.parametrize("dynamic_hd", [36, 4, 1])
+def test_image_processor_is_transformers_own_to_the_bit(dynamic_hd):
+    tv = pytest.importorskip("torchvision", reason="transformers' Phi-4 image processor runs on torchvision")
+    del tv
+    from transformers import Phi4MultimodalImageProcessor
+
+    theirs, ours = Phi4MultimodalImageProcessor(dynamic_hd=dynamic_hd), Phi4MMImageProcessor(dynamic_hd=dynamic_hd)
+    for i, (width, height) in enumerate(SIZES):
+        image = photo(width, height, seed=i)
+        try:
+            expected = theirs([image], return_tensors="pt")
+        except ValueError:  # too narrow for theirs: too narrow for ours
+            with pytest.raises(ValueError, match="too narrow"):
+                ours([image])
+            continue
+        got = ours([image])
+        for key in ("image_pixel_values", "image_attention_mask", "image_sizes"):
+            assert torch.equal(got[key], expected[key]), (key, width, height)
+        assert got["num_img_tokens"].tolist() == expected["num_img_tokens"].tolist()
+
+
+def test_image_token_counts_by_hand_and_fed_to_the_model(tiny4_dir, processor):
+    image_processor = Phi4MMImageProcessor(dynamic_hd=4)
+    # 448x448: the global view (16x16 pooled cells, a separator closing each row: 272), one separator, one crop (272)
+    assert image_processor([photo(448, 448)])["num_img_tokens"].tolist() == [545]
+    # Other sizes: counted from the patch mask; the model must find exactly that many positions to fill.
+    model = AutoModelForCausalLM.from_pretrained(tiny4_dir).eval()
+    for size in [(640, 480), (300, 1200), (60, 60)]:
+        messages = conversation("What?", 1)
+        inputs = processor([render(processor, messages, add_generation_prompt=True)], [[photo(*size)]], return_tensors="pt")
+        assert (inputs["input_ids"] == IMAGE).sum() == processor.num_image_tokens(*size)
+        with torch.no_grad():
+            model(**inputs)  # transformers' model writes one feature per image position: a wrong count raises
+
+
+def test_prompt_and_labels_are_the_samples(processor):
+    messages = conversation("What is shown in this image?", 1, "A")
+    assert (
+        render(processor, messages)
+        == "<|user|><|image|>What is shown in this image?<|end|><|assistant|>A<|end|><|endoftext|>"
+    )
+    assert render(processor, messages[:1], add_generation_prompt=True) == (
+        "<|user|><|image|>What is shown in this image?<|end|><|assistant|>"
+    )
+    answer = "Product: Small Black Leather Tote, Category: BAGS, Full Price: 1290"
+    encoded = encode_conversation(
+        processor, conversation("What is shown in this image?", 1, answer), [photo(640, 480)]
+    )
+    ids, labels = encoded["input_ids"], encoded["labels"]
+    tok = processor.tokenizer
+    trained = [label for label in labels if label != IGNORE_INDEX]
+    print("trained tokens:", tok.convert_ids_to_tokens(trained))
+    # the sample's labels: the answer, <|end|>, <|endoftext|>, and nothing before
+    assert trained == tok(answer + "<|end|><|endoftext|>", add_special_tokens=False).input_ids
+    first = labels.index(trained[0])
+    assert all(label == IGNORE_INDEX for label in labels[:first]) and labels[first:] == ids[first:]
+    assert ids[first - 1] == tok.convert_tokens_to_ids("<|assistant|>") and ids[-1] == tok.eos_token_id
+    assert ids.count(IMAGE) == processor.num_image_tokens(640, 480)
+    assert ids.count(tok.eos_token_id) == 1  # the template closes the conversation; nothing is added twice
+
+
+@pytest.mark.parametrize("name", sorted(FORMAT_ROWS))
+def test_each_format_trains_exactly_its_assistant_turns(tmp_path, processor, name):
+    for i, size in enumerate([(64, 48), (40, 90), (50, 50)]):
+        photo(*size, seed=i).save(tmp_path / f"p{i}.png")
+    path = write_jsonl(tmp_path / f"{name.split()[0]}.jsonl", [FORMAT_ROWS[name]])
+    data = prepare_data(DataArguments(dataset=str(path), eval_fraction=0), processor, max_length=None)
+    assert data.args.data_format == EXPECTED_FORMAT[name] and not data.skipped, data.summary()
+    row = data.train[0]
+    batch = VisionSFTCollator(processor)([row])
+    ids, labels = batch["input_ids"][0], batch["labels"][0]
+    tok = processor.tokenizer
+    trained = labels[labels != IGNORE_INDEX].tolist()
+    print(name, "->", tok.convert_ids_to_tokens(trained))
+    expected = tok("Red<|end|>A square<|end|><|endoftext|>", add_special_tokens=False).input_ids
+    assert trained == expected  # both answers, each with its <|end|>, and the closing <|endoftext|>
+    assert (ids == IMAGE).sum() == processor.num_image_tokens(64, 48) + processor.num_image_tokens(40, 90)
+    assert not (labels[ids == IMAGE] != IGNORE_INDEX).any()
+    assert len(ids) == row["length"]  # length grouping and max_length see the whole conversation
+    assert batch["image_pixel_values"].shape[:2] == (2, 2)  # two images: the global view and one crop each
+
+
+def test_a_batch_pads_crop_slots_and_feeds_the_model(tiny4_dir, tmp_path):
+    processor = phi4mm.load_processor(tiny4_dir, crops=4)
+    rows = []
+    for i, size in enumerate([(448, 448), (900, 700)]):  # one crop, then a 2x2 grid
+        photo(*size, seed=i).save(tmp_path / f"{i}.png")
+        rows.append({"images": [str(tmp_path / f"{i}.png")], "messages": conversation("What?", 1, f"Answer {i}")})
+    batch = VisionSFTCollator(processor)(rows)
+    assert batch["image_pixel_values"].shape[:2] == (2, 5)
+    assert (batch["image_pixel_values"][0, 2:] == 0).all() and (batch["image_attention_mask"][0, 2:] == 1).all()
+    model = AutoModelForCausalLM.from_pretrained(tiny4_dir)
+    loss = model(**batch).loss
+    loss.backward()
+    assert (
+        torch.isfinite(loss)
+        and model.model.embed_tokens_extend.image_embed.img_projection_up.weight.grad.abs().sum() > 0
+    )
+
+
+def test_demo_twin_trains_the_vision_lora_evaluates_against_the_shipped_model_predicts_and_merges(tiny4_dir, tmp_path):
+    from phi3v_recipe.evaluate import main as evaluate
+    from phi3v_recipe.predict import main as predict
+    from phi3v_recipe.synthetic.burberry import write_sample_set
+    from phi3v_recipe.train import main as train
+
+    data_file = write_sample_set(tmp_path / "data", rows=24, seed=1)
+    common = [
+        *("--config", str(ROOT / "recipes/demo_phi4mm.yaml"), "--model_name_or_path", str(tiny4_dir)),
+        *("--dataset", str(data_file), "--max_rows", "16", "--eval_fraction", "0.25"),
+    ]
+    out = tmp_path / "out"
+    run = [
+        *common,
+        "--output_dir",
+        str(out),
+        "--max_steps",
+        "2",
+        "--report_to",
+        "none",
+        "--dataloader_num_workers",
+        "0",
+    ]
+    trainer = train([*run, "--save_strategy", "no", "--logging_steps", "1"])
+    assert trainer.state.global_step == 2
+
+    # What trained: the vision LoRA (from vision-lora/, its rank) and the image embedding, nothing else.
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert config["r"] == 8 and config["modules_to_save"] == ["image_embed"]
+    shipped = load_file(tiny4_dir / "vision-lora" / "adapter_model.safetensors")
+    trained = load_file(out / "adapter_model.safetensors")
+    lora = [key for key in shipped if "lora_B" in key]
+    assert lora and all(key in trained for key in lora)
+    assert any(not torch.equal(shipped[key], trained[key]) for key in lora)  # continued, not replaced
+    base = load_file(tiny4_dir / "model.safetensors")
+    projection = "model.embed_tokens_extend.image_embed.img_projection_up.weight"
+    assert not torch.equal(trained[f"base_model.model.{projection}"], base[projection])
+    last_layer = "model.embed_tokens_extend.image_embed.img_processor.encoder.layers.2.mlp.fc1.weight"
+    assert torch.equal(trained[f"base_model.model.{last_layer}"], base[last_layer])  # never reaches the loss: frozen
+    assert not any("audio_embed" in key for key in trained)
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert "base_model_parse_rate" in metrics and "eval_parse_rate" in metrics
+    scored = evaluate([*common, "--adapter", str(out), "--max_samples", "2"])
+    assert "eval_parse_rate" in scored and "base_model_parse_rate" in scored
+
+    image = str(data_file.parent / "images" / sorted(p.name for p in (data_file.parent / "images").iterdir())[0])
+    merged = tmp_path / "merged"
+    answers = predict(["--adapter", str(out), "--image", image, "--max_new_tokens", "4", "--merge", str(merged)])
+    assert (merged / "model.safetensors").is_file() and not (merged / "adapter_config.json").exists()
+    assert predict(["--adapter", str(merged), "--image", image, "--max_new_tokens", "4"]) == answers
+
+
+def test_the_base_answers_as_the_checkpoint_ships(tiny4_dir, tmp_path):
+    """The "base model" of an evaluation is the checkpoint with its own vision adapter, not the bare base."""
+    from peft import PeftModel
+
+    from phi3v_recipe.generation import generate_new_tokens
+    from phi3v_recipe.predict import load_for_inference
+
+    model = AutoModelForCausalLM.from_pretrained(tiny4_dir)
+    trained = phi4mm.peft_model(model, None, tiny4_dir)
+    with torch.no_grad():
+        for name, param in trained.named_parameters():
+            if param.requires_grad:  # as if trained: every trainable weight moved
+                param.add_(0.05 * torch.randn_like(param))
+    trained.save_pretrained(tmp_path / "adapter")
+    processor = phi4mm.load_processor(tiny4_dir, crops=1)
+    processor.save_pretrained(tmp_path / "adapter")
+    loaded, processor = load_for_inference(str(tmp_path / "adapter"))
+    reference = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(tiny4_dir), tiny4_dir / "vision-lora"
+    ).eval()
+    messages = [conversation("What?", 1)]
+    inputs = processor([render(processor, messages[0], add_generation_prompt=True)], [[photo(300, 200)]], return_tensors="pt")
+    with torch.no_grad():
+        tuned = loaded(**inputs).logits
+        with phi4mm.as_shipped(loaded)():
+            as_shipped = loaded(**inputs).logits
+        assert torch.equal(as_shipped, reference(**inputs).logits)
+        assert torch.equal(loaded(**inputs).logits, tuned) and not torch.equal(tuned, as_shipped)
+    assert generate_new_tokens(loaded, processor, messages, [[photo(300, 200)]], 3).shape == (1, 3)
+
+
+def test_a_wrong_family_or_crop_key_is_one_line(tiny4_dir, tmp_path):
+    from phi3v_recipe.train import main as train
+
+    other = tmp_path / "llava"
+    other.mkdir()
+    (other / "config.json").write_text(json.dumps({"model_type": "llava"}))
+    common = ["--config", str(ROOT / "recipes/demo_phi4mm.yaml"), "--output_dir", str(tmp_path / "out")]
+    with pytest.raises(UserError, match=r"is a 'llava' model; this project trains: phi3v .*phi4mm"):
+        train([*common, "--model_name_or_path", str(other)])
+    with pytest.raises(UserError, match="num_crops is the crop setting of phi3v models; .* takes dynamic_hd"):
+        train([*common, "--model_name_or_path", str(tiny4_dir), "--num_crops", "4"])
+    from phi3v_recipe.families import by_name
+
+    with pytest.raises(UserError, match="--family 'phi5' is not one of phi3v, phi4mm"):
+        by_name("phi5")
+
+
+def test_a_checkpoint_without_its_vision_adapter_is_one_line(tiny4_dir, tmp_path):
+    import shutil
+
+    bare = tmp_path / "bare"
+    shutil.copytree(tiny4_dir, bare, ignore=shutil.ignore_patterns("vision-lora"))
+    with pytest.raises(UserError, match="no readable vision adapter in vision-lora/.*refs/pr/70"):
+        phi4mm.peft_model(AutoModelForCausalLM.from_pretrained(bare), None, bare)
+
+
+def test_saved_processor_is_transformers_own(tiny4_dir, tmp_path):
+    processor = phi4mm.load_processor(tiny4_dir, crops=3)
+    processor.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "processor_config.json").read_text())
+    assert saved["processor_class"] == "Phi4MultimodalProcessor"
+    assert saved["image_processor"]["image_processor_type"] == "Phi4MultimodalImageProcessor"
+    assert phi4mm.load_processor(tmp_path).image_processor.dynamic_hd == 3
+    pytest.importorskip("torchvision", reason="transformers' Phi-4 processor needs torchvision")
+    from transformers import AutoProcessor
+
+    theirs = AutoProcessor.from_pretrained(tmp_path)
+    prompt = "<|user|><|image|>What?<|end|><|assistant|>"
+    image = photo(700, 500)
+    expected = theirs(text=[prompt], images=[image], return_tensors="pt")
+    got = processor([prompt], [image], return_tensors="pt")
+    assert torch.equal(expected["input_ids"], got["input_ids"])
+    assert torch.equal(expected["image_pixel_values"], got["image_pixel_values"])
