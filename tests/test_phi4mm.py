@@ -194,7 +194,7 @@ def test_the_base_answers_as_the_checkpoint_ships(tiny4_dir, tmp_path):
     model = AutoModelForCausalLM.from_pretrained(tiny4_dir)
     trained = phi4mm.peft_model(model, None, tiny4_dir)
     with torch.no_grad():
-        for name, param in trained.named_parameters():
+        for param in trained.parameters():
             if param.requires_grad:  # as if trained: every trainable weight moved
                 param.add_(0.05 * torch.randn_like(param))
     trained.save_pretrained(tmp_path / "adapter")
