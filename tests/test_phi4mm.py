@@ -60,7 +60,9 @@ def test_image_token_counts_by_hand_and_fed_to_the_model(tiny4_dir, processor):
     model = AutoModelForCausalLM.from_pretrained(tiny4_dir).eval()
     for size in [(640, 480), (300, 1200), (60, 60)]:
         messages = conversation("What?", 1)
-        inputs = processor([render(processor, messages, add_generation_prompt=True)], [[photo(*size)]], return_tensors="pt")
+        inputs = processor(
+            [render(processor, messages, add_generation_prompt=True)], [[photo(*size)]], return_tensors="pt"
+        )
         assert (inputs["input_ids"] == IMAGE).sum() == processor.num_image_tokens(*size)
         with torch.no_grad():
             model(**inputs)  # transformers' model writes one feature per image position: a wrong count raises
@@ -205,7 +207,9 @@ def test_the_base_answers_as_the_checkpoint_ships(tiny4_dir, tmp_path):
         AutoModelForCausalLM.from_pretrained(tiny4_dir), tiny4_dir / "vision-lora"
     ).eval()
     messages = [conversation("What?", 1)]
-    inputs = processor([render(processor, messages[0], add_generation_prompt=True)], [[photo(300, 200)]], return_tensors="pt")
+    inputs = processor(
+        [render(processor, messages[0], add_generation_prompt=True)], [[photo(300, 200)]], return_tensors="pt"
+    )
     with torch.no_grad():
         tuned = loaded(**inputs).logits
         with phi4mm.as_shipped(loaded)():
