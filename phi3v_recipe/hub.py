@@ -133,14 +133,18 @@ def go_offline() -> None:
         sys.modules["datasets"].config.HF_HUB_OFFLINE = True
 
 
-def ensure_available(name: str, what: str, filenames=("config.json",), repo_type: str = "model") -> None:
-    """A local folder, or a Hub repo that is cached or can be downloaded; otherwise a UserError that names it and
-    says how to get it. A cached repo is read offline when the Hub cannot be reached."""
+def ensure_available(
+    name: str, what: str, filenames=("config.json",), repo_type: str = "model", revision: str | None = None
+) -> None:
+    """A local folder, or a Hub repo (at ``revision``) that is cached or can be downloaded; otherwise a UserError
+    that names it and says how to get it. A cached repo is read offline when the Hub cannot be reached."""
     if Path(name).expanduser().is_dir():
         return
     if not HUB_ID.match(name):
         raise UserError(f"The {what} {name!r} is not a folder here, nor a Hub id (owner/name).")
-    cached = any(isinstance(try_to_load_from_cache(name, f, repo_type=repo_type), str) for f in filenames)
+    cached = any(
+        isinstance(try_to_load_from_cache(name, f, revision=revision, repo_type=repo_type), str) for f in filenames
+    )
     why = hub_unreachable()
     if why is None or cached:
         if why is not None and not constants.HF_HUB_OFFLINE:
@@ -148,6 +152,7 @@ def ensure_available(name: str, what: str, filenames=("config.json",), repo_type
             go_offline()
         return
     fetch = f"hf download {name}" + (" --repo-type dataset" if repo_type == "dataset" else "")
+    fetch += f" --revision {revision}" if revision not in (None, "main") else ""
     raise UserError(
         f"The {what} {name!r} is not a local folder and not in the Hugging Face cache ({constants.HF_HUB_CACHE}), "
         f"and the Hub cannot be reached ({why}). If it is a Hub id, fetch it once where the Hub is reachable "

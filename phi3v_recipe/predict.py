@@ -31,7 +31,7 @@ def resolve(repo_or_dir: str, what: str, filenames: tuple[str, ...], revision: s
         return path
     if path.exists() or repo_or_dir.startswith((".", "/", "~")):
         raise UserError(f"The {what} {repo_or_dir!r} is not a folder.")
-    ensure_available(repo_or_dir, what, filenames)
+    ensure_available(repo_or_dir, what, filenames, revision=revision)
     try:
         return Path(snapshot_download(repo_or_dir, revision=revision))
     except GatedRepoError:

@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None):
         print(__doc__.strip())
         return None
     recipe, args, model_args = parse_recipe(argv)
-    hub.ensure_available(model_args.model_name_or_path, "model")
+    hub.ensure_available(model_args.model_name_or_path, "model", revision=model_args.model_revision)
     data = prepare_data(recipe, load_processor(model_args, recipe), args.max_length, args.dataset_num_proc)
     if len(data.train) == 0:
         raise UserError(f"No training rows left after the checks ({data.summary()}).")

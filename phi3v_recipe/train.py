@@ -296,7 +296,7 @@ def main(argv: list[str] | None = None) -> SFTTrainer:
     hide_token_in_argv(argv)
     push, args.push_to_hub = args.push_to_hub, False  # one push at the end, so a failed upload never loses work
     token = hub.check_push_ready(args.hub_model_id, token) if push else None
-    hub.ensure_available(model_args.model_name_or_path, "model")
+    hub.ensure_available(model_args.model_name_or_path, "model", revision=model_args.model_revision)
     out = Path(args.output_dir)
     # Process 0 claims the folder (and may empty it) first; every other process then finds the same checkpoint to
     # resume from, so that all agree on the steps left (they would otherwise start from step 0 and deadlock).

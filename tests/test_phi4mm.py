@@ -262,3 +262,52 @@ def test_saved_processor_is_transformers_own(tiny4_dir, tmp_path):
     got = processor([prompt], [image], return_tensors="pt")
     assert torch.equal(expected["input_ids"], got["input_ids"])
     assert torch.equal(expected["image_pixel_values"], got["image_pixel_values"])
+
+
+def put_in_hub_cache(cache, repo_id: str, folder, commit: str, revision: str) -> None:
+    """huggingface_hub's snapshot layout, subfolders included, with only ``revision`` known (no ``main``)."""
+    import shutil
+
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    ref = repo / "refs" / revision
+    ref.parent.mkdir(parents=True)
+    ref.write_text(commit)
+    snapshot = repo / "snapshots" / commit
+    (repo / "blobs").mkdir()
+    for file in folder.rglob("*"):
+        if file.is_file():
+            blob = repo / "blobs" / f"{commit}-{file.relative_to(folder).as_posix().replace('/', '-')}"
+            shutil.copy(file, blob)
+            (snapshot / file.relative_to(folder)).parent.mkdir(parents=True, exist_ok=True)
+            (snapshot / file.relative_to(folder)).symlink_to(blob)
+
+
+def test_a_hub_checkpoint_at_its_pinned_revision_trains_and_predicts_offline(tiny4_dir, tmp_path, monkeypatch):
+    """What the real recipes do (microsoft/Phi-4-multimodal-instruct at refs/pr/70), from a pre-filled cache with the
+    Hub out of reach: the family, processor, model and vision adapter are read at that revision, the adapter records
+    it, and predict loads the base at it."""
+    from phi3v_recipe.predict import main as predict
+    from phi3v_recipe.synthetic.burberry import write_sample_set
+    from phi3v_recipe.train import main as train
+
+    cache = tmp_path / "hub"
+    put_in_hub_cache(cache, "someone/tiny-phi4mm", tiny4_dir, "c" * 40, "refs/pr/70")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr("transformers.utils.hub.HF_HUB_CACHE", str(cache), raising=False)
+    monkeypatch.setattr("transformers.utils.hub.constants.HF_HUB_CACHE", str(cache), raising=False)
+    data_file = write_sample_set(tmp_path / "data", rows=8, seed=1)
+    out = tmp_path / "out"
+    model = ["--model_name_or_path", "someone/tiny-phi4mm", "--model_revision", "refs/pr/70"]
+    train(
+        [
+            *("--config", str(ROOT / "recipes/demo_phi4mm.yaml"), *model, "--dataset", str(data_file)),
+            *("--output_dir", str(out), "--max_steps", "1", "--eval_fraction", "0", "--eval_strategy", "no"),
+            *("--save_strategy", "no", "--report_to", "none", "--dataloader_num_workers", "0"),
+        ]
+    )
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == "someone/tiny-phi4mm" and config["revision"] == "refs/pr/70"
+    image = next((data_file.parent / "images").iterdir())
+    assert len(predict(["--adapter", str(out), "--image", str(image), "--max_new_tokens", "2"])) == 1

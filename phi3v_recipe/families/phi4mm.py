@@ -175,6 +175,18 @@ def unused_modules(model) -> list[torch.nn.Module]:
     return [*past, tower.post_layernorm, tower.head, embed.audio_embed]
 
 
+def adapter_folder(path, revision=None) -> Path:
+    """The checkpoint's vision-lora/ as a local folder (a hub checkpoint's from the cache, or downloaded). Resolved
+    here: PEFT 0.21 looks for a subfolder's files at subfolder/subfolder/ when offline."""
+    if Path(path).expanduser().is_dir():
+        return Path(path).expanduser() / ADAPTER_FOLDER
+    from huggingface_hub import snapshot_download
+
+    return (
+        Path(snapshot_download(str(path), revision=revision, allow_patterns=[f"{ADAPTER_FOLDER}/*"])) / ADAPTER_FOLDER
+    )
+
+
 def peft_model(model, model_args, path, revision=None):
     """The checkpoint's own vision LoRA (from ``vision-lora/``: its weights, rank and targets), made trainable, with
     the whole image embedding trained and saved beside it, as Microsoft's sample trains them. The recipe's LoRA keys
@@ -188,8 +200,9 @@ def peft_model(model, model_args, path, revision=None):
     )
 
     try:
-        config = LoraConfig.from_pretrained(str(path), subfolder=ADAPTER_FOLDER, revision=revision)
-        weights = load_peft_weights(str(path), subfolder=ADAPTER_FOLDER, revision=revision)
+        folder = str(adapter_folder(path, revision))
+        config = LoraConfig.from_pretrained(folder)
+        weights = load_peft_weights(folder)
     except (OSError, ValueError) as err:
         raise UserError(
             f"{path} has no readable vision adapter in {ADAPTER_FOLDER}/ ({type(err).__name__}: {err}); "
@@ -218,8 +231,7 @@ def as_shipped(model):
     def shipped():
         if SHIPPED not in model.peft_config:
             config = model.peft_config[model.active_adapter]
-            base = config.base_model_name_or_path
-            model.load_adapter(base, adapter_name=SHIPPED, subfolder=ADAPTER_FOLDER, revision=config.revision)
+            model.load_adapter(str(adapter_folder(config.base_model_name_or_path, config.revision)), SHIPPED)
         trained = model.active_adapter
         model.set_adapter(SHIPPED)  # the image embedding's trained copy has no SHIPPED entry: the original serves
         try:
