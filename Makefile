@@ -9,7 +9,7 @@ TORCH ?= torch==2.13.0
 TORCH_INDEX ?= $(if $(shell command -v nvidia-smi 2>/dev/null),,https://download.pytorch.org/whl/cpu)
 RECIPES := $(sort $(basename $(notdir $(wildcard recipes/*.yaml))))
 
-.PHONY: setup test test-all test-oldest lint format tiny sample-data train demo demo-learn docker-build docker-train docker-smoke bench bench-data bench-memory app
+.PHONY: setup test test-all test-oldest lint format tiny sample-data train demo demo-phi4mm demo-learn docker-build docker-train docker-smoke bench bench-data bench-memory app
 
 setup: $(VENV)/.installed
 
@@ -42,10 +42,13 @@ format: setup
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-tiny: outputs/tiny-phi3v/config.json
+tiny: outputs/tiny-phi3v/config.json outputs/tiny-phi4mm/config.json
 
 outputs/tiny-phi3v/config.json: | setup
 	$(BIN)/python -m phi3v_recipe.tiny outputs/tiny-phi3v
+
+outputs/tiny-phi4mm/config.json: | setup
+	$(BIN)/python -m phi3v_recipe.tiny outputs/tiny-phi4mm --family phi4mm
 
 # The synthetic Burberry-like set and one stand-in per official task (for the demo_* twins of their recipes); each set
 # is its own target, so a set written by hand first (sample-data --task docvqa) never hides the others.
@@ -86,6 +89,12 @@ demo: setup outputs/tiny-phi3v/config.json data/sample/burberry.csv
 	@echo "  scored evaluation      outputs/demo/metrics.json, outputs/demo/predictions.jsonl"
 	@echo "  skipped rows           outputs/demo/skipped_rows.csv"
 	@echo "  W&B offline run        $${WANDB_DIR:-outputs/demo}/wandb (upload: .venv/bin/wandb sync $${WANDB_DIR:-outputs/demo}/wandb/offline-run-*)"
+
+# The same pipeline on Phi-4-multimodal: its tiny twin, its vision LoRA trained with the image embedding (CPU, offline).
+demo-phi4mm: setup outputs/tiny-phi4mm/config.json data/sample/burberry.csv
+	$(BIN)/python -m phi3v_recipe.train --config recipes/demo_phi4mm.yaml $(if $(RESUME),--resume_from_checkpoint true,--overwrite_output_dir true) $(ARGS)
+	@echo "One prediction with the trained adapter, on a sample photo:"
+	$(BIN)/python -m phi3v_recipe.predict --adapter outputs/demo-phi4mm --image data/sample/images/SYN000000000.png --max_new_tokens 32
 
 # Full fine-tuning of the tiny model until the scored evaluation beats the trivial baselines (CPU, ~12 min).
 demo-learn: setup outputs/tiny-phi3v/config.json data/sample/burberry.csv

@@ -113,6 +113,31 @@ def test_answers_are_the_adapters_and_the_base_models(session, tiny_dir, image_p
     assert steps[-1][2] == direct_answer(base_model, session.processor, base_follow_up, chat.images)
 
 
+def test_a_phi4mm_adapter_answers_beside_the_checkpoint_as_it_ships(tiny4_dir, tmp_path, image_path):
+    """Phi-4-multimodal in the app: the fine-tuned answer is the adapter's, the base answer the checkpoint's with its
+    own vision LoRA (what a user of the base model gets), not the bare base."""
+    from peft import PeftModel
+
+    from phi3v_recipe.families import phi4mm
+
+    trained = phi4mm.peft_model(AutoModelForCausalLM.from_pretrained(tiny4_dir), None, tiny4_dir)
+    with torch.no_grad():
+        for param in trained.parameters():
+            if param.requires_grad:
+                param.add_(0.2 * torch.randn_like(param))
+    trained.save_pretrained(tmp_path / "adapter")
+    phi4mm.load_processor(tiny4_dir).save_pretrained(tmp_path / "adapter")
+    model, processor = load_for_inference(str(tmp_path / "adapter"), num_crops=1)
+    session = Session(model, processor, None)
+    chat = start_chat([str(image_path)])
+    tuned, base = list(converse(session, chat, "What is it?", max_new_tokens=6))[-1][1:3]
+    messages = [user_turn("What is it?", 1)]
+    assert tuned == direct_answer(model, processor, messages, chat.images, max_new_tokens=6)
+    shipped = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny4_dir), tiny4_dir / "vision-lora")
+    assert base == direct_answer(shipped.eval(), processor, messages, chat.images, max_new_tokens=6)
+    assert tuned != base
+
+
 def test_an_empty_question_is_a_message(session, image_path):
     chat = start_chat([str(image_path)])
     with pytest.raises(AppError, match="Type a question"):
