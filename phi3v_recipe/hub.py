@@ -25,7 +25,7 @@ PUSH_IGNORE = ["checkpoint-*", ".checkpoint-staging/*", "wandb/*", "*.pt", "*.pt
 
 CARD_TEMPLATE = """---
 {front_matter}library_name: {library}
-tags: [phi3_v, phi3v-recipe, trl, sft, vision-language]
+tags: [{family_tag}, phi3v-recipe, trl, sft, vision-language]
 ---
 
 # {title}
@@ -49,41 +49,7 @@ phi3v-recipe is not on PyPI: install it from its source folder (`pip install .`,
 ```bash
 python -m phi3v_recipe.predict --adapter {repo_or_dir} --image product.jpg
 ```
-
-```python
-import phi3v_recipe  # registers the native phi3_v model: no trust_remote_code
-from transformers import AutoModelForImageTextToText, AutoProcessor
-{load}
-processor = AutoProcessor.from_pretrained("{repo_or_dir}")
-```
-{elsewhere}"""
-LOAD_ADAPTER = """from peft import PeftModel
-
-base = AutoModelForImageTextToText.from_pretrained("{base_model}", dtype="auto")
-model = PeftModel.from_pretrained(base, "{repo_or_dir}")"""
-LOAD_MODEL = """model = AutoModelForImageTextToText.from_pretrained("{repo_or_dir}", dtype="auto")"""
-# An adapter also loads where most Phi-3-Vision users run it: the hub's own code, and vLLM once merged.
-ELSEWHERE_ADAPTER = """
-On the hub's own code (transformers 4.4x with `trust_remote_code`, PEFT 0.11 or newer):
-
-```python
-from peft import PeftModel
-from transformers import AutoModelForCausalLM, AutoProcessor
-
-base = AutoModelForCausalLM.from_pretrained(
-    "{base_model}", trust_remote_code=True, torch_dtype="auto", _attn_implementation="eager"
-)
-model = PeftModel.from_pretrained(base, "{repo_or_dir}")
-processor = AutoProcessor.from_pretrained("{base_model}", trust_remote_code=True)
-```
-
-In vLLM, merged first (vLLM takes no LoRA for Phi-3-Vision; the merged folder is the base's, with new weights):
-
-```bash
-python -m phi3v_recipe.predict --adapter {repo_or_dir} --image product.jpg --merge merged
-vllm serve merged --trust-remote-code
-```
-"""
+{usage}"""
 
 
 def versions() -> str:
@@ -229,17 +195,21 @@ def write_model_card(
     repo_or_dir: str,
     adapter: bool,
     revision: str | None = None,
+    family=None,
 ):
-    """Write README.md (the model card) and metrics.json into ``out_dir``: an adapter (PEFT) or a full model."""
+    """Write README.md (the model card) and metrics.json into ``out_dir``: an adapter (PEFT) or a full model of a
+    model family (``families/``; Phi-3-Vision's by default)."""
+    if family is None:
+        from .families import phi3v as family
     out = Path(out_dir)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     hub = is_hub_id(base_model)
-    load = (LOAD_ADAPTER if adapter else LOAD_MODEL).format(base_model=base_model, repo_or_dir=repo_or_dir)
     card = CARD_TEMPLATE.format(
+        family_tag=family.MODEL_TYPE,
         title=Path(repo_or_dir).name,
         library="peft" if adapter else "transformers",
         what="A LoRA adapter trained" if adapter else "Fully fine-tuned",
-        load=load,
+        usage=family.card_usage(base_model, repo_or_dir, adapter, revision),
         front_matter=f"base_model: {base_model}\n" if hub else "",
         base_link=f"[`{base_model}`](https://huggingface.co/{base_model})" if hub else f"`{base_model}`",
         base_model=base_model,
@@ -256,7 +226,6 @@ def write_model_card(
             else "`main`, a branch (set model_revision to a commit to pin the base)"
         ),
         versions=versions(),
-        elsewhere=ELSEWHERE_ADAPTER.format(base_model=base_model, repo_or_dir=repo_or_dir) if adapter else "",
     )
     path = out / "README.md"
     path.write_text(card)

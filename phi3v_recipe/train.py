@@ -409,6 +409,7 @@ def main(argv: list[str] | None = None) -> SFTTrainer:
                 repo_or_dir,
                 adapter,
                 model_args.model_revision,
+                family_of_processor(processor),
             )
             print(
                 f"Saved the trained {'adapter' if adapter else 'model'}, processor and model card to {args.output_dir}"

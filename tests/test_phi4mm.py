@@ -311,3 +311,19 @@ def test_a_hub_checkpoint_at_its_pinned_revision_trains_and_predicts_offline(tin
     assert config["base_model_name_or_path"] == "someone/tiny-phi4mm" and config["revision"] == "refs/pr/70"
     image = next((data_file.parent / "images").iterdir())
     assert len(predict(["--adapter", str(out), "--image", str(image), "--max_new_tokens", "2"])) == 1
+
+
+def test_the_model_card_loads_a_phi4mm_adapter_on_its_pinned_base(tmp_path):
+    from phi3v_recipe.arguments import RecipeArguments
+    from phi3v_recipe.hub import write_model_card
+
+    recipe = RecipeArguments(data_format="template")
+    base = phi4mm.HUB_MODEL
+    card = write_model_card(
+        tmp_path, base, "recipes/phi4mm_burberry_lora.yaml", recipe, {}, "me/x", True, "refs/pr/70", phi4mm
+    )
+    card = card.read_text()
+    print(card)
+    assert "tags: [phi4_multimodal," in card and "Base revision: `refs/pr/70`" in card
+    assert f'AutoModelForCausalLM.from_pretrained("{base}", revision="refs/pr/70", dtype="auto")' in card
+    assert "import phi3v_recipe" not in card and "trust_remote_code" not in card and "phi3_v" not in card

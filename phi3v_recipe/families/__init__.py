@@ -10,7 +10,7 @@ A family module says, for its models:
   ``peft_model(model, model_args)`` (the adapter a LoRA run trains, or None for the generic one);
 - ``as_shipped(model)``: a context in which a model with a trained adapter answers as its base checkpoint ships (the
   "base model" column of every evaluation and the app);
-- ``merged_note(base_dir)``: where a merged model loads;
+- ``merged_note(base_dir)`` and ``card_usage(...)``: where a merged model loads, and the model card's usage code;
 - ``write_tiny(out, corpus, seed, crops)``: a tiny random checkpoint in its hub layout, for the demo and the tests.
 
 Adding a family is one module with these names, and one line below.

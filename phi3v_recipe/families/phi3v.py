@@ -71,6 +71,53 @@ def as_shipped(model):
     return model.disable_adapter
 
 
+CARD_USAGE = """
+```python
+import phi3v_recipe  # registers the native phi3_v model: no trust_remote_code
+from transformers import AutoModelForImageTextToText, AutoProcessor
+{load}
+processor = AutoProcessor.from_pretrained("{repo_or_dir}")
+```
+{elsewhere}"""
+LOAD_ADAPTER = """from peft import PeftModel
+
+base = AutoModelForImageTextToText.from_pretrained("{base_model}", dtype="auto")
+model = PeftModel.from_pretrained(base, "{repo_or_dir}")"""
+LOAD_MODEL = """model = AutoModelForImageTextToText.from_pretrained("{repo_or_dir}", dtype="auto")"""
+# An adapter also loads where most Phi-3-Vision users run it: the hub's own code, and vLLM once merged.
+ELSEWHERE_ADAPTER = """
+On the hub's own code (transformers 4.4x with `trust_remote_code`, PEFT 0.11 or newer):
+
+```python
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoProcessor
+
+base = AutoModelForCausalLM.from_pretrained(
+    "{base_model}", trust_remote_code=True, torch_dtype="auto", _attn_implementation="eager"
+)
+model = PeftModel.from_pretrained(base, "{repo_or_dir}")
+processor = AutoProcessor.from_pretrained("{base_model}", trust_remote_code=True)
+```
+
+In vLLM, merged first (vLLM takes no LoRA for Phi-3-Vision; the merged folder is the base's, with new weights):
+
+```bash
+python -m phi3v_recipe.predict --adapter {repo_or_dir} --image product.jpg --merge merged
+vllm serve merged --trust-remote-code
+```
+"""
+
+
+def card_usage(base_model: str, repo_or_dir: str, adapter: bool, revision: str | None) -> str:
+    """The model card's "Usage" code after the predict command."""
+    names = {"base_model": base_model, "repo_or_dir": repo_or_dir}
+    return CARD_USAGE.format(
+        load=(LOAD_ADAPTER if adapter else LOAD_MODEL).format(**names),
+        elsewhere=ELSEWHERE_ADAPTER.format(**names) if adapter else "",
+        **names,
+    )
+
+
 def merged_note(base_dir) -> str:
     """Where a merged folder of this base loads."""
     from ..export import what_it_loads_in

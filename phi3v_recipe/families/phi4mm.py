@@ -245,6 +245,39 @@ def as_shipped(model):
 SHIPPED = "as-shipped"
 
 
+CARD_ADAPTER = """
+In transformers 5 with PEFT, on the base at its revision (the adapter replaces the checkpoint's vision LoRA and
+image embedding with the trained ones):
+
+```python
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoProcessor
+
+base = AutoModelForCausalLM.from_pretrained("{base_model}"{revision_arg}, dtype="auto")
+model = PeftModel.from_pretrained(base, "{repo_or_dir}")
+processor = AutoProcessor.from_pretrained("{repo_or_dir}")  # transformers' own processor needs torchvision
+```
+
+Merged (`python -m phi3v_recipe.predict --adapter {repo_or_dir} --image product.jpg --merge merged`), it is a plain
+`Phi4MultimodalForCausalLM` folder with the vision adapter folded in, loaded without an adapter.
+"""
+CARD_MODEL = """
+```python
+from transformers import AutoModelForCausalLM, AutoProcessor
+
+model = AutoModelForCausalLM.from_pretrained("{repo_or_dir}", dtype="auto")
+processor = AutoProcessor.from_pretrained("{repo_or_dir}")  # transformers' own processor needs torchvision
+```
+"""
+
+
+def card_usage(base_model: str, repo_or_dir: str, adapter: bool, revision: str | None) -> str:
+    """The model card's "Usage" code after the predict command."""
+    revision_arg = f', revision="{revision}"' if revision not in (None, "main") else ""
+    template = CARD_ADAPTER if adapter else CARD_MODEL
+    return template.format(base_model=base_model, repo_or_dir=repo_or_dir, revision_arg=revision_arg)
+
+
 def merged_note(base_dir) -> str:
     """Where a merged folder of this base loads."""
     return (
