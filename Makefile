@@ -2,11 +2,12 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# torch: the CUDA build on a machine with an NVIDIA GPU (PyPI's default), the CPU build elsewhere (PyTorch's CPU-only
-# index: a few hundred MB instead of several GB). A wheelhouse that pip already knows (its find-links) holding the
-# pinned torch is used as it is, offline. Override: make setup TORCH_INDEX=https://download.pytorch.org/whl/cu128
+# torch: from the package index pip is configured with (the CUDA build, several GB, on Linux). A wheelhouse that pip
+# already knows (its find-links) holding the pinned torch is used as it is, offline. For another build, name the
+# PyTorch wheel index that serves it (the CPU-only one: a few hundred MB): make setup TORCH_INDEX=<index URL>; its
+# build wins over the configured index's (a +cpu / +cuXYZ version sorts higher).
 TORCH ?= torch==2.13.0
-TORCH_INDEX ?= $(if $(shell command -v nvidia-smi 2>/dev/null),,https://download.pytorch.org/whl/cpu)
+TORCH_INDEX ?=
 RECIPES := $(sort $(basename $(notdir $(wildcard recipes/*.yaml))))
 
 .PHONY: setup test test-all test-oldest lint format tiny sample-data train demo demo-phi4mm demo-learn docker-build docker-train docker-smoke bench bench-data bench-memory app
@@ -17,7 +18,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet --no-index --no-deps "$(TORCH)" 2>/dev/null \
-		|| $(BIN)/pip install --quiet "$(TORCH)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX) --extra-index-url https://pypi.org/simple)
+		|| $(BIN)/pip install --quiet "$(TORCH)" $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
 	$(BIN)/pip install --quiet -e ".[dev]"
 	touch $@
 
@@ -127,13 +128,15 @@ docker-build:
 # (downloaded here first), the base is a local Debian (debootstrap) when the CUDA base cannot be pulled, and
 # `make demo` runs inside. Needs root, buildah, podman and debootstrap (apt-get install buildah podman debootstrap).
 SMOKE_BASE ?= localhost/debian-bookworm-local
+# debootstrap's own default mirror unless set
+DEBIAN_MIRROR ?=
 docker-smoke: setup
 	mkdir -p docker/wheelhouse
 	$(BIN)/pip download --quiet --no-index --no-deps --dest docker/wheelhouse "$(TORCH)" 2>/dev/null \
-		|| $(BIN)/pip download --quiet --no-deps --dest docker/wheelhouse "$(TORCH)" --index-url https://download.pytorch.org/whl/cpu
+		|| $(BIN)/pip download --quiet --no-deps --dest docker/wheelhouse "$(TORCH)" $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
 	$(BIN)/pip download --quiet --find-links docker/wheelhouse --dest docker/wheelhouse ".[dev]" pip setuptools wheel
 	buildah inspect --type image $(SMOKE_BASE) >/dev/null 2>&1 || { rm -rf /tmp/phi3v-rootfs \
-		&& debootstrap --variant=minbase bookworm /tmp/phi3v-rootfs http://deb.debian.org/debian \
+		&& debootstrap --variant=minbase bookworm /tmp/phi3v-rootfs $(DEBIAN_MIRROR) \
 		&& tar -C /tmp/phi3v-rootfs -c . | podman import - $(SMOKE_BASE); }
 	buildah bud --isolation chroot --build-arg BASE_IMAGE=$(SMOKE_BASE) --build-arg WHEELHOUSE=1 \
 		-f docker/Dockerfile -t localhost/phi3v-recipe-smoke .

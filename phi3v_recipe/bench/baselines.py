@@ -263,7 +263,7 @@ def trl_trainer(spec: dict):
     from transformers import AutoModelForImageTextToText
     from trl import SFTConfig, SFTTrainer
 
-    from ..train import LANGUAGE_MODEL_LORA_TARGETS
+    from ..families.phi3v import LORA_TARGETS
 
     rows = [{"images": [row["image"]], "messages": row["messages"]} for row in spec_rows(spec)]
     dataset = datasets.Dataset.from_list(rows).cast_column("images", datasets.List(datasets.Image()))
@@ -283,7 +283,7 @@ def trl_trainer(spec: dict):
         disable_tqdm=True,
         seed=0,
     )
-    lora = LoraConfig(r=64, lora_alpha=128, lora_dropout=0.0, target_modules=LANGUAGE_MODEL_LORA_TARGETS)
+    lora = LoraConfig(r=64, lora_alpha=128, lora_dropout=0.0, target_modules=LORA_TARGETS)
     model = load_model(spec, AutoModelForImageTextToText)
     return SFTTrainer(
         model=model, args=args, train_dataset=dataset, processing_class=processor_for(spec), peft_config=lora
