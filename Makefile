@@ -10,7 +10,7 @@ TORCH ?= torch==2.13.0
 TORCH_INDEX ?=
 RECIPES := $(sort $(basename $(notdir $(wildcard recipes/*.yaml))))
 
-.PHONY: setup test test-all test-oldest lint format tiny sample-data train demo demo-phi4mm demo-learn docker-build docker-train docker-smoke bench bench-data bench-memory app
+.PHONY: setup test test-all test-oldest lint format tiny sample-data train demo demo-phi4mm demo-learn docker-build docker-train docker-smoke bench bench-data bench-memory bench-phi4mm app
 
 setup: $(VENV)/.installed
 
@@ -118,6 +118,10 @@ bench-data: setup
 # GPU memory of a full-size LoRA step, estimated per batch size and activation checkpointing policy (seconds, CPU).
 bench-memory: setup
 	$(BIN)/python -m phi3v_recipe.bench.memory --out outputs/bench-memory.json $(ARGS)
+
+# Phi-4-multimodal training: ours beside Microsoft's sample_finetune_vision.py restated (tiny model, CPU, ~10 min).
+bench-phi4mm: setup
+	$(BIN)/python -m phi3v_recipe.bench.phi4mm --out outputs/bench-phi4mm.json $(ARGS)
 
 # Docker: build the CUDA image, and run a recipe in it with the Hub/W&B credentials and cache/outputs on volumes.
 IMAGE ?= phi3v-recipe

@@ -327,3 +327,49 @@ def test_the_model_card_loads_a_phi4mm_adapter_on_its_pinned_base(tmp_path):
     assert "tags: [phi4_multimodal," in card and "Base revision: `refs/pr/70`" in card
     assert f'AutoModelForCausalLM.from_pretrained("{base}", revision="refs/pr/70", dtype="auto")' in card
     assert "import phi3v_recipe" not in card and "trust_remote_code" not in card and "phi3_v" not in card
+
+
+def test_the_bench_restates_the_sample_on_the_rows_ours_trains(tiny4_dir, tmp_path):
+    """The sample's dataset (bench/baselines.py) and our collator give one row the same ids and the same trained
+    labels, so the bench compares the same work."""
+    from phi3v_recipe.bench.baselines import SampleDataset, sample_collate
+
+    processor = phi4mm.load_processor(tiny4_dir, crops=2)
+    photo(700, 500).save(tmp_path / "a.png")
+    answer = "Product: Tote, Category: BAGS, Full Price: 1290"
+    sample = sample_collate(
+        [SampleDataset([{"image": str(tmp_path / "a.png"), "question": "What?", "answer": answer}], processor)[0]]
+    )
+    ours = VisionSFTCollator(processor)(
+        [{"images": [str(tmp_path / "a.png")], "messages": conversation("What?", 1, answer)}]
+    )
+    assert torch.equal(sample["input_ids"], ours["input_ids"]) and torch.equal(sample["labels"], ours["labels"])
+    for key in ("image_pixel_values", "image_attention_mask", "image_sizes"):
+        assert torch.equal(sample[key], ours[key])
+
+
+@pytest.mark.slow  # three fresh training processes (about a minute): make test-all runs it
+def test_the_phi4mm_bench_runs_every_mode(tmp_path):
+    from phi3v_recipe.bench.phi4mm import main
+
+    results = main(
+        [
+            "--repeats",
+            "1",
+            "--steps",
+            "1",
+            "--warmup",
+            "1",
+            "--rows",
+            "12",
+            "--batch_size",
+            "2",
+            "--out",
+            str(tmp_path / "b.json"),
+        ]
+    )
+    rows = {row["mode"]: row for row in results["training"]}
+    assert set(rows) == {"phi4mm-sample", "phi4mm-sample-batched", "phi4mm-ours"}
+    # the sample leaves the never-reached SigLIP layer, post-layernorm and pooling head trainable; ours freezes them
+    assert rows["phi4mm-sample"]["trainable_params"] - rows["phi4mm-ours"]["trainable_params"] == 17120
+    assert set(results["vs_sample"]) == {"phi4mm-sample", "phi4mm-sample-batched"}

@@ -20,6 +20,10 @@ FROZEN_VISION = {"official-frozen", "official-frozen-bs1"}
 PER_DEVICE_ONE = {"official-bs1", "official-frozen-bs1"}
 GUIDE_LENGTH = 512
 RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "burberry_lora.yaml"
+# Phi-4-multimodal (python -m phi3v_recipe.bench.phi4mm): Microsoft's sample_finetune_vision.py restated, at its
+# per-device batch 1 and at the batch measured, beside ours.
+PHI4MM_MODES = ["phi4mm-sample", "phi4mm-sample-batched", "phi4mm-ours"]
+PHI4MM_RECIPE = RECIPE.with_name("phi4mm_burberry_lora.yaml")
 
 
 def ours_trainer(spec: dict):
@@ -56,7 +60,10 @@ def ours_trainer(spec: dict):
         overrides["activation_checkpointing"] = False
     if spec["mode"] == "ours-ckpt-2":  # every 2nd decoder layer checkpointed (transformers' every_n_layers)
         overrides["activation_checkpointing_kwargs"] = json.dumps({"use_reentrant": False, "every_n_layers": 2})
-    argv = ["--config", str(RECIPE)]
+    if spec["mode"] == "phi4mm-ours":
+        del overrides["num_crops"]
+        overrides["dynamic_hd"] = spec["num_crops"]
+    argv = ["--config", str(PHI4MM_RECIPE if spec["mode"] == "phi4mm-ours" else RECIPE)]
     for key, value in overrides.items():
         argv += [f"--{key}", str(value).lower() if isinstance(value, bool) else str(value)]
     recipe, args, model_args = parse_recipe(argv)
@@ -67,9 +74,9 @@ def ours_trainer(spec: dict):
 
 
 def processor_for(spec: dict):
-    from transformers import AutoProcessor
+    from ..families import family_of
 
-    return AutoProcessor.from_pretrained(spec["model_dir"], num_crops=spec["num_crops"])
+    return family_of(spec["model_dir"]).load_processor(spec["model_dir"], crops=spec["num_crops"])
 
 
 def load_model(spec: dict, auto_class=None):
@@ -290,6 +297,100 @@ def trl_trainer(spec: dict):
     )
 
 
+class SampleDataset:
+    """sample_finetune_vision.py's training dataset: per row, the processor on the chat prompt (``<|image_1|>`` then
+    the question; ``<|image|>`` for transformers' native processor) and the image, the answer tokenised after it
+    (``{answer}<|end|><|endoftext|>``), labels -100 on the prompt, rows cut at 8192 tokens."""
+
+    def __init__(self, rows: list[dict], processor):
+        self.rows, self.processor = rows, processor
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, i):
+        import torch
+        from PIL import Image
+
+        row = self.rows[i]
+        with Image.open(row["image"]) as image:
+            image = image.convert("RGB")
+        tokenizer = self.processor.tokenizer
+        prompt = f"<|user|><|image|>{row['question']}<|end|><|assistant|>"  # the hub template's rendering
+        inputs = self.processor([prompt], [image], return_tensors="pt")
+        answer = tokenizer(f"{row['answer']}<|end|><|endoftext|>", return_tensors="pt").input_ids
+        input_ids = torch.cat([inputs["input_ids"], answer], 1)[:, :8192]
+        labels = torch.full_like(input_ids, -100)
+        labels[:, -answer.shape[1] :] = answer
+        keys = ("image_pixel_values", "image_attention_mask", "image_sizes")
+        return {"input_ids": input_ids, "labels": labels, **{key: inputs[key] for key in keys}}
+
+
+def sample_collate(batch: list[dict]) -> dict:
+    """The sample's collate function: ids right-padded with 0, labels padded with 0 too (as published: at its
+    per-device batch 1 nothing is padded), ``attention_mask = input_ids != 0``, image tensors concatenated with zero
+    padding to the largest crop count."""
+    import torch
+    from torch.nn.utils.rnn import pad_sequence
+
+    def cat_with_pad(tensors):
+        out = tensors[0].new_zeros(
+            sum(t.shape[0] for t in tensors), *[max(t.shape[d] for t in tensors) for d in range(1, tensors[0].dim())]
+        )
+        start = 0
+        for t in tensors:
+            out[(slice(start, start + t.shape[0]), *[slice(0, n) for n in t.shape[1:]])] = t
+            start += t.shape[0]
+        return out
+
+    input_ids = pad_sequence([b["input_ids"][0] for b in batch], batch_first=True, padding_value=0)
+    return {
+        "input_ids": input_ids,
+        "labels": pad_sequence([b["labels"][0] for b in batch], batch_first=True, padding_value=0),
+        "attention_mask": (input_ids != 0).long(),
+        "image_pixel_values": cat_with_pad([b["image_pixel_values"] for b in batch]),
+        "image_attention_mask": cat_with_pad([b["image_attention_mask"] for b in batch]),
+        "image_sizes": torch.cat([b["image_sizes"] for b in batch]),
+    }
+
+
+def phi4mm_sample_trainer(spec: dict):
+    """sample_finetune_vision.py on transformers' native model: the audio encoder deleted, the vision LoRA active
+    and trainable, every image-embedding parameter trainable, HF ``Trainer`` with the model's own loss (logits at
+    every position), its optimiser settings, gradient checkpointing and ``ddp_find_unused_parameters``."""
+    from peft import PeftModel
+    from transformers import Trainer
+
+    from ..families.phi4mm import adapter_folder
+
+    processor = processor_for(spec)
+    model = load_model(spec)
+    del model.model.embed_tokens_extend.audio_embed
+    model = PeftModel.from_pretrained(model, str(adapter_folder(spec["model_dir"])), is_trainable=True)
+    for param in model.get_base_model().model.embed_tokens_extend.image_embed.parameters():
+        param.requires_grad = True
+    one = spec["mode"] == "phi4mm-sample"
+    args = training_arguments(
+        spec | ({"batch_size": 1} if one else {}),
+        gradient_accumulation_steps=spec["batch_size"] if one else 1,
+        optim="adamw_torch",
+        learning_rate=4e-5,
+        weight_decay=0.01,
+        adam_beta1=0.9,
+        adam_beta2=0.95,
+        adam_epsilon=1e-7,
+        max_grad_norm=1.0,
+        lr_scheduler_type="linear",
+        warmup_steps=50,
+        gradient_checkpointing=True,
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+        ddp_find_unused_parameters=True,
+    )
+    return Trainer(
+        model=model, args=args, train_dataset=SampleDataset(spec_rows(spec), processor), data_collator=sample_collate
+    )
+
+
 BUILDERS = {
     "official": official_trainer,
     "official-frozen": official_trainer,
@@ -300,6 +401,9 @@ BUILDERS = {
     "ours": ours_trainer,
     "ours-ckpt-2": ours_trainer,
     "ours-no-ckpt": ours_trainer,
+    "phi4mm-sample": phi4mm_sample_trainer,
+    "phi4mm-sample-batched": phi4mm_sample_trainer,
+    "phi4mm-ours": ours_trainer,
 }
 
 
