@@ -394,7 +394,7 @@ def test_a_trainable_parameter_that_never_reaches_the_loss_is_one_line(tiny_dir)
         module.requires_grad_(False)
     check_every_trainable_reaches_the_loss(model)
     model.model.vision_embed_tokens.img_processor.vision_model.post_layernorm.weight.requires_grad_(True)
-    with pytest.raises(UserError, match="trainable parameters sit in CLIP layers that never reach the output"):
+    with pytest.raises(UserError, match="trainable parameters sit in vision-tower layers that never reach the output"):
         check_every_trainable_reaches_the_loss(model)
 
 

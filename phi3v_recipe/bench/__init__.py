@@ -76,6 +76,30 @@ def build_model_dir(kind: str, folder: Path, num_crops: int) -> Path:
     return out
 
 
+def rotated(modes: list[str], repeat: int) -> list[str]:
+    """The modes in the order of this repeat: interleaved, each repeat starting one further."""
+    return modes[repeat % len(modes) :] + modes[: repeat % len(modes)]
+
+
+def mode_spec(mode, repeat, work: Path, model_dir, csv_path, args, device, batch, threads, crops) -> dict:
+    """What the child process of one run reads: the mode, its model and rows, and the settings every mode shares."""
+    return {
+        "mode": mode,
+        "repeat": repeat,
+        "model_dir": str(model_dir),
+        "csv": str(csv_path),
+        "rows": str(work / "rows.json"),
+        "device": device,
+        "batch_size": batch,
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "workers": args.workers,
+        "threads": threads,
+        "num_crops": crops,
+        "out": str(work / f"run-{mode}"),
+    }
+
+
 def spread(values: list[float]) -> str:
     values = [v for v in values if v == v]
     if not values:
@@ -242,27 +266,11 @@ def main(argv=None) -> dict:
     runs, out_of_memory = [], set()
     for batch in batches:
         for repeat in range(args.repeats):
-            order = modes[repeat % len(modes) :] + modes[: repeat % len(modes)]  # interleaved, rotated
-            for mode in order:
+            for mode in rotated(modes, repeat):
                 if mode in out_of_memory or (mode == "guide" and batch != batches[0]):
                     continue  # the guide runs at batch 1, as published: once per repeat
-                spec = {
-                    "mode": mode,
-                    "repeat": repeat,
-                    "model_dir": str(model_dir),
-                    "csv": str(csv_path),
-                    "rows": str(work / "rows.json"),
-                    "device": device,
-                    "batch_size": batch,
-                    "steps": args.steps,
-                    "warmup": args.warmup,
-                    "workers": args.workers,
-                    "threads": threads,
-                    "num_crops": num_crops,
-                    "max_length": args.max_length,
-                    "attn": attn,
-                    "out": str(work / f"run-{mode}"),
-                }
+                spec = mode_spec(mode, repeat, work, model_dir, csv_path, args, device, batch, threads, num_crops)
+                spec |= {"max_length": args.max_length, "attn": attn}
                 print(f"  run: {mode} batch {1 if mode == 'guide' else batch} repeat {repeat + 1}", flush=True)
                 result = run_child(spec, work)
                 runs.append(result)

@@ -110,6 +110,33 @@ def training_arguments(spec: dict, **settings):
     return TrainingArguments(**(common | settings))
 
 
+# The optimiser settings of both Microsoft scripts restated here: the Phi-3 cookbook's and Phi-4's vision sample.
+MICROSOFT_SETTINGS = {
+    "optim": "adamw_torch",
+    "learning_rate": 4e-5,
+    "weight_decay": 0.01,
+    "adam_beta1": 0.9,
+    "adam_beta2": 0.95,
+    "adam_epsilon": 1e-7,
+    "max_grad_norm": 1.0,
+    "lr_scheduler_type": "linear",
+    "warmup_steps": 50,
+    "gradient_checkpointing": True,
+    "gradient_checkpointing_kwargs": {"use_reentrant": False},
+}
+
+
+def microsoft_arguments(spec: dict, one_row: bool, **settings):
+    """A Microsoft script's TrainingArguments: one row per device step with the batch reached by gradient
+    accumulation (``one_row``, the scripts' default), or the whole batch per step."""
+    return training_arguments(
+        spec | ({"batch_size": 1} if one_row else {}),
+        gradient_accumulation_steps=spec["batch_size"] if one_row else 1,
+        **MICROSOFT_SETTINGS,
+        **settings,
+    )
+
+
 class OfficialDataset:
     """The cookbook's dataset: a row gives its decoded image, question and answer."""
 
@@ -204,22 +231,7 @@ def official_trainer(spec: dict):
         init_lora_weights="gaussian",
     )
     model = get_peft_model(model, lora)
-    one = spec["mode"] in PER_DEVICE_ONE
-    args = training_arguments(
-        spec | ({"batch_size": 1} if one else {}),
-        gradient_accumulation_steps=spec["batch_size"] if one else 1,
-        optim="adamw_torch",
-        learning_rate=4e-5,
-        weight_decay=0.01,
-        adam_beta2=0.95,
-        adam_epsilon=1e-7,
-        max_grad_norm=1.0,
-        lr_scheduler_type="linear",
-        warmup_steps=50,
-        gradient_checkpointing=True,
-        gradient_checkpointing_kwargs={"use_reentrant": False},
-        ddp_find_unused_parameters=False,
-    )
+    args = microsoft_arguments(spec, spec["mode"] in PER_DEVICE_ONE, ddp_find_unused_parameters=False)
     return Trainer(
         model=model,
         args=args,
@@ -369,23 +381,7 @@ def phi4mm_sample_trainer(spec: dict):
     model = PeftModel.from_pretrained(model, str(adapter_folder(spec["model_dir"])), is_trainable=True)
     for param in model.get_base_model().model.embed_tokens_extend.image_embed.parameters():
         param.requires_grad = True
-    one = spec["mode"] == "phi4mm-sample"
-    args = training_arguments(
-        spec | ({"batch_size": 1} if one else {}),
-        gradient_accumulation_steps=spec["batch_size"] if one else 1,
-        optim="adamw_torch",
-        learning_rate=4e-5,
-        weight_decay=0.01,
-        adam_beta1=0.9,
-        adam_beta2=0.95,
-        adam_epsilon=1e-7,
-        max_grad_norm=1.0,
-        lr_scheduler_type="linear",
-        warmup_steps=50,
-        gradient_checkpointing=True,
-        gradient_checkpointing_kwargs={"use_reentrant": False},
-        ddp_find_unused_parameters=True,
-    )
+    args = microsoft_arguments(spec, spec["mode"] == "phi4mm-sample", ddp_find_unused_parameters=True)
     return Trainer(
         model=model, args=args, train_dataset=SampleDataset(spec_rows(spec), processor), data_collator=sample_collate
     )

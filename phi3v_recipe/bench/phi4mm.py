@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 from ..errors import ArgumentParser
-from . import ratios, spread, summary, table
+from . import mode_spec, ratios, rotated, spread, summary, table
 from .baselines import PHI4MM_MODES
 from .measure import run_child
 
@@ -73,24 +73,11 @@ def main(argv=None) -> dict:
     )
     runs = []
     for repeat in range(args.repeats):
-        for mode in modes[repeat % len(modes) :] + modes[: repeat % len(modes)]:
-            spec = {
-                "mode": mode,
-                "repeat": repeat,
-                "model_dir": str(model_dir),
-                "csv": str(csv_path),
-                "rows": str(work / "rows.json"),
-                "device": "cpu",
-                "batch_size": args.batch_size,
-                "steps": args.steps,
-                "warmup": args.warmup,
-                "workers": args.workers,
-                "threads": threads,
-                "num_crops": args.dynamic_hd,
-                "max_length": 8192,
-                "attn": "sdpa",
-                "out": str(work / f"run-{mode}"),
-            }
+        for mode in rotated(modes, repeat):
+            spec = mode_spec(
+                mode, repeat, work, model_dir, csv_path, args, "cpu", args.batch_size, threads, args.dynamic_hd
+            )
+            spec |= {"max_length": 8192, "attn": "sdpa"}
             print(f"  run: {mode} repeat {repeat + 1}", flush=True)
             runs.append(run_child(spec, work))
     results = {"dynamic_hd": args.dynamic_hd, "batch_size": args.batch_size, "threads": threads, "runs": runs}
