@@ -95,7 +95,7 @@ def main(argv=None) -> dict:
             print(f"phi4mm-ours / {baseline}, paired by repeat: " + ", ".join(f"{k} {v}" for k, v in ratio.items()))
     losses = {mode: spread([r["train_loss"] for r in runs if r["mode"] == mode]) for mode in modes}
     print(
-        "Mean training loss of the run (same rows, same trainable parts): "
+        "Mean training loss of the run (the same rows; the same parameters get gradients): "
         + ", ".join(f"{m} {v}" for m, v in losses.items())
     )
     out = Path(args.out)
