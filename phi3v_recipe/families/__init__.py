@@ -7,7 +7,8 @@ A family module says, for its models:
   processor, at a given number of crops per image (the recipe key ``num_crops`` or ``dynamic_hd``);
 - ``IMAGE_KEYS`` and ``batch_images(examples)``: the model's image inputs, and how examples make one batch;
 - ``LORA_TARGETS``, ``QUANTIZATION_SKIP``, ``unused_modules(model)`` (frozen: they never reach the loss) and
-  ``peft_model(model, model_args)`` (the adapter a LoRA run trains, or None for the generic one);
+  ``peft_model(model, model_args, path, revision)`` (the adapter a LoRA run trains, or None for TRL's, built from the
+  recipe's LoRA keys), ``vision_tower(model)`` (``freeze_vision_tower``);
 - ``as_shipped(model)``: a context in which a model with a trained adapter answers as its base checkpoint ships (the
   "base model" column of every evaluation and the app);
 - ``merged_note(base_dir)`` and ``card_usage(...)``: where a merged model loads, and the model card's usage code;

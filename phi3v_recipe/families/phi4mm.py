@@ -48,7 +48,6 @@ SPECIAL_IDS = {
     "<|user|>": 200021,
     "<|system|>": 200022,
 }
-VOCAB_SIZE = 200064
 
 # Typed content (`{"type": "text"}` / `{"type": "image"}`) in order, each image as `<|image|>`. Assistant turns (and
 # the end-of-text after a final answer) sit in generation markers, for `return_assistant_tokens_mask=True`.
