@@ -268,3 +268,26 @@ def test_sigterm_during_a_checkpoint_write_lets_it_finish_and_stops_at_the_next_
     assert checkpoints and not staging.exists()
     assert all(not runs.checkpoint_problems(path) for path in checkpoints)
     assert f"Stopped on SIGTERM after step {runs.checkpoint_step(checkpoints[-1])}." in output
+
+
+@pytest.mark.slow
+def test_phi4mm_on_two_ddp_processes_equals_one_process(tiny4_dir, sample_csv, tmp_path):
+    """Phi-4-multimodal's vision LoRA with its image embedding (a PEFT saved module) under DDP over two processes:
+    the same loss curve and the same adapter as one process with the same global batch. The frozen SigLIP layer and
+    audio encoder leave no unused trainable parameter, so DDP runs without find_unused_parameters."""
+    env = clean_env(tmp_path)
+
+    def args(out, *extra):
+        return [
+            *("--config", str(ROOT / "recipes/demo_phi4mm.yaml"), "--model_name_or_path", str(tiny4_dir)),
+            *("--dataset", str(sample_csv), "--output_dir", str(out), "--max_steps", "4", "--logging_steps", "1"),
+            *("--eval_strategy", "no", "--report_to", "none", "--dataloader_num_workers", "0"),
+            *SAME_RUN,
+            *extra,
+        ]
+
+    ok(one_process(args(tmp_path / "one", *ONE), env))
+    ok(ddp(args(tmp_path / "ddp", *TWO), env, free_port()))
+    assert_same_curve(curve(tmp_path / "one", 4), curve(tmp_path / "ddp", 4))
+    adapter = "adapter_model.safetensors"
+    assert max_difference(tmp_path / "one" / adapter, tmp_path / "ddp" / adapter) < 1e-6
