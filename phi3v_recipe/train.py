@@ -229,8 +229,23 @@ def build_trainer(model_args, recipe, args, processor, data, callbacks=()) -> "P
         peft_config=peft_config,
         callbacks=list(callbacks),
     )
+    keep_saved_modules_in_their_dtype(trainer.model)
     check_every_trainable_reaches_the_loss(trainer.model)
     return trainer
+
+
+def keep_saved_modules_in_their_dtype(model) -> None:
+    """TRL casts every trainable parameter of a quantized model to bf16, for LoRA's A and B (QLoRA's recipe). A module
+    trained whole beside the adapter (PEFT's ``modules_to_save``: Phi-4-multimodal's image embedding) must keep the
+    dtype of the module it replaces, whose frozen parts and inputs stay in it."""
+    from peft.utils import ModulesToSaveWrapper
+
+    for wrapper in model.modules():
+        if isinstance(wrapper, ModulesToSaveWrapper):
+            dtype = next(wrapper.original_module.parameters()).dtype
+            for copy in wrapper.modules_to_save.values():
+                for param in copy.parameters():
+                    param.data = param.data.to(dtype)
 
 
 def check_every_trainable_reaches_the_loss(model) -> None:

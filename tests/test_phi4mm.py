@@ -396,3 +396,24 @@ def test_each_task_twin_trains_phi4mm_and_scores_with_its_metric(twin, tiny4_dir
     assert trainer.state.global_step == 2
     metrics = json.loads((out / "metrics.json").read_text())
     assert f"eval_{metric}" in metrics and f"base_model_{metric}" in metrics and f"baseline_{metric}" in metrics
+
+
+def test_qlora_trains_the_vision_lora_and_the_image_embedding_in_their_dtypes(tiny4_dir, tmp_path):
+    """A 4-bit NF4 base (the image embedding and head kept out of 4-bit): TRL casts a quantized model's trainable
+    parameters to bf16 for LoRA; the image embedding trained beside it stays in its module's dtype."""
+    from phi3v_recipe.synthetic.burberry import write_sample_set
+    from phi3v_recipe.train import main as train
+
+    data_file = write_sample_set(tmp_path / "data", rows=12, seed=1)
+    out = tmp_path / "out"
+    args = ["--config", str(ROOT / "recipes/demo_phi4mm.yaml"), "--model_name_or_path", str(tiny4_dir)]
+    args += ["--dataset", str(data_file), "--output_dir", str(out), "--max_steps", "2", "--eval_fraction", "0"]
+    args += ["--eval_strategy", "no", "--save_strategy", "no", "--report_to", "none", "--dataloader_num_workers", "0"]
+    trainer = train([*args, "--load_in_4bit", "true", "--bnb_4bit_quant_type", "nf4"])
+    dtypes = {name: param.dtype for name, param in trainer.model.named_parameters() if param.requires_grad}
+    assert {dtype for name, dtype in dtypes.items() if "lora_" in name} == {torch.bfloat16}
+    assert {dtype for name, dtype in dtypes.items() if "modules_to_save" in name} == {torch.float32}
+    trained = load_file(out / "adapter_model.safetensors")
+    base = load_file(tiny4_dir / "model.safetensors")
+    projection = "model.embed_tokens_extend.image_embed.img_projection_up.weight"
+    assert not torch.equal(trained[f"base_model.model.{projection}"].float(), base[projection])
