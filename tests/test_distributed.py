@@ -71,7 +71,8 @@ def max_difference(a_file, b_file):
 def test_fsdp2_full_fine_tuning_on_two_processes_equals_one_process_and_resumes_from_its_shards(
     tiny_dir, sample_csv, tmp_path
 ):
-    """fsdp.yaml as written (Phi3DecoderLayer and CLIPEncoderLayer units, reshard after forward, SHARDED_STATE_DICT):
+    """fsdp.yaml as written (the model's Phi3DecoderLayer and CLIPEncoderLayer units, reshard after forward,
+    SHARDED_STATE_DICT):
     two processes train 2 steps, write a sharded checkpoint (one shard per process, half the model each), resume
     from it to step 4 and save the whole model, gathered. The loss and grad-norm curve and the weights equal one
     process's 4 steps over the same global batches (fp32; only the order of the sums differs)."""
@@ -291,3 +292,25 @@ def test_phi4mm_on_two_ddp_processes_equals_one_process(tiny4_dir, sample_csv, t
     assert_same_curve(curve(tmp_path / "one", 4), curve(tmp_path / "ddp", 4))
     adapter = "adapter_model.safetensors"
     assert max_difference(tmp_path / "one" / adapter, tmp_path / "ddp" / adapter) < 1e-6
+
+
+@pytest.mark.slow
+def test_phi4mm_under_fsdp2_on_two_processes_equals_one_process(tiny4_dir, sample_csv, tmp_path):
+    """fsdp.yaml on Phi-4-multimodal (its decoder layers the shard units, from the model): the vision LoRA with the
+    image embedding trained beside it, gathered from the shards, equals one process's."""
+    env = clean_env(tmp_path)
+
+    def args(out, *extra):
+        return [
+            *("--config", str(ROOT / "recipes/demo_phi4mm.yaml"), "--model_name_or_path", str(tiny4_dir)),
+            *("--dataset", str(sample_csv), "--output_dir", str(out), "--max_steps", "4", "--logging_steps", "1"),
+            *("--eval_strategy", "no", "--report_to", "none", "--dataloader_num_workers", "0"),
+            *SAME_RUN,
+            *extra,
+        ]
+
+    ok(one_process(args(tmp_path / "one", *ONE), env))
+    ok(fsdp("fsdp.yaml", args(tmp_path / "fsdp", *TWO), env, free_port()))
+    assert_same_curve(curve(tmp_path / "one", 4), curve(tmp_path / "fsdp", 4))
+    adapter = "adapter_model.safetensors"
+    assert max_difference(tmp_path / "one" / adapter, tmp_path / "fsdp" / adapter) < 1e-6

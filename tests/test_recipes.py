@@ -101,19 +101,22 @@ def test_accelerate_config_parses(path):
         assert fsdp["fsdp_auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
 
 
-def test_fsdp_wraps_layers_that_exist_in_the_model(tiny_dir):
+def test_fsdp_shards_the_layers_each_family_names(tiny_dir, tiny4_dir):
+    """The FSDP configs name no layer classes: Accelerate takes the model's `_no_split_modules`, which must be classes
+    the model has (a missing one is skipped silently, and the layers would not be sharded)."""
     import torch
-    from transformers import AutoConfig
+    from transformers import AutoConfig, AutoModelForCausalLM
 
-    from phi3v_recipe import Phi3VForCausalLM
-
-    with torch.device("meta"):
-        model = Phi3VForCausalLM(AutoConfig.from_pretrained(tiny_dir))
-    class_names = {type(m).__name__ for m in model.modules()}
     for path in ACCELERATE_CONFIGS:
         config = load_config_from_file(str(path))
         if config.distributed_type == "FSDP":
-            wrapped = config.fsdp_config["fsdp_transformer_layer_cls_to_wrap"].split(",")
-            assert set(wrapped) == {"Phi3DecoderLayer", "CLIPEncoderLayer"}
-            assert set(wrapped) <= class_names
-    assert set(model._no_split_modules) == {"Phi3DecoderLayer", "CLIPEncoderLayer"}
+            assert "fsdp_transformer_layer_cls_to_wrap" not in config.fsdp_config
+    expected = {
+        tiny_dir: {"Phi3DecoderLayer", "CLIPEncoderLayer"},
+        tiny4_dir: {"Phi4MultimodalDecoderLayer"},
+    }
+    for folder, units in expected.items():
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder))
+        assert set(model._no_split_modules) == units
+        assert units <= {type(m).__name__ for m in model.modules()}
