@@ -56,6 +56,11 @@ def test_image_token_counts_by_hand_and_fed_to_the_model(tiny4_dir, processor):
     image_processor = Phi4MMImageProcessor(dynamic_hd=4)
     # 448x448: the global view (16x16 pooled cells, a separator closing each row: 272), one separator, one crop (272)
     assert image_processor([photo(448, 448)])["num_img_tokens"].tolist() == [545]
+    # From the size alone (data preparation counts tokens so, without pixel work) as from the processed pixels
+    for dynamic_hd in (36, 4, 1):
+        for width, height in SIZES[:6]:
+            done = image_processor([photo(width, height)], dynamic_hd=dynamic_hd)["num_img_tokens"].tolist()
+            assert image_processor.num_image_tokens(width, height, dynamic_hd) == done[0], (width, height, dynamic_hd)
     # Other sizes: counted from the patch mask; the model must find exactly that many positions to fill.
     model = AutoModelForCausalLM.from_pretrained(tiny4_dir).eval()
     for size in [(640, 480), (300, 1200), (60, 60)]:

@@ -99,10 +99,8 @@ class Phi4MMProcessor(Phi4MultimodalProcessor):
         return super().to_dict() | {"processor_class": "Phi4MultimodalProcessor"}
 
     def num_image_tokens(self, width: int, height: int) -> int:
-        """Tokens one image of this size becomes (from a blank image of that size: the count depends on it alone)."""
-        from PIL import Image
-
-        return self.image_processor.one(Image.new("RGB", (width, height)), self.image_processor.dynamic_hd)[2]
+        """Tokens one image of this size becomes, from its size alone."""
+        return self.image_processor.num_image_tokens(width, height)
 
     def encode(self, text: str, image_sizes: list[tuple[int, int]]) -> list[int]:
         """Ids of ``text`` with each ``<|image|>`` expanded for an image of the given (width, height)."""

@@ -78,13 +78,9 @@ class Phi4MMImageProcessor(BaseImageProcessor):
         out["size"] = {"height": out.pop("crop_size"), "width": self.crop_size}
         return out
 
-    def one(self, image: Image.Image, max_crops: int) -> tuple[torch.Tensor, torch.Tensor, int, list[int]]:
-        """One image -> its crops ``[1 + n, 3, crop, crop]`` (global view first), their patch masks, its token count
-        and its resized size ``[height, width]``."""
-        crop, patch = self.crop_size, self.patch_size
-        cells = crop // patch  # patches along a crop's side
-        image = image.convert("RGB")
-        width, height = image.size
+    def layout(self, width: int, height: int, max_crops: int) -> tuple[int, int, int, int]:
+        """Columns and rows of crops for an image of this size, and the size it is resized to inside them."""
+        crop = self.crop_size
         cols, rows = grid(width, height, crop, max_crops)
         target_w, target_h = crop * cols, crop * rows
         if target_w / width < target_h / height:
@@ -93,6 +89,40 @@ class Phi4MMImageProcessor(BaseImageProcessor):
             new_w, new_h = int(width * target_h / height), target_h
         if min(new_w, new_h) < 10:
             raise ValueError(f"An image of {width}x{height} is too narrow to read (it would be {new_w}x{new_h}).")
+        return cols, rows, new_w, new_h
+
+    def tile_masks(self, cols: int, rows: int, new_w: int, new_h: int) -> torch.Tensor:
+        """``[rows * cols, cells, cells]``: 1 at the 14-pixel patches of each crop that hold image, 0 at padding."""
+        crop, patch = self.crop_size, self.patch_size
+        cells = crop // patch  # patches along a crop's side
+        pad_w, pad_h = crop * cols - new_w, crop * rows - new_h
+        mask = torch.ones(cells * rows, cells * cols)
+        if pad_w >= patch:
+            mask[:, -(pad_w // patch) :] = 0
+        if pad_h >= patch:
+            mask[-(pad_h // patch) :, :] = 0
+        return mask.reshape(rows, cells, cols, cells).transpose(1, 2).reshape(-1, cells, cells)
+
+    def count_tokens(self, tile_masks: torch.Tensor, cols: int, rows: int) -> int:
+        """The image's tokens: the global view's pooled cells with a separator closing each row, one separator,
+        then the crops' pooled cells that hold image, with a separator closing each row."""
+        cells = self.crop_size // self.patch_size
+        half = -(-cells // 2)  # the model pools 2x2 patches into one token
+        pooled = tile_masks[:, ::2, ::2].reshape(rows, cols, half, half).transpose(1, 2).reshape(rows * half, -1)
+        return (cells // 2) ** 2 + cells // 2 + 1 + int(pooled.sum()) + int(pooled[:, 0].sum())
+
+    def num_image_tokens(self, width: int, height: int, max_crops: int | None = None) -> int:
+        """Tokens an image of this size becomes, from its size alone (no pixel work)."""
+        cols, rows, new_w, new_h = self.layout(width, height, max_crops or self.dynamic_hd)
+        return self.count_tokens(self.tile_masks(cols, rows, new_w, new_h), cols, rows)
+
+    def one(self, image: Image.Image, max_crops: int) -> tuple[torch.Tensor, torch.Tensor, int, list[int]]:
+        """One image -> its crops ``[1 + n, 3, crop, crop]`` (global view first), their patch masks, its token count
+        and its resized size ``[height, width]``."""
+        crop, cells = self.crop_size, self.crop_size // self.patch_size
+        image = image.convert("RGB")
+        cols, rows, new_w, new_h = self.layout(*image.size, max_crops)
+        target_w, target_h = crop * cols, crop * rows
         pixels = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None]  # uint8, as torchvision resizes it
         pixels = F.interpolate(pixels, size=(new_h, new_w), mode="bilinear", antialias=True, align_corners=False)
         pixels = F.pad(pixels, (0, target_w - new_w, 0, target_h - new_h), value=255)[0]
@@ -102,19 +132,9 @@ class Phi4MMImageProcessor(BaseImageProcessor):
         pixels = (pixels.float() - mean) / std
         global_view = F.interpolate(pixels[None], size=(crop, crop), mode="bicubic", align_corners=False)
         tiles = pixels.reshape(3, rows, crop, cols, crop).permute(1, 3, 0, 2, 4).reshape(-1, 3, crop, crop)
-
-        mask = torch.ones(cells * rows, cells * cols)
-        if target_w - new_w >= patch:
-            mask[:, -((target_w - new_w) // patch) :] = 0
-        if target_h - new_h >= patch:
-            mask[-((target_h - new_h) // patch) :, :] = 0
-        tile_masks = mask.reshape(rows, cells, cols, cells).transpose(1, 2).reshape(-1, cells, cells)
-        # The model pools 2x2 patches into one token: the image holds the pooled cells its mask keeps.
-        half = -(-cells // 2)
-        pooled = tile_masks[:, ::2, ::2].reshape(rows, cols, half, half).transpose(1, 2).reshape(rows * half, -1)
-        global_tokens = (cells // 2) ** 2 + cells // 2  # its pooled cells, a separator closing each row
-        tokens = global_tokens + 1 + int(pooled.sum()) + int(pooled[:, 0].sum())
+        tile_masks = self.tile_masks(cols, rows, new_w, new_h)
         masks = torch.cat([torch.ones(1, cells, cells), tile_masks])
+        tokens = self.count_tokens(tile_masks, cols, rows)
         return torch.cat([global_view, tiles]), masks, tokens, [target_h, target_w]
 
     def preprocess(self, images, return_tensors="pt", dynamic_hd: int | None = None, **kwargs) -> BatchFeature:
