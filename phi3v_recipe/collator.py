@@ -49,7 +49,7 @@ def encode_conversation(processor, messages: list[dict], images: list[Image.Imag
         "labels": [token if trained and token not in roles else IGNORE_INDEX for token, trained in zip(ids, mask)],
     }
     if images:
-        encoded |= {key: out[key] for key in family_of_processor(processor).IMAGE_KEYS}
+        encoded |= {key: out[key] for key in processor.image_processor.model_input_names}
     return encoded
 
 
@@ -106,10 +106,10 @@ class VisionSFTCollator:
             labels[i, :n] = torch.tensor(example["labels"])
             attention_mask[i, :n] = 1  # from the real length: the pad id is also the end-of-text id
         batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
-        family = family_of_processor(self.processor)
-        with_images = [example for example in encoded if family.IMAGE_KEYS[0] in example]
+        pixels = self.processor.image_processor.model_input_names[0]
+        with_images = [example for example in encoded if pixels in example]
         if with_images:
-            batch |= family.batch_images(with_images)
+            batch |= family_of_processor(self.processor).batch_images(with_images)
         return batch
 
     def skip(self, unreadable: list[tuple[dict, Exception]]) -> None:

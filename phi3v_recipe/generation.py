@@ -27,9 +27,9 @@ def generate_new_tokens(
     tokenizer = processor.tokenizer
     prompts = [render(processor, messages, add_generation_prompt=True) for messages in conversations]
     inputs = processor(prompts, images, padding_side="left", return_tensors="pt").to(model.device)
-    for key in ("pixel_values", "image_pixel_values"):  # Phi-3-Vision's, Phi-4-multimodal's
-        if key in inputs:
-            inputs[key] = inputs[key].to(model.dtype)
+    pixels = processor.image_processor.model_input_names[0]  # pixel_values, or Phi-4's image_pixel_values
+    if pixels in inputs:
+        inputs[pixels] = inputs[pixels].to(model.dtype)
     out = model.generate(
         **inputs,
         max_new_tokens=max_new_tokens,

@@ -5,7 +5,8 @@ A family module says, for its models:
 - ``NAME`` (the ``--family`` of ``phi3v-recipe tiny``), ``MODEL_TYPE`` (``config.json``'s), ``HUB_MODEL``;
 - ``CROP_KEY``, ``load_processor(path, revision, crops)``, ``processor_class()`` and ``crop_setting(processor)``: its
   processor, at a given number of crops per image (the recipe key ``num_crops`` or ``dynamic_hd``);
-- ``IMAGE_KEYS`` and ``batch_images(examples)``: the model's image inputs, and how examples make one batch;
+- ``batch_images(examples)``: how the image inputs of several examples (the image processor's
+  ``model_input_names``) make one batch;
 - ``LORA_TARGETS``, ``QUANTIZATION_SKIP``, ``unused_modules(model)`` (frozen: they never reach the loss) and
   ``peft_model(model, model_args, path, revision)`` (the adapter a LoRA run trains, or None for TRL's, built from the
   recipe's LoRA keys), ``vision_tower(model)`` (``freeze_vision_tower``);

@@ -12,7 +12,6 @@ import torch
 NAME = "phi3v"
 MODEL_TYPE = "phi3_v"
 HUB_MODEL = "microsoft/Phi-3-vision-128k-instruct"
-IMAGE_KEYS = ("pixel_values", "image_sizes")
 # LoRA goes on the language model: these names exist only in the Phi-3 decoder (CLIP uses q/k/v/out_proj, fc1/fc2).
 LORA_TARGETS = ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
 # Kept out of 4-bit quantisation: the vision tower, separators and projection, and the output head. Full module

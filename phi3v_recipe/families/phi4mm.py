@@ -30,7 +30,6 @@ MODEL_TYPE = "phi4_multimodal"
 HUB_MODEL = "microsoft/Phi-4-multimodal-instruct"
 HUB_REVISION = "refs/pr/70"
 ADAPTER_FOLDER = "vision-lora"
-IMAGE_KEYS = ("image_pixel_values", "image_sizes", "image_attention_mask")
 # The vision LoRA's targets: the decoder's four projections. A pattern, not bare names: the audio encoder has
 # modules of the same names.
 LORA_TARGETS = r"model\.layers\.\d+\.(self_attn\.(qkv_proj|o_proj)|mlp\.(gate_up_proj|down_proj))"
