@@ -29,15 +29,17 @@ PHI4MM_RECIPE = RECIPE.with_name("phi4mm_burberry_lora.yaml")
 def ours_trainer(spec: dict):
     from ..config import parse_recipe
     from ..data import prepare_data
+    from ..families import family_of
     from ..train import build_trainer
 
     cpu = spec["device"] == "cpu"
+    family = family_of(spec["model_dir"])
     overrides = {
         "model_name_or_path": spec["model_dir"],
         "dataset": spec["csv"],
         "output_dir": spec["out"],
         "overwrite_output_dir": True,
-        "num_crops": spec["num_crops"],
+        family.CROP_KEY: spec["num_crops"],
         "max_length": spec["max_length"],
         "per_device_train_batch_size": spec["batch_size"],
         "gradient_accumulation_steps": 1,
@@ -60,10 +62,7 @@ def ours_trainer(spec: dict):
         overrides["activation_checkpointing"] = False
     if spec["mode"] == "ours-ckpt-2":  # every 2nd decoder layer checkpointed (transformers' every_n_layers)
         overrides["activation_checkpointing_kwargs"] = json.dumps({"use_reentrant": False, "every_n_layers": 2})
-    if spec["mode"] == "phi4mm-ours":
-        del overrides["num_crops"]
-        overrides["dynamic_hd"] = spec["num_crops"]
-    argv = ["--config", str(PHI4MM_RECIPE if spec["mode"] == "phi4mm-ours" else RECIPE)]
+    argv = ["--config", str(PHI4MM_RECIPE if family.NAME == "phi4mm" else RECIPE)]
     for key, value in overrides.items():
         argv += [f"--{key}", str(value).lower() if isinstance(value, bool) else str(value)]
     recipe, args, model_args = parse_recipe(argv)
