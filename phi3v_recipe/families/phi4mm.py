@@ -278,7 +278,7 @@ def merged_note(base_dir) -> str:
     """Where a merged folder of this base loads."""
     return (
         "It loads in transformers 5 as Phi4MultimodalForCausalLM with the vision adapter folded in: load it without "
-        f"an adapter (its {ADAPTER_FOLDER}/ is not carried over), and in vLLM without --lora-modules."
+        f"an adapter (its {ADAPTER_FOLDER}/ is not carried over)."
     )
 
 
