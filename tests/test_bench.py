@@ -189,7 +189,7 @@ def test_vm_hwm_is_the_measured_process_own_peak():
 
 def test_the_bench_runs_every_mode_in_fresh_processes(tmp_path):
     out = tmp_path / "bench.json"
-    args = ["--rows", "8", "--steps", "2", "--warmup", "1", "--repeats", "1", "--batch_size", "2"]
+    args = ["--rows", "8", "--steps", "2", "--warmup", "1", "--repeats", "1", "--batch_size", "2", "--timeout", "300"]
     bench.main([*args, "--skip", "preprocessing,pipes", "--out", str(out), "--device", "cpu", "--threads", "1"])
     results = json.loads(out.read_text())
     runs = {r["mode"]: r for r in results["training_runs"]}

@@ -369,6 +369,8 @@ def test_the_phi4mm_bench_runs_every_mode(tmp_path):
             "12",
             "--batch_size",
             "2",
+            "--timeout",
+            "300",
             "--out",
             str(tmp_path / "b.json"),
         ]
@@ -422,3 +424,11 @@ def test_qlora_trains_the_vision_lora_and_the_image_embedding_in_their_dtypes(ti
     base = load_file(tiny4_dir / "model.safetensors")
     projection = "model.embed_tokens_extend.image_embed.img_projection_up.weight"
     assert not torch.equal(trained[f"base_model.model.{projection}"].float(), base[projection])
+
+
+def test_a_bench_run_past_its_timeout_is_stopped_and_named(tmp_path):
+    from phi3v_recipe.bench.phi4mm import main
+
+    args = ["--repeats", "1", "--steps", "1", "--warmup", "1", "--rows", "8", "--modes", "phi4mm-sample"]
+    with pytest.raises(UserError, match=r"bench mode phi4mm-sample ran past --timeout 1 s and was stopped"):
+        main([*args, "--timeout", "1", "--out", str(tmp_path / "b.json")])

@@ -97,6 +97,7 @@ def mode_spec(mode, repeat, work: Path, model_dir, csv_path, args, device, batch
         "threads": threads,
         "num_crops": crops,
         "out": str(work / f"run-{mode}"),
+        "timeout": args.timeout,
     }
 
 
@@ -177,6 +178,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers, every mode")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per run (default: this machine's)")
     parser.add_argument("--rows", type=int, default=200)
+    parser.add_argument("--timeout", type=float, default=7200, help="seconds one training run may take")
     parser.add_argument("--num_crops", type=int, default=None, help="default: 4 on CPU, 16 on GPU")
     parser.add_argument("--max_length", type=int, default=4096, help="ours: drops no synthetic row at num_crops 16")
     parser.add_argument("--skip", default="", help="sections to skip: preprocessing,padding,pipes")

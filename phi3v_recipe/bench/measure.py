@@ -9,6 +9,7 @@ import threading
 import time
 from pathlib import Path
 
+from ..errors import UserError
 from .baselines import BUILDERS
 
 
@@ -119,9 +120,18 @@ def run_child(spec: dict, work: Path) -> dict:
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    stdout, stderr = child.communicate()
-    done.set()
-    sampler.join()
+    try:
+        stdout, stderr = child.communicate(timeout=spec["timeout"])
+    except subprocess.TimeoutExpired:  # a hang ends the bench with its mode named, not a wait without end
+        child.kill()
+        child.communicate()
+        raise UserError(
+            f"bench mode {spec['mode']} ran past --timeout {spec['timeout']:g} s and was stopped: give it longer "
+            "(--timeout), or look for what hangs by running that mode alone (--modes)."
+        ) from None
+    finally:
+        done.set()
+        sampler.join()
     line = [x for x in stdout.splitlines() if x.startswith("RESULT ")]
     if child.returncode != 0 or not line:
         if "out of memory" in stderr.lower():

@@ -36,6 +36,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--rows", type=int, default=120)
+    parser.add_argument("--timeout", type=float, default=7200, help="seconds one training run may take")
     parser.add_argument("--dynamic_hd", type=int, default=1, help="crops per image at most (the sample's: 36)")
     args = parser.parse_args(argv)
 
