@@ -107,9 +107,20 @@ def test_get_image_features_are_what_fills_the_image_positions(model, inputs):
         torch.testing.assert_close(model(inputs_embeds=embeds).logits, outputs.logits)
     assert features.shape == ((inputs["input_ids"] == IMAGE_TOKEN_ID).sum(), model.config.hidden_size)
     assert len(image_outputs.pooler_output) == len(inputs["pixel_values"])
-    slots, clip = inputs["pixel_values"].shape[:2], model.config.vision_config.hidden_size
-    assert image_outputs.last_hidden_state.shape[:2] == slots and image_outputs.last_hidden_state.shape[-1] == clip
     torch.testing.assert_close(torch.cat(outputs.image_outputs.pooler_output), features)
+
+
+def test_image_features_last_hidden_state_is_clips_state_of_the_real_crops_only(model, processor):
+    """``last_hidden_state`` is the CLIP state the features come from, over the real crops of each image in turn (as
+    LLaVA-NeXT packs its crops), so no zero-padded ``[images, crops+1, ...]`` copy is built on every forward."""
+    wide = processor(PROMPT, [photo(500, 200)], return_tensors="pt")  # 1 global view + 1x2 sub-crops of 5 slots
+    assert wide["image_sizes"].tolist() == [[336, 672]] and wide["pixel_values"].shape[1] == 5
+    vision = model.model.vision_embed_tokens.img_processor.vision_model
+    with torch.no_grad():
+        state = model.get_image_features(wide["pixel_values"], wide["image_sizes"]).last_hidden_state
+        direct = vision(wide["pixel_values"][0, :3], model.config.vision_feature_layer)[0]
+    assert state.shape == (3, 577, model.config.vision_config.hidden_size)
+    torch.testing.assert_close(state, direct)
 
 
 def test_image_features_give_clips_hidden_states_and_attentions_when_asked_and_a_tuple_without_return_dict(

@@ -109,8 +109,9 @@ class Phi3VImageEmbedding(nn.Module):
     ) -> BaseModelOutputWithPooling:
         """``pixel_values [images, crops+1, 3, 336, 336]``, ``image_sizes [images, 2]`` (padded H, W) -> the projected
         features of each image (``pooler_output``: one ``[image tokens, hidden]`` per image, in order), the CLIP hidden
-        state they come from per crop slot (``last_hidden_state [images, crops+1, patches+1, clip width]``, zeros in
-        empty slots) and, when asked, CLIP's hidden states and attention maps over the real crops."""
+        state they come from (``last_hidden_state [real crops, patches+1, clip width]``: each image's global view and
+        sub-crops in turn, the empty slots left out, as LLaVA-NeXT packs its crops) and, when asked, CLIP's hidden
+        states and attention maps over the same crops."""
         # Host data from the collator (a list) costs nothing; a tensor on a GPU is read back here (one sync).
         sizes = image_sizes.tolist() if torch.is_tensor(image_sizes) else image_sizes
         grids = [(int(h) // CROP_SIZE, int(w) // CROP_SIZE) for h, w in sizes]
@@ -122,11 +123,9 @@ class Phi3VImageEmbedding(nn.Module):
             crops, self.feature_layer, output_hidden_states, output_attentions
         )
         merged = self._merge_2x2(selected[:, 1:])  # drop CLS
-        per_slot = selected.new_zeros(*pixel_values.shape[:2], *selected.shape[1:])
         tokens, counts, start = [], [], 0
-        for index, (h, w) in enumerate(grids):
+        for h, w in grids:
             global_crop, sub_crops = merged[start], merged[start + 1 : start + 1 + h * w]
-            per_slot[index, : 1 + h * w] = selected[start : start + 1 + h * w]
             start += 1 + h * w
             side = global_crop.shape[0]
             sub_grid = sub_crops.reshape(h, w, side, side, -1).transpose(1, 2).reshape(h * side, w * side, -1)
@@ -134,7 +133,7 @@ class Phi3VImageEmbedding(nn.Module):
             counts.append(sum(part.shape[0] for part in tokens[-3:]))
         projected = self.img_projection(torch.cat(tokens).to(self.img_projection[0].weight.dtype))
         return BaseModelOutputWithPooling(
-            last_hidden_state=per_slot,
+            last_hidden_state=selected,
             pooler_output=projected.split(counts),
             hidden_states=hidden_states,
             attentions=attentions,
@@ -215,7 +214,7 @@ class Phi3VModel(Phi3VPreTrainedModel, Phi3Model):
     ) -> BaseModelOutputWithPooling:  # fmt: skip
         """The image encoder's outputs: ``pooler_output`` holds each image's projected features (``[image tokens,
         hidden]``), in the order they fill the ``<|image|>`` positions; ``last_hidden_state`` the CLIP hidden state
-        they come from, per crop slot; ``hidden_states`` / ``attentions`` CLIP's, when asked (or set in the config)."""
+        they come from, over the real crops of all images in turn; ``hidden_states`` / ``attentions`` CLIP's, when asked (or set in the config)."""
         if output_hidden_states is None:
             output_hidden_states = self.config.output_hidden_states
         if output_attentions is None:
