@@ -301,6 +301,37 @@ def test_image_processor_refuses_a_misspelt_setting(tiny_dir):
     assert loaded.image_processor.num_crops == 16
 
 
+def test_an_attribute_set_on_an_image_processor_comes_back_from_its_saved_file(tiny_dir, tmp_path):
+    """to_dict saves every attribute, so one set on an instance comes back from the saved file, as with
+    transformers' image processors (its processor mixin's test_args_overlap_kwargs); a saved key that is nearly a
+    setting is still refused by name, and so is an unknown keyword in code."""
+    from phi3v_recipe.families.phi4mm_images import Phi4MMImageProcessor
+    from phi3v_recipe.phi3_v import Phi3VImageProcessor
+
+    processor = AutoProcessor.from_pretrained(tiny_dir)
+    processor.image_processor.is_override = True
+    processor.save_pretrained(tmp_path / "saved")
+    for loaded in (
+        AutoProcessor.from_pretrained(tmp_path / "saved").image_processor,
+        AutoImageProcessor.from_pretrained(tmp_path / "saved"),
+    ):
+        assert loaded.is_override is True and loaded.num_crops == 4
+    config = tmp_path / "saved" / "processor_config.json"
+    saved = json.loads(config.read_text())
+    saved["image_processor"]["num_crop"] = 16  # hand-edited
+    config.write_text(json.dumps(saved))
+    with pytest.raises(TypeError, match="the saved file's key num_crop: did you mean num_crops"):
+        AutoProcessor.from_pretrained(tmp_path / "saved")
+    with pytest.raises(TypeError, match="does not take is_override"):
+        Phi3VImageProcessor(is_override=True)
+
+    phi4 = Phi4MMImageProcessor(dynamic_hd=4)
+    phi4.is_override = True
+    phi4.save_pretrained(tmp_path / "phi4")
+    loaded = Phi4MMImageProcessor.from_pretrained(tmp_path / "phi4")
+    assert loaded.is_override is True and loaded.dynamic_hd == 4
+
+
 @pytest.mark.parametrize(
     "convert",
     [

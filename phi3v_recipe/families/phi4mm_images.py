@@ -19,8 +19,9 @@ from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
 from transformers.image_transforms import to_pil_image
 from transformers.image_utils import make_flat_list_of_images
 
+from ..phi3_v.image_processing_phi3_v import FILE_KEYS, KeepsSavedAttributes
+
 TRANSFORMERS_CLASS = "Phi4MultimodalImageProcessor"
-FILE_KEYS = {"auto_map", "image_processor_type", "processor_class", "feature_extractor_type"}
 # Settings transformers' class saves that this one reads the same way (fixed steps: rescale, normalise, RGB).
 FIXED = {"do_convert_rgb", "do_normalize", "do_rescale", "do_resize", "resample", "rescale_factor", "size"}
 
@@ -45,7 +46,9 @@ def grid(width: int, height: int, crop: int, max_crops: int) -> tuple[int, int]:
     return best
 
 
-class Phi4MMImageProcessor(BaseImageProcessor):
+class Phi4MMImageProcessor(KeepsSavedAttributes, BaseImageProcessor):
+    SETTINGS = ["dynamic_hd", "patch_size", "crop_size", "image_mean", "image_std"]
+    TAKEN = FIXED
     model_input_names = ["image_pixel_values", "image_sizes", "image_attention_mask"]
 
     def __init__(

@@ -80,20 +80,46 @@ SETTINGS = [
     "rescale_factor",
     "do_normalize",
 ]
-SETTINGS_SAID = f"its settings are {', '.join(SETTINGS[:-1])} and {SETTINGS[-1]}"
 
 
-def refuse_near_misses(name: str, kwargs: dict) -> None:
+def settings_said(settings: list[str]) -> str:
+    return f"its settings are {', '.join(settings[:-1])} and {settings[-1]}"
+
+
+def refuse_near_misses(name: str, kwargs: dict, settings=SETTINGS, where="from_pretrained does not take") -> None:
     """``from_pretrained`` drops a keyword it does not know without a word (transformers passes on only the settings
     a processor already has), so ``num_crop=16`` would load 4 crops silently. Any keyword that is nearly one of our
     settings is refused by name; the loading keywords (revision, cache_dir, token, ...) pass."""
     for key in kwargs:
-        near = difflib.get_close_matches(key, SETTINGS, n=1, cutoff=0.8)
+        near = difflib.get_close_matches(key, settings, n=1, cutoff=0.8)
         if near and near[0] != key:
-            raise TypeError(f"{name}.from_pretrained does not take {key}: did you mean {near[0]}? ({SETTINGS_SAID})")
+            raise TypeError(f"{name}.{where} {key}: did you mean {near[0]}? ({settings_said(settings)})")
 
 
-class Phi3VImageProcessor(BaseImageProcessor):
+class KeepsSavedAttributes:
+    """``from_dict`` for an image processor whose constructor refuses keywords it does not know. ``to_dict`` saves
+    every attribute, so one set on an instance (``processor.is_override = True``) is in its saved file; such keys
+    come back as attributes, as transformers' image processors keep them. A key that is nearly a setting (a
+    hand-edited ``"num_crop": 16``) is refused by name: it would otherwise load as nothing."""
+
+    SETTINGS: list[str]  # the settings the constructor takes
+    TAKEN: set[str] = set()  # other keys the constructor takes from a file
+
+    @classmethod
+    def from_dict(cls, image_processor_dict: dict, **kwargs):
+        taken = set(cls.SETTINGS) | cls.TAKEN | FILE_KEYS
+        extra = {key: value for key, value in image_processor_dict.items() if key not in taken}
+        refuse_near_misses(cls.__name__, extra, cls.SETTINGS, where="from_pretrained: the saved file's key")
+        known = {key: value for key, value in image_processor_dict.items() if key in taken}
+        loaded = super().from_dict(known, **kwargs)
+        processor = loaded[0] if isinstance(loaded, tuple) else loaded  # (processor, unused) when asked
+        for key, value in extra.items():
+            setattr(processor, key, value)
+        return loaded
+
+
+class Phi3VImageProcessor(KeepsSavedAttributes, BaseImageProcessor):
+    SETTINGS = SETTINGS
     valid_kwargs = Phi3VImageProcessorKwargs
     model_input_names = ["pixel_values", "image_sizes"]
 
@@ -116,7 +142,7 @@ class Phi3VImageProcessor(BaseImageProcessor):
     ):
         unknown = sorted(set(kwargs) - FILE_KEYS)
         if unknown:  # a misspelt setting (num_crop=16) would otherwise be stored and ignored
-            raise TypeError(f"Phi3VImageProcessor does not take {', '.join(unknown)}; {SETTINGS_SAID}.")
+            raise TypeError(f"Phi3VImageProcessor does not take {', '.join(unknown)}; {settings_said(SETTINGS)}.")
         super().__init__(**kwargs)
         check_num_crops(num_crops)
         self.num_crops = num_crops
