@@ -25,13 +25,22 @@ def register() -> None:
         AutoProcessor,
     )
 
-    from .phi3_v import Phi3VConfig, Phi3VForCausalLM, Phi3VImageProcessor, Phi3VModel, Phi3VProcessor
+    from .phi3_v import (
+        Phi3VConfig,
+        Phi3VForCausalLM,
+        Phi3VImageProcessor,
+        Phi3VImageProcessorPil,
+        Phi3VModel,
+        Phi3VProcessor,
+    )
 
     AutoConfig.register("phi3_v", Phi3VConfig, exist_ok=True)
     AutoModel.register(Phi3VConfig, Phi3VModel, exist_ok=True)
     AutoModelForCausalLM.register(Phi3VConfig, Phi3VForCausalLM, exist_ok=True)
     AutoModelForImageTextToText.register(Phi3VConfig, Phi3VForCausalLM, exist_ok=True)
-    AutoImageProcessor.register(Phi3VConfig, image_processor_classes={"pil": Phi3VImageProcessor}, exist_ok=True)
+    # Both backends give the same pixels; transformers picks "torchvision" when torchvision is installed.
+    backends = {"pil": Phi3VImageProcessorPil, "torchvision": Phi3VImageProcessor}
+    AutoImageProcessor.register(Phi3VConfig, image_processor_classes=backends, exist_ok=True)
     AutoProcessor.register(Phi3VConfig, Phi3VProcessor, exist_ok=True)
     # Libraries that find a model class by its `architectures` name in the transformers namespace (TRL's
     # `SFTTrainer(model="path")` and `trl sft`) then take ours, never the hub's remote code named by `auto_map`.

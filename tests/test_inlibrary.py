@@ -301,6 +301,29 @@ def test_image_processor_refuses_a_misspelt_setting(tiny_dir):
     assert loaded.image_processor.num_crops == 16
 
 
+def test_image_processor_backends_as_transformers_picks_them_and_one_saved_file(tiny_dir, tmp_path):
+    """transformers' two backend slots: the PIL one (its choice where torchvision is not installed) and the tensor
+    one (asked for, or its choice wherever torchvision is installed), which takes ``device`` through the processor. Both give the same ids and pixels and save the same file."""
+    from phi3v_recipe.phi3_v import Phi3VImageProcessor, Phi3VImageProcessorPil
+
+    default = AutoProcessor.from_pretrained(tiny_dir)
+    tensors = AutoProcessor.from_pretrained(tiny_dir, backend="torchvision")
+    picked = Phi3VImageProcessor if transformers.utils.is_torchvision_available() else Phi3VImageProcessorPil
+    assert type(default.image_processor) is picked
+    assert type(tensors.image_processor) is Phi3VImageProcessor
+    assert type(AutoImageProcessor.from_pretrained(tiny_dir, backend="pil")) is Phi3VImageProcessorPil
+    expected = default(PROMPT, [photo(400, 300)], return_tensors="pt")
+    for kwargs in ({"device": "cpu"}, {"images_kwargs": {"device": "cpu"}}, {}):
+        out = tensors(PROMPT, [photo(400, 300)], return_tensors="pt", **kwargs)
+        assert all(torch.equal(out[key], expected[key]) for key in expected)
+    default.image_processor.save_pretrained(tmp_path / "pil")
+    tensors.image_processor.save_pretrained(tmp_path / "tensors")
+    saved = [json.loads((tmp_path / name / "preprocessor_config.json").read_text()) for name in ("pil", "tensors")]
+    assert saved[0] == saved[1] and saved[0]["image_processor_type"] == "Phi3VImageProcessor"
+    with pytest.raises(TypeError, match='backend="torchvision"'):
+        AutoProcessor.from_pretrained(tiny_dir, backend="pil")(PROMPT, [photo(400, 300)], device="cpu")
+
+
 def test_an_attribute_set_on_an_image_processor_comes_back_from_its_saved_file(tiny_dir, tmp_path):
     """to_dict saves every attribute, so one set on an instance comes back from the saved file, as with
     transformers' image processors (its processor mixin's test_args_overlap_kwargs); a saved key that is nearly a

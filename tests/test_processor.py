@@ -6,8 +6,8 @@ import torch
 from PIL import Image
 from transformers import AutoProcessor
 
-from phi3v_recipe.phi3_v import Phi3VImageProcessor, num_image_tokens
-from phi3v_recipe.phi3_v.image_processing_phi3_v import hd_grid
+from phi3v_recipe.phi3_v import Phi3VImageProcessor, Phi3VImageProcessorPil, num_image_tokens
+from phi3v_recipe.phi3_v.image_processing_phi3_v import hd_grid, resize_like_pil
 
 from . import reference
 from .conftest import HUB_MODELS
@@ -61,9 +61,10 @@ def test_token_counts_match_fixture(shared):
         ((336, 336), 1),
     ],
 )
-def test_pixels_match_reference(size, num_crops):
+@pytest.mark.parametrize("device", [None, "cpu"])  # by PIL, or by the same steps in torch on a device
+def test_pixels_match_reference(size, num_crops, device):
     image = photo(*size, seed=sum(size))
-    ours = Phi3VImageProcessor(num_crops=num_crops)(image)
+    ours = Phi3VImageProcessor(num_crops=num_crops)(image, device=device)
     ref_pixels, ref_size = reference.process_image(image, num_crops)
 
     assert ours["pixel_values"].shape == (1, num_crops + 1, 3, 336, 336)
@@ -73,12 +74,46 @@ def test_pixels_match_reference(size, num_crops):
     assert ours["pixel_values"][0, 1 + rows * cols :].abs().sum() == 0  # padding slots are zeros
 
 
+@pytest.mark.parametrize("device", [None, "cpu"])
 @pytest.mark.parametrize("mode", ["RGBA", "P", "L", "LA", "CMYK"])
-def test_other_image_modes_are_converted(mode):
+def test_other_image_modes_are_converted(mode, device):
     image = photo(400, 300, mode=mode)
-    ours = Phi3VImageProcessor(num_crops=4)(image)
+    ours = Phi3VImageProcessor(num_crops=4)(image, device=device)
     ref_pixels, _ = reference.process_image(image, 4)
     torch.testing.assert_close(ours["pixel_values"][0], ref_pixels, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("channels", [3, 1])
+def test_resize_in_torch_is_pils_bilinear_bit_for_bit(channels):
+    """PIL's resize computed in torch (what a device runs) equals PIL's own, growing and shrinking each side,
+    to extreme aspect ratios."""
+    sizes = [((400, 300), (672, 504)), ((3000, 2000), (1344, 896)), ((640, 480), (336, 252)), ((333, 777), (336, 784)),
+             ((1920, 1080), (1680, 945)), ((37, 1999), (8, 448)), ((500, 200), (672, 268)), ((7, 5), (1008, 1008))]  # fmt: skip
+    for (width, height), (new_w, new_h) in sizes:
+        image = photo(width, height, seed=width, mode="RGB" if channels == 3 else "L")
+        expected = np.array(image.resize((new_w, new_h), Image.Resampling.BILINEAR)).reshape(new_h, new_w, channels)
+        pixels = torch.from_numpy(np.array(image).reshape(height, width, channels)).permute(2, 0, 1)
+        ours = resize_like_pil(pixels, new_w, new_h).permute(1, 2, 0).numpy()
+        assert ours.dtype == np.uint8 and np.array_equal(ours, expected), (width, height, new_w, new_h)
+
+
+def test_both_backends_give_the_same_pixels_for_every_kind_of_image():
+    """On a device (torch) and by PIL, and the PIL backend alike: PIL images, 8-bit arrays and tensors either way
+    round, floats, portrait images, and kept alpha or palettes (``do_convert_rgb=False``, which PIL resizes its own
+    way and so take PIL's path; unnormalised, as their channels are not the three the mean has)."""
+    tensor_backend, pil_backend = Phi3VImageProcessor(num_crops=16), Phi3VImageProcessorPil(num_crops=16)
+    wide, tall = photo(1000, 700, seed=1), photo(333, 1200, seed=2)
+    images = [wide, tall, np.array(wide), torch.from_numpy(np.array(tall)).permute(2, 0, 1), np.array(wide) / 255.0]
+    for image in images + [wide.convert("RGBA"), wide.convert("P"), tall.convert("L")]:
+        for keep_mode in (False, True):
+            settings = {"do_convert_rgb": not keep_mode, "do_normalize": not keep_mode, "return_tensors": "pt"}
+            expected = pil_backend(image, **settings)
+            for device in (None, "cpu"):
+                ours = tensor_backend(image, device=device, **settings)
+                assert torch.equal(ours["pixel_values"], expected["pixel_values"]), (type(image), keep_mode, device)
+                assert torch.equal(ours["image_sizes"], expected["image_sizes"])
+    with pytest.raises(TypeError, match='backend="torchvision"'):
+        pil_backend(wide, device="cpu")
 
 
 def test_token_count_from_size_equals_processed_count():

@@ -119,6 +119,7 @@ IMAGE_KWARGS = {
     "input_data_format",
     "rescale_factor",
     "do_normalize",
+    "device",
     "return_tensors",
 }
 # transformers' video- and audio-only keys: generic callers (apply_chat_template among them) pass them to every
