@@ -1,6 +1,7 @@
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import tempfile
@@ -13,8 +14,18 @@ from safetensors.torch import load_file
 import phi3v_recipe  # noqa: F401  (registers phi3_v with the Auto classes)
 from phi3v_recipe.tiny import write_tiny_checkpoint
 
-# Prepared rows (phi3v_recipe/data/prepared.py) go to a folder of this test session, for its subprocesses too.
-os.environ.setdefault("PHI3V_PREPARED_DIR", tempfile.mkdtemp(prefix="phi3v-prepared-"))
+# Prepared rows (phi3v_recipe/data/prepared.py) go to a folder of this test session, for its subprocesses too,
+# removed when the session ends.
+SESSION_PREPARED = None if "PHI3V_PREPARED_DIR" in os.environ else tempfile.mkdtemp(prefix="phi3v-prepared-")
+if SESSION_PREPARED:
+    os.environ["PHI3V_PREPARED_DIR"] = SESSION_PREPARED
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if SESSION_PREPARED:
+        shutil.rmtree(SESSION_PREPARED, ignore_errors=True)
+
+
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "phi3v"
 HUB_MODELS = ["Phi-3-vision-128k-instruct", "Phi-3.5-vision-instruct"]
 

@@ -2,8 +2,10 @@
 come from the process measured, and the whole bench runs end to end on the tiny model."""
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -217,6 +219,17 @@ def test_the_bench_runs_every_mode_in_fresh_processes(tmp_path):
         )
     assert "samples_per_s_median_step" in results["vs_official"]["ours / official-frozen"]["2"]
     assert {r["mode"] for r in results["flops_full_size"]} == set(baselines.MODES)
+
+
+def test_a_bench_run_removes_its_scratch_folder_when_it_exits(tmp_path):
+    """Each bench builds its model and data in a scratch folder (scratch_dir); runs used to leave theirs behind."""
+    code = "from phi3v_recipe.bench import scratch_dir; work = scratch_dir('phi3v-bench-'); (work / 'model').mkdir(); "
+    code += "(work / 'model' / 'weights').write_bytes(bytes(1000)); print(work)"
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    work = Path(done.stdout.strip())
+    assert work.parent == tmp_path and work.name.startswith("phi3v-bench-")
+    assert not work.exists() and list(tmp_path.iterdir()) == []
 
 
 def test_head_share():

@@ -36,7 +36,9 @@ every 50 ms by the parent; PSS counts pages shared between processes once); on C
 """
 
 import argparse
+import atexit
 import json
+import shutil
 import statistics
 import tempfile
 from pathlib import Path
@@ -48,6 +50,14 @@ from .measure import run_child, run_mode
 from .micro import bench_padding, bench_pipes, bench_preprocessing
 
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense bf16 FLOP/s, by GPU name
+
+
+def scratch_dir(prefix: str) -> Path:
+    """A folder for one bench run's model, data and run outputs, removed when the bench's process exits (each run
+    used to leave its own behind: 1.5 GB of them in /tmp here after a few days of runs)."""
+    folder = tempfile.mkdtemp(prefix=prefix)
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return Path(folder)
 
 
 def build_model_dir(kind: str, folder: Path, num_crops: int) -> Path:
@@ -211,8 +221,8 @@ def main(argv=None) -> dict:
     sweep = args.sweep or ("1,2,4,8" if device == "cuda" else str(args.batch_size))
     batches = [int(b) for b in sweep.split(",")]
     attn = "flash_attention_2" if device == "cuda" and is_flash_attn_2_available() else "sdpa"
-    work = Path(tempfile.mkdtemp(prefix="phi3v-bench-"))
-    print(f"Building the {kind} model in {work} ...", flush=True)
+    work = scratch_dir("phi3v-bench-")
+    print(f"Building the {kind} model in {work} (removed at the end) ...", flush=True)
     model_dir = build_model_dir(kind, work, num_crops)
     processor = AutoProcessor.from_pretrained(model_dir, num_crops=num_crops)
     csv_path = write_sample_set(work / "data", rows=args.rows, seed=0)

@@ -16,11 +16,10 @@ far more here than at full size (where TRL's fused head does it on a GPU): the C
 """
 
 import json
-import tempfile
 from pathlib import Path
 
 from ..errors import ArgumentParser
-from . import mode_spec, ratios, rotated, spread, summary, table
+from . import mode_spec, ratios, rotated, scratch_dir, spread, summary, table
 from .baselines import PHI4MM_MODES
 from .measure import run_child
 
@@ -51,7 +50,7 @@ def main(argv=None) -> dict:
     if set(modes) - set(PHI4MM_MODES):
         parser.error(f"unknown modes {sorted(set(modes) - set(PHI4MM_MODES))}; choose from {PHI4MM_MODES}")
     threads = args.threads or torch.get_num_threads()
-    work = Path(tempfile.mkdtemp(prefix="phi4mm-bench-"))
+    work = scratch_dir("phi4mm-bench-")
     model_dir = work / "tiny-phi4mm"
     phi4mm.write_tiny(model_dir, CORPUS, crops=args.dynamic_hd)
     processor = phi4mm.load_processor(model_dir, crops=args.dynamic_hd)

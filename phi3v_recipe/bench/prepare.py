@@ -17,7 +17,6 @@ import resource
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -202,11 +201,12 @@ def main(argv=None) -> dict:
         return {}
 
     from ..tiny import write_tiny_checkpoint
+    from . import scratch_dir
 
     workers = args.workers or len(os.sched_getaffinity(0))
-    work = Path(tempfile.mkdtemp(prefix="phi3v-bench-prepare-"))
+    work = scratch_dir("phi3v-bench-prepare-")
     model_dir = write_tiny_checkpoint(work / "tiny")  # the real tokenizer's token counts do not change the work
-    print(f"Writing {args.photos} photo-sized JPEGs in {work} ...", flush=True)
+    print(f"Writing {args.photos} photo-sized JPEGs in {work} (removed at the end) ...", flush=True)
     photos = write_photos(work / "data", args.photos)
     decode_ms, header_ms = decode_and_header_ms(photos[:20])
     results = {"workers": workers, "photos": args.photos, "decode_ms": decode_ms, "header_ms": header_ms, "runs": []}
