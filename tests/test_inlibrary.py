@@ -301,6 +301,30 @@ def test_image_processor_refuses_a_misspelt_setting(tiny_dir):
     assert loaded.image_processor.num_crops == 16
 
 
+def test_offsets_are_in_the_expanded_text_and_replacement_offsets_say_where_each_image_went(processor):
+    """As transformers' processors give them: text_replacement_offsets says where each placeholder (a tag, or
+    <|image|>) went in the expanded text, and the offset mapping is in that text: each <|image|> id covers one
+    <|image|> of its image's run, and the tokens cover every character. Both placeholder kinds give the same."""
+    images = [photo(400, 300), photo(500, 200)]
+    tagged = "<|user|>\n<|image_1|>\nWhat?<|end|>\n<|assistant|>\nA <|image_2|> b"
+    results = []
+    for text in (tagged, tagged.replace("<|image_1|>", "<|image|>").replace("<|image_2|>", "<|image|>")):
+        out = processor(text, images, return_offsets_mapping=True, return_text_replacement_offsets=True)
+        records, ids, offsets = out["text_replacement_offsets"][0], out["input_ids"][0], out["offset_mapping"][0]
+        expanded = text
+        for record in reversed(records):
+            expanded = expanded[: record["span"][0]] + record["replacement"] + expanded[record["span"][1] :]
+        assert [r["text"] for r in records] == [text[slice(*r["span"])] for r in records] and len(records) == 2
+        assert all(expanded[slice(*r["new_span"])] == r["replacement"] for r in records)
+        runs = [len(r["replacement"]) // len("<|image|>") for r in records]
+        assert runs == [processor.num_image_tokens(*image.size) for image in images]
+        image_spans = [span for i, span in zip(ids, offsets) if i == IMAGE_TOKEN_ID]
+        assert len(image_spans) == sum(runs) and all(expanded[a:b] == "<|image|>" for a, b in image_spans)
+        assert {c for a, b in offsets for c in range(a, b)} == set(range(len(expanded)))
+        results.append((ids, offsets, [r["new_span"] for r in records]))
+    assert results[0] == results[1]
+
+
 def test_image_processor_backends_as_transformers_picks_them_and_one_saved_file(tiny_dir, tmp_path):
     """transformers' two backend slots: the PIL one (its choice where torchvision is not installed) and the tensor
     one (asked for, or its choice wherever torchvision is installed), which takes ``device`` through the processor. Both give the same ids and pixels and save the same file."""

@@ -46,6 +46,11 @@ def num_image_tokens(width: int, height: int, num_crops: int, tokens_per_crop: i
     """Number of image tokens the model spends on an image of this size (sub-crops with a separator per row,
     one global separator, the global view with its separators)."""
     *_, rows, cols = hd_grid(width, height, num_crops)
+    return grid_tokens(rows, cols, tokens_per_crop)
+
+
+def grid_tokens(rows: int, cols: int, tokens_per_crop: int = 144) -> int:
+    """Image tokens of an image laid out as ``rows x cols`` crops."""
     side = math.isqrt(tokens_per_crop)
     return (rows * cols + 1) * tokens_per_crop + 1 + (rows + 1) * side
 

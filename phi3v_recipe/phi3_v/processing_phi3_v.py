@@ -4,10 +4,11 @@ Matches the reference processor on one sample: every text chunk around an image 
 (so a BOS follows every image), and the N-th image becomes a run of ``<|image|>`` ids (32044) as long as its token
 count: the reference's ids with every negative id replaced by the in-vocabulary image token, as vLLM writes them.
 Beyond the reference it takes a batch (texts with their lists of images, or a flat list of images shared out by
-the texts' tags), pads it, loads images given as paths or URLs, truncates without cutting an image, returns
-token offsets (for assistant-only masks), and renders chat messages with typed content (``{"type": "image"}``)
-through a chat template of its own. Keyword arguments follow transformers' processor conventions (``text_kwargs``,
-``images_kwargs``, ``common_kwargs`` or flat); one it does not support is refused by name.
+the texts' tags), pads it, loads images given as paths or URLs, truncates without cutting an image, returns token
+offsets in the expanded text and where each image placeholder went there (for assistant-only masks), and renders
+chat messages with typed content (``{"type": "image"}``) through a chat template of its own. Keyword arguments
+follow transformers' processor conventions (``text_kwargs``, ``images_kwargs``, ``common_kwargs`` or flat); one it
+does not support is refused by name.
 """
 
 import re
@@ -24,9 +25,10 @@ from transformers.processing_utils import (
     VideosKwargs,
 )
 
-from .image_processing_phi3_v import Phi3VImageProcessorKwargs, hd_grid, refuse_near_misses
+from .image_processing_phi3_v import CROP, Phi3VImageProcessorKwargs, grid_tokens, hd_grid, refuse_near_misses
 
 IMAGE_TAG = re.compile(r"<\|image_(\d+)\|>")
+PLACEHOLDER = re.compile(r"<\|image_\d+\|>|<\|image\|>")  # a tag, or transformers' <|image|> (processor.image_token)
 
 # The template both hub checkpoints ship in tokenizer_config.json: it only renders string content.
 HUB_CHAT_TEMPLATE = (
@@ -72,8 +74,9 @@ def check_image_tags(text: str, num_images: int) -> None:
         shown = ", ".join(f"<|image_{n}|>" for n in found) or "no image tags"
         wanted = ", ".join(f"<|image_{n}|>" for n in expected) or "no image tags"
         raise ValueError(
-            f"Image placeholders do not match the {num_images} image(s) given: found {shown}, expected {wanted} "
-            "(one tag per image, numbered from 1, in order)."
+            f"Image placeholders do not match the {num_images} image(s) given (the image tokens in the prompts should "
+            f"be the same as the number of images): found {shown}, expected {wanted} (one tag per image, numbered "
+            "from 1, in order)."
         )
 
 
@@ -202,30 +205,55 @@ class Phi3VProcessor(ProcessorMixin):
     ):
         """Token ids of one text, each ``<|image_N|>`` expanded to a run of ``<|image|>`` ids as long as the N-th
         image's token count (``image_sizes``: (W, H) per image, no pixels needed). With ``return_offsets``, also the
-        (start, end) characters of each token in ``text`` (image and BOS tokens are empty spans)."""
+        (start, end) characters of each token in the expanded text, as transformers' processors give them: the text
+        with each image placeholder replaced by its run of ``<|image|>`` (``text_replacement_offsets`` says where
+        each went); BOS tokens are empty spans."""
         text = self.numbered_tags(text)
         check_image_tags(text, len(image_sizes))
         pieces = IMAGE_TAG.split(text)[::2]
-        starts = [0] + [match.end() for match in IMAGE_TAG.finditer(text)]
+        tags = list(IMAGE_TAG.finditer(text))
         encoded = self.tokenizer(pieces, return_offsets_mapping=return_offsets)  # a BOS before every piece
         if not add_special_tokens:
             first = self.tokenizer(pieces[0], add_special_tokens=False, return_offsets_mapping=return_offsets)
             encoded["input_ids"][0] = first["input_ids"]
             if return_offsets:
                 encoded["offset_mapping"][0] = first["offset_mapping"]
-        ids, offsets = [], []
-        for n, start in enumerate(starts):
+        ids, offsets, grown, size = [], [], 0, len(self.image_token)  # grown: characters the runs added so far
+        for n, piece_ids in enumerate(encoded["input_ids"]):
+            start = 0
             if n > 0:
-                width, height = image_sizes[n - 1]
-                count = self.num_image_tokens(width, height, num_crops)
+                tag = tags[n - 1]
+                count = self.num_image_tokens(*image_sizes[n - 1], num_crops)
                 ids += [self.image_token_id] * count
-                offsets += [(start, start)] * count
-            ids += encoded["input_ids"][n]
+                run = tag.start() + grown
+                offsets += [(run + k * size, run + (k + 1) * size) for k in range(count)]
+                grown += count * size - len(tag.group())
+                start = tag.end() + grown
+            ids += piece_ids
             if return_offsets:
                 offsets += [
                     (start + a, start + b) if b > a else (start, start) for a, b in encoded["offset_mapping"][n]
                 ]
         return (ids, offsets) if return_offsets else ids
+
+    def replace_image_token(self, image_inputs: dict, image_idx: int, **kwargs) -> str:
+        """The run of ``<|image|>`` an image's placeholder becomes, from the image processor's outputs (its padded
+        size gives its crop grid)."""
+        height, width = (int(side) for side in image_inputs["image_sizes"][image_idx])
+        return self.image_token * grid_tokens(height // CROP, width // CROP, self.image_processor.num_img_tokens)
+
+    def replacement_offsets(self, texts: list[str], image_inputs: dict) -> list[list[dict]]:
+        """Where each text's image placeholders (``<|image_N|>`` tags or ``<|image|>``) went in its expanded text, as
+        transformers' processors give them: ``type``, ``span`` (in the text), ``new_span`` (in the expanded text),
+        ``text`` (the placeholder) and ``replacement`` (the run)."""
+        count = sum(len(PLACEHOLDER.findall(text)) for text in texts)
+        runs = [self.replace_image_token(image_inputs, index) for index in range(count)]
+        plain = [PLACEHOLDER.sub(self.image_token, text) for text in texts]  # one <|image|> per image
+        _, records = self.get_text_with_replacements(plain, images_replacements=runs)
+        for text, row in zip(texts, records):  # spans in the text as given, whichever placeholders it has
+            for record, placeholder in zip(row, PLACEHOLDER.finditer(text)):
+                record["span"], record["text"] = placeholder.span(), placeholder.group()
+        return records
 
     def numbered_tags(self, text: str) -> str:
         """The text with each ``<|image|>`` placeholder (``processor.image_token``, as transformers' VLM processors
@@ -265,7 +293,8 @@ class Phi3VProcessor(ProcessorMixin):
         if text is None:
             raise ValueError("Phi-3-Vision needs a text with one <|image_N|> placeholder per image.")
         batched = not isinstance(text, str)
-        texts = [self.numbered_tags(t) for t in (text if batched else [text])]
+        given = list(text) if batched else [text]
+        texts = [self.numbered_tags(t) for t in given]
         per_text = self._images_per_text(texts, images, batched)
         per_text = [[self._load_image(image) for image in imgs] for imgs in per_text]
 
@@ -315,14 +344,14 @@ class Phi3VProcessor(ProcessorMixin):
             del data["attention_mask"]
         if options["return_mm_token_type_ids"]:
             data["mm_token_type_ids"] = [[int(i == self.image_token_id) for i in row] for row in data["input_ids"]]
-        if options["return_text_replacement_offsets"]:  # the text itself is never expanded: image runs are ids only
-            data["text_replacement_offsets"] = [[] for _ in texts]
         all_images = [image for imgs in per_text for image in imgs]
+        image_inputs = self.image_processor(all_images, **images_kwargs) if all_images else {}
+        if options["return_text_replacement_offsets"]:
+            data["text_replacement_offsets"] = self.replacement_offsets(given, image_inputs)
         out = BatchFeature(
             data=data, tensor_type=options["return_tensors"], skip_tensor_conversion=["text_replacement_offsets"]
         )
-        if all_images:
-            out.update(self.image_processor(all_images, **images_kwargs))
+        out.update(image_inputs)
         return out
 
     def _load_image(self, image):
@@ -341,12 +370,16 @@ class Phi3VProcessor(ProcessorMixin):
             return [list(images[0]) if len(images) == 1 and isinstance(images[0], (list, tuple)) else images]
         if all(isinstance(item, (list, tuple)) for item in images):
             if len(images) != len(texts):
-                raise ValueError(f"Got {len(texts)} texts but {len(images)} image lists; give one list per text.")
+                raise ValueError(
+                    f"Got {len(texts)} texts but {len(images)} image lists; give one list per text (the image tokens "
+                    "in the prompts should be the same as the number of images)."
+                )
             return [list(imgs) for imgs in images]
         counts = [len(image_tag_numbers(t)) for t in texts]
         if sum(counts) != len(images):
             raise ValueError(
-                f"The texts hold {sum(counts)} <|image_N|> placeholders but {len(images)} images were given."
+                f"The texts hold {sum(counts)} <|image_N|> placeholders but {len(images)} images were given (the image "
+                "tokens in the prompts should be the same as the number of images)."
             )
         bounds = [sum(counts[:i]) for i in range(len(counts) + 1)]
         return [images[a:b] for a, b in zip(bounds, bounds[1:])]
