@@ -13,13 +13,12 @@ from transformers import AutoModelForCausalLM
 
 from phi3v_recipe.collator import IGNORE_INDEX, VisionSFTCollator, encode_conversation
 from phi3v_recipe.conversation import conversation, render
-from phi3v_recipe.data import DataArguments, prepare_data
 from phi3v_recipe.errors import UserError
 from phi3v_recipe.families import phi4mm
 from phi3v_recipe.families.phi4mm_images import Phi4MMImageProcessor
 
 from .test_processor import photo
-from .test_tasks import EXPECTED_FORMAT, FORMAT_ROWS, TWINS, write_jsonl
+from .test_tasks import FORMAT_ROWS, TWINS, collated_format_row, write_jsonl
 from .test_train import ROOT
 
 IMAGE = phi4mm.SPECIAL_IDS["<|image|>"]
@@ -104,14 +103,8 @@ def test_each_format_trains_exactly_its_assistant_turns(tmp_path, processor, nam
     for i, size in enumerate([(64, 48), (40, 90), (50, 50)]):
         photo(*size, seed=i).save(tmp_path / f"p{i}.png")
     path = write_jsonl(tmp_path / f"{name.split()[0]}.jsonl", [FORMAT_ROWS[name]])
-    data = prepare_data(DataArguments(dataset=str(path), eval_fraction=0), processor, max_length=None)
-    assert data.args.data_format == EXPECTED_FORMAT[name] and not data.skipped, data.summary()
-    row = data.train[0]
-    batch = VisionSFTCollator(processor)([row])
-    ids, labels = batch["input_ids"][0], batch["labels"][0]
-    tok = processor.tokenizer
-    trained = labels[labels != IGNORE_INDEX].tolist()
-    print(name, "->", tok.convert_ids_to_tokens(trained))
+    row, batch, trained = collated_format_row(processor, path, name)
+    ids, labels, tok = batch["input_ids"][0], batch["labels"][0], processor.tokenizer
     expected = tok("Red<|end|>A square<|end|><|endoftext|>", add_special_tokens=False).input_ids
     assert trained == expected  # both answers, each with its <|end|>, and the closing <|endoftext|>
     assert (ids == IMAGE).sum() == processor.num_image_tokens(64, 48) + processor.num_image_tokens(40, 90)

@@ -102,20 +102,27 @@ EXPECTED_FORMAT = {
 }
 
 
+def collated_format_row(processor, path, name):
+    """The one row of a format's file, prepared (in the format ``name`` stands for) and collated: the row, its batch
+    and the label ids it trains (printed as tokens)."""
+    data = prepare_data(DataArguments(dataset=str(path), eval_fraction=0), processor, max_length=None)
+    assert data.args.data_format == EXPECTED_FORMAT[name] and not data.skipped, data.summary()
+    row = data.train[0]
+    batch = VisionSFTCollator(processor)([row])
+    labels = batch["labels"][0]
+    trained = labels[labels != IGNORE_INDEX].tolist()
+    print(name, "->", processor.tokenizer.convert_ids_to_tokens(trained))
+    return row, batch, trained
+
+
 @pytest.mark.parametrize("name", sorted(FORMAT_ROWS))
 @pytest.mark.parametrize("model", HUB_MODELS)
 def test_each_format_trains_exactly_its_assistant_turns(shared, pictures, name, model):
     processor = AutoProcessor.from_pretrained(shared / "hub" / model, num_crops=1)
     path = write_jsonl(pictures / f"{name.split()[0]}.jsonl", [FORMAT_ROWS[name]])
-    data = prepare_data(DataArguments(dataset=str(path), eval_fraction=0), processor, max_length=None)
-    assert data.args.data_format == EXPECTED_FORMAT[name] and not data.skipped, data.summary()
-    row = data.train[0]
+    row, batch, trained = collated_format_row(processor, path, name)
     assert len(row["images"]) == 2
-    batch = VisionSFTCollator(processor)([row])
-    ids, labels = batch["input_ids"][0], batch["labels"][0]
-    tok = processor.tokenizer
-    trained = labels[labels != IGNORE_INDEX].tolist()
-    print(name, "->", tok.convert_ids_to_tokens(trained))
+    ids, labels, tok = batch["input_ids"][0], batch["labels"][0], processor.tokenizer
     expected = tok("Red<|end|>\n", add_special_tokens=False).input_ids
     expected += tok("A square<|end|>\n", add_special_tokens=False).input_ids + [tok.eos_token_id]
     assert trained == expected  # both answers, each with <|end|> and its newline, and the closing <|endoftext|>
