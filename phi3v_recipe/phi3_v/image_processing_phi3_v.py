@@ -98,6 +98,12 @@ def resize_like_pil(pixels: torch.Tensor, width: int, height: int) -> torch.Tens
     return out.to(torch.uint8)
 
 
+def channels_first(image: Image.Image) -> torch.Tensor:
+    """A PIL image's 8-bit values as ``[channels, H, W]`` (grayscale too)."""
+    array = np.array(image)
+    return torch.from_numpy(array.reshape(*array.shape[:2], -1)).permute(2, 0, 1)
+
+
 def is_float(image) -> bool:
     """A float numpy array or torch tensor: read as already scaled to [0, 1]."""
     return isinstance(image, (np.ndarray, torch.Tensor)) and (
@@ -264,8 +270,7 @@ class Phi3VImageProcessor(KeepsSavedAttributes, BaseImageProcessor):
         if transposed:
             image = image.transpose(Image.Transpose.TRANSPOSE)
             new_w, new_h, rows, cols = new_h, new_w, cols, rows
-        array = np.array(image.resize((new_w, new_h), Image.Resampling.BILINEAR))
-        resized = torch.from_numpy(array.reshape(*array.shape[:2], -1)).permute(2, 0, 1)
+        resized = channels_first(image.resize((new_w, new_h), Image.Resampling.BILINEAR))
         return self.padded(resized, rows, transposed, mean, std, scale, normalize)
 
     def eight_bit(self, image, input_data_format, convert_rgb) -> torch.Tensor | None:
@@ -283,8 +288,7 @@ class Phi3VImageProcessor(KeepsSavedAttributes, BaseImageProcessor):
         image = image.convert("RGB") if convert_rgb else image
         if image.mode not in ("RGB", "L"):
             return None
-        array = np.array(image)
-        return torch.from_numpy(array.reshape(*array.shape[:2], -1)).permute(2, 0, 1)
+        return channels_first(image)
 
     def padded(self, resized: torch.Tensor, rows: int, transposed: bool, mean, std, scale, normalize) -> torch.Tensor:
         """The resized 8-bit image ``[channels, h, w]`` (its long side along w) -> the HD tensor: times ``scale``,
