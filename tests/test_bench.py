@@ -226,7 +226,9 @@ def test_a_bench_run_removes_its_scratch_folder_when_it_exits(tmp_path):
     code = "from phi3v_recipe.bench import scratch_dir; work = scratch_dir('phi3v-bench-'); (work / 'model').mkdir(); "
     code += "(work / 'model' / 'weights').write_bytes(bytes(1000)); print(work)"
     env = {**os.environ, "TMPDIR": str(tmp_path)}
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env, timeout=120
+    )
     work = Path(done.stdout.strip())
     assert work.parent == tmp_path and work.name.startswith("phi3v-bench-")
     assert not work.exists() and list(tmp_path.iterdir()) == []
