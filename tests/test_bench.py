@@ -185,7 +185,9 @@ def test_vm_hwm_is_the_measured_process_own_peak():
         "import numpy as np; from phi3v_recipe.bench.measure import vm_hwm_mb; a = np.ones(400 * 2**20 // 8); "
         "del a; print(vm_hwm_mb())"
     )
-    peak = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    peak = float(
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120).stdout
+    )
     assert 400 < peak < 2000
 
 
