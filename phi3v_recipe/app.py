@@ -206,6 +206,12 @@ def read_run(folder: Path) -> tuple[RecipeArguments | None, list[dict]]:
     return recipe, examples
 
 
+def served_files(examples: list[dict]) -> list[str]:
+    """The files the page may serve besides uploads: exactly the example images, each by its own path (a folder
+    given to Gradio would serve everything in it: the data table beside the images, any private file put there)."""
+    return sorted({str(Path(p).resolve()) for example in examples for p in example["images"]})
+
+
 def build_app(session: Session, title: str, max_new_tokens: int = 64):
     """The Gradio page for a loaded session."""
     import gradio as gr
@@ -367,8 +373,7 @@ def main(argv: list[str] | None = None) -> None:
 
         recipe = parse_recipe(["--config", args.config])[0]
     page = build_app(Session(model, processor, recipe, examples), f"phi3v-recipe: {args.adapter}", args.max_new_tokens)
-    allowed = sorted({str(Path(p).parent.resolve()) for e in examples for p in e["images"]})
-    page.launch(server_name=args.host, server_port=args.port, share=args.share, allowed_paths=allowed)
+    page.launch(server_name=args.host, server_port=args.port, share=args.share, allowed_paths=served_files(examples))
 
 
 if __name__ == "__main__":

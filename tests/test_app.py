@@ -18,6 +18,7 @@ from phi3v_recipe.app import (
     display,
     main,
     read_run,
+    served_files,
     start_chat,
     write_space,
 )
@@ -278,6 +279,29 @@ def test_a_client_on_a_real_server_gets_only_its_uploads(tmp_path):
             answer = call([named])
             assert "gradio_api/file=" not in answer, answer  # nothing of the server's was put where it is served
         assert httpx.get(f"{url}/gradio_api/file={secret}", timeout=30).status_code == 403
+    finally:
+        page.close()
+
+
+def test_the_server_serves_the_example_images_and_nothing_beside_them(tmp_path):
+    """The README's layout: the images beside the data table. Raw GETs on a real server reach the examples only."""
+    import httpx
+
+    (tmp_path / "images").mkdir()
+    example = tmp_path / "images" / "example.png"
+    photo(40, 30).save(example)
+    photo(40, 30, seed=1).save(tmp_path / "images" / "not-an-example.png")
+    (tmp_path / "images" / "notes.txt").write_text("private")
+    (tmp_path / "products.csv").write_text("image,title\nimages/example.png,Bag\n")
+    examples = [{"images": [str(example)], "truth": "Bag"}]
+    page = build_app(Session(object(), None, None, examples), "t")
+    page.launch(server_name="127.0.0.1", prevent_thread_lock=True, quiet=True, allowed_paths=served_files(examples))
+    url = page.local_url.rstrip("/")
+    try:
+        assert httpx.get(f"{url}/gradio_api/file={example}", timeout=30).content == example.read_bytes()
+        for private in ["images/not-an-example.png", "images/notes.txt", "products.csv", "images/", "images"]:
+            answer = httpx.get(f"{url}/gradio_api/file={tmp_path / private}", timeout=30)
+            assert answer.status_code in (403, 404), (private, answer.status_code)
     finally:
         page.close()
 
