@@ -9,6 +9,7 @@ from PIL import Image
 from transformers import AutoProcessor
 
 import phi3v_recipe.data as data_module
+from phi3v_recipe.arguments import RecipeArguments
 from phi3v_recipe.conversation import text_of
 from phi3v_recipe.data import BadRow, DataArguments, format_number, prepare_data
 from phi3v_recipe.errors import UserError
@@ -302,6 +303,10 @@ def test_prepared_rows_are_read_back_and_prepared_again_only_when_something_chan
     assert again.train.cache_files  # memory-mapped from the kept entry, not held in memory
     # Splitting differently, or reporting bad rows differently, reuses the same checked rows.
     assert prepare(eval_fraction=0.5, split_seed=7, strict=True)[1] == 0
+    # So do a recipe's run keys, which shape no row: `phi3v-recipe prepare` serves the run it prepared for.
+    run_keys = dict(overwrite_output_dir=True, predictions_to_log=0, freeze_vision_tower=False)
+    prepare_data(RecipeArguments(**base, **run_keys), processor, 4096)
+    assert checks.take() == 0
 
     # What changes the rows prepares them again: a recipe key that shapes them, max_length, the processor ...
     question, checked = prepare(question="What is this?")
@@ -344,6 +349,52 @@ def test_prepared_rows_are_read_back_and_prepared_again_only_when_something_chan
         set(other_data.train["product_code"]) != set(first.train["product_code"])
         or other_data.train["images"] != first.train["images"]
     )
+
+
+def damage(entry: Path, how: str) -> None:
+    if how == "cut arrow":
+        arrow = next(entry.glob("*.arrow"))
+        arrow.write_bytes(arrow.read_bytes()[: arrow.stat().st_size // 2])
+    elif how == "cut skipped.json":
+        meta = entry / "skipped.json"
+        meta.write_text(meta.read_text()[:10])
+    else:
+        (entry / "state.json").unlink()
+
+
+@pytest.mark.parametrize("how", ["cut arrow", "cut skipped.json", "no state.json"])
+def test_a_damaged_prepared_entry_is_said_discarded_and_prepared_again(processor, tmp_path, monkeypatch, capsys, how):
+    csv_path = write_sample_set(tmp_path / "s", rows=12, seed=0)
+    checks = CountedChecks(monkeypatch)
+    args = DataArguments(dataset=str(csv_path), eval_fraction=0, prepared_dir=str(tmp_path / "prepared"))
+    first = prepare_data(args, processor, 4096).train.to_list()  # read before the file under its memory map is cut
+    [entry] = (tmp_path / "prepared").iterdir()
+    damage(entry, how)
+    checks.take()
+    capsys.readouterr()
+    again = prepare_data(args, processor, 4096)
+    assert f"The prepared rows in {entry} are damaged" in capsys.readouterr().out
+    assert checks.take() == 12 and again.train.to_list() == first
+    assert [e.name for e in (tmp_path / "prepared").iterdir()] == [entry.name]  # rebuilt in place, nothing aside
+    assert prepare_data(args, processor, 4096).train.to_list() == first and checks.take() == 0
+
+
+def test_a_prepared_dir_that_cannot_take_files_is_one_line(processor, tmp_path, monkeypatch):
+    import errno
+
+    csv_path = write_sample_set(tmp_path / "s", rows=4, seed=0)
+    (tmp_path / "a-file").write_text("")
+    args = DataArguments(dataset=str(csv_path), eval_fraction=0, prepared_dir=str(tmp_path / "a-file"))
+    with pytest.raises(UserError, match=r"Cannot write the prepared rows to .*a-file \(.*\): set prepared_dir"):
+        prepare_data(args, processor, 4096)
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(data_module.prepared, "save", full)
+    args = DataArguments(dataset=str(csv_path), eval_fraction=0, prepared_dir=str(tmp_path / "full"))
+    with pytest.raises(UserError, match=r"Cannot write the prepared rows to .*full \(No space left on device\)"):
+        prepare_data(args, processor, 4096)
 
 
 def test_rows_checked_in_several_processes_are_the_rows_checked_in_one(processor, tmp_path, monkeypatch):

@@ -24,6 +24,7 @@ from ..answers import as_label, format_number, normalize
 from ..arguments import DEFAULT_ANSWER_TEMPLATE, DEFAULT_QUESTION, DataArguments, template_fields
 from ..conversation import conversation_length
 from ..errors import UserError
+from ..files import is_disk_full
 from . import prepared
 from .checks import BadRow, check_conversation, check_image, control_tokens
 from .formats import (
@@ -171,8 +172,8 @@ def _check_rows(table, args, base_dir, processor, max_length, num_proc, folder: 
         {k: v for k, v in table.features.items() if k not in removed and k not in OURS} | FEATURES
     )
     staging = folder.with_name(f".{folder.name}.{uuid.uuid4().hex}.checking")  # unique across machines too
-    staging.mkdir(parents=True, exist_ok=True)
     try:
+        staging.mkdir(parents=True, exist_ok=True)
         checked = table.map(
             check,
             batched=True,
@@ -196,6 +197,10 @@ def _check_rows(table, args, base_dir, processor, max_length, num_proc, folder: 
         ]
         kept = checked.select(numpy.setdiff1d(numpy.arange(len(checked)), bad_rows))
         prepared.save(folder, kept.remove_columns(["_skip_kind", "_skip_detail"]), skipped)
+    except OSError as err:
+        if err.errno not in prepared.UNWRITABLE and not is_disk_full(err):
+            raise
+        raise prepared.unwritable(folder.parent, err) from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

@@ -9,8 +9,8 @@ chat template) and ``max_length``. The image files are the one input outside the
 every image it names still has the size and modification time it had (one ``stat`` per file).
 """
 
-import contextlib
 import dataclasses
+import errno
 import hashlib
 import json
 import os
@@ -21,13 +21,16 @@ from pathlib import Path
 import datasets
 import pyarrow.compute
 
+from ..arguments import DataArguments
+from ..errors import UserError
 from .checks import BadRow
 
 PACKAGE = Path(__file__).resolve().parents[1]
 # The code that turns a source row into a prepared row: any change to it makes new entries.
 ROW_CODE = ["data/*.py", "answers.py", "arguments.py", "conversation.py", "images.py", "phi3_v/processing_phi3_v.py"]
 # Data keys that do not change the rows of a split: how the rows are split afterwards, how a bad row is reported,
-# and where entries are kept.
+# and where entries are kept. A recipe's other keys (the run's: crops, freezing, logging, the output folder) are no
+# data keys: the crops reach the key through the processor, the rest shape no row.
 NOT_SHAPING = {"eval_fraction", "eval_split", "split_seed", "strict", "prepared_dir"}
 
 
@@ -61,7 +64,7 @@ def code_digest() -> str:
 
 
 def entry_key(table: datasets.Dataset, args, processor_id: str, max_length: int | None) -> str:
-    shaping = {k: v for k, v in dataclasses.asdict(args).items() if k not in NOT_SHAPING}
+    shaping = {f.name: getattr(args, f.name) for f in dataclasses.fields(DataArguments) if f.name not in NOT_SHAPING}
     spec = [code_digest(), table._fingerprint, len(table), shaping, processor_id, max_length]
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
@@ -88,21 +91,48 @@ def images_digest(kept: datasets.Dataset, skipped: list[dict]) -> str:
 
 def load(folder: Path, check_images: bool = True):
     """(kept rows memory-mapped, skipped rows) of an entry whose image files are unchanged; None when there is none.
-    An entry whose image files changed is moved aside (in one rename, so a process reading it keeps its open files)
-    and deleted. ``check_images=False`` reads an entry just written, whose digest ``save`` has just taken."""
-    meta_file = folder / "skipped.json"
-    if not meta_file.is_file():
+    An entry whose image files changed, or that cannot be read whole (a cut Arrow file, a damaged or missing
+    ``skipped.json`` or ``state.json``), is discarded, said in one line for the damaged one, and prepared again.
+    ``check_images=False`` reads an entry just written, whose digest ``save`` has just taken."""
+    if not folder.exists():
         return None
-    meta = json.loads(meta_file.read_text())
-    kept = datasets.load_from_disk(str(folder))
-    if check_images and images_digest(kept, meta["skipped"]) != meta["images_digest"]:
-        stale = folder.with_name(f".{folder.name}.{uuid.uuid4().hex}.stale")
-        with contextlib.suppress(FileNotFoundError):  # another process moved it first
-            os.rename(folder, stale)
-        shutil.rmtree(stale, ignore_errors=True)
+    try:
+        meta = json.loads((folder / "skipped.json").read_text())
+        skipped = [(row["index"], row["id"], BadRow(row["kind"], row["detail"])) for row in meta["skipped"]]
+        digest = meta["images_digest"]
+        kept = datasets.load_from_disk(str(folder))
+    except Exception as err:  # whatever the damage, the entry is rebuilt from its source
+        print(f"The prepared rows in {folder} are damaged ({type(err).__name__}: {err}); discarding them.")
+        discard(folder)
         return None
-    skipped = [(row["index"], row["id"], BadRow(row["kind"], row["detail"])) for row in meta["skipped"]]
+    if check_images and images_digest(kept, meta["skipped"]) != digest:
+        discard(folder)
+        return None
     return kept, skipped
+
+
+def discard(folder: Path) -> None:
+    """Move an entry aside in one rename (a process reading it keeps its open files), then delete it."""
+    stale = folder.with_name(f".{folder.name}.{uuid.uuid4().hex}.stale")
+    try:
+        os.rename(folder, stale)
+    except FileNotFoundError:  # another process moved it first
+        return
+    except OSError as err:
+        raise unwritable(folder.parent, err) from None
+    shutil.rmtree(stale, ignore_errors=True)
+
+
+# Why a folder cannot take files: read-only, not a folder (or a file where a folder goes), no permission, full.
+UNWRITABLE = {errno.EROFS, errno.ENOTDIR, errno.EEXIST, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT}
+
+
+def unwritable(where: Path, err: OSError) -> UserError:
+    """The prepared-rows folder cannot take an entry (read-only, full, not a folder): one line, with the way out."""
+    return UserError(
+        f"Cannot write the prepared rows to {where} ({err.strerror or err}): set prepared_dir (or PHI3V_PREPARED_DIR) "
+        "to a writable folder with free space."
+    )
 
 
 def save(folder: Path, kept: datasets.Dataset, skipped: list[dict]) -> None:
