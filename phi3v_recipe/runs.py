@@ -11,6 +11,7 @@ same run.
 
 import json
 import shutil
+import zipfile
 from pathlib import Path
 
 from .errors import UserError
@@ -58,9 +59,36 @@ def holds_a_run(out: Path) -> bool:
     return out.is_dir() and (any((out / name).exists() for name in RUN_FILES) or any(out.glob("checkpoint-*")))
 
 
+def damage(file: Path) -> str | None:
+    """Why a checkpoint file cannot be read whole (cut short by a kill, a full disk or a copy), or None. Reads only
+    headers: a safetensors file's header and its length, a torch file's zip directory (at its end), a JSON file."""
+    size = file.stat().st_size
+    try:
+        if file.suffix == ".safetensors":
+            with file.open("rb") as f:
+                length = int.from_bytes(f.read(8), "little")
+                if size < 8 or 8 + length > size:
+                    return f"{file.name} is cut short in its header ({size} bytes)"
+                header = json.loads(f.read(length))
+            end = 8 + length + max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+            if end != size:
+                return f"{file.name} holds {size} bytes where its header says {end}"
+        elif file.suffix in (".pt", ".pth", ".bin"):
+            with zipfile.ZipFile(file) as archive:
+                last = max(archive.infolist(), key=lambda info: info.header_offset, default=None)
+                if last is not None and last.header_offset + last.compress_size > size:
+                    return f"{file.name} is cut short"
+        elif file.suffix == ".json":
+            json.loads(file.read_text())
+    except (ValueError, KeyError, TypeError, zipfile.BadZipFile, UnicodeDecodeError) as err:
+        return f"{file.name} cannot be read ({type(err).__name__}: {str(err)[:100]})"
+    return None
+
+
 def checkpoint_problems(path: Path, save_only_model: bool = False) -> list[str]:
-    """What a checkpoint folder lacks to be resumed from (an empty list: it is complete)."""
-    problems = []
+    """What a checkpoint folder lacks to be resumed from, or which of its files are damaged (an empty list: it is
+    complete)."""
+    problems = [why for file in sorted(path.iterdir()) if file.is_file() and (why := damage(file))]
     if not (path / "trainer_state.json").is_file():
         problems.append("no trainer_state.json")
     # Under FSDP with SHARDED_STATE_DICT the weights and optimizer are folders of shards (torch.distributed.checkpoint,
@@ -100,7 +128,12 @@ def newest_complete_checkpoint(out: Path, save_only_model: bool = False, say: bo
             if say:
                 print(f"Resuming from {path} (the newest complete checkpoint).")
             return path
-        if say:
+        if say and any(file.is_file() and damage(file) for file in path.iterdir()):
+            aside = path.with_name(f"damaged-{path.name}")  # out of checkpoint-*: never resumed from, nor rotated
+            shutil.rmtree(aside, ignore_errors=True)
+            path.rename(aside)
+            print(f"Moved {path} aside to {aside}: damaged ({'; '.join(problems)}).")
+        elif say:
             print(f"Skipping {path}: incomplete ({', '.join(problems)}).")
     raise UserError(
         f"Nothing to resume in {out}: no complete checkpoint-N folder. Start afresh without --resume_from_checkpoint "

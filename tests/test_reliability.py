@@ -18,6 +18,7 @@ from phi3v_recipe.config import parse_recipe
 from phi3v_recipe.data import DataArguments, prepare_data
 from phi3v_recipe.errors import UserError
 from phi3v_recipe.hub import PUSH_IGNORE
+from phi3v_recipe.runs import checkpoint_problems
 
 from .test_processor import photo
 from .test_train import ROOT, clean_env, demo_args, run_module, run_train
@@ -171,6 +172,29 @@ def test_a_kill_during_a_save_leaves_complete_checkpoints_and_resume_says_which(
     assert f"Skipping {partial}: incomplete (no optimizer.pt)" in resumed.stdout
     assert f"Resuming from {out / 'checkpoint-2'} (the newest complete checkpoint)" in resumed.stdout
     assert (out / "checkpoint-6" / "trainer_state.json").is_file()
+
+    # A newest checkpoint whose files are there but cut short (a copy, a disk): each kind of file is found out by its
+    # header alone ...
+    for name in ("adapter_model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json"):
+        cut = tmp_path / f"cut-{name}" / "checkpoint-6"
+        shutil.copytree(out / "checkpoint-6", cut)
+        data = (cut / name).read_bytes()
+        (cut / name).write_bytes(data[: len(data) * 2 // 3])
+        assert any(name in problem for problem in checkpoint_problems(cut)), name
+    assert checkpoint_problems(out / "checkpoint-6") == []
+    # ... moved aside with one line, and the run resumes from the complete one before it.
+    shutil.copytree(tmp_path / "cut-adapter_model.safetensors" / "checkpoint-6", out / "checkpoint-8")
+    resumed = run_train(
+        demo_args(tiny_dir, sample_csv, out, *common, "--resume_from_checkpoint", "true", "--max_steps", "8"),
+        clean_env(tmp_path),
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert (
+        f"Moved {out / 'checkpoint-8'} aside to {out / 'damaged-checkpoint-8'}: damaged (adapter_model.safetensors"
+        in (resumed.stdout)
+    )
+    assert f"Resuming from {out / 'checkpoint-6'} (the newest complete checkpoint)" in resumed.stdout
+    assert checkpoint_problems(out / "checkpoint-8") == []
 
 
 def test_a_full_disk_is_one_line_and_keeps_what_was_saved(tiny_dir, sample_csv, tmp_path):
