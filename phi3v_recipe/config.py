@@ -86,6 +86,12 @@ def check_flags(args: list[str]) -> None:
                 close = difflib.get_close_matches(key, known, n=1)
                 hint = f" Did you mean --{close[0]}?" if close else ""
                 raise UserError(f"Unknown flag --{key}.{hint} Flags are recipe keys, written in full.")
+            if key == "hub_token":  # refused before any worker starts (a flag cannot be taken back out of ps)
+                raise UserError(
+                    "--hub_token puts the token in the command line of the run and its workers, which every user of "
+                    "this machine sees (ps) for the whole run: give it as HF_TOKEN=... in the environment, or log in "
+                    "once with `hf auth login`."
+                )
 
 
 def check_model_path(name: str) -> None:

@@ -283,16 +283,6 @@ def disk_full_is_a_user_error(out: Path):
     return full_disk_is_one_line(out, "saving", advice)
 
 
-def hide_token_in_argv(argv: list[str]) -> None:
-    """Mask a --hub_token value in this process's command line, which loggers (W&B) record."""
-    for args in (argv, sys.argv):
-        for i, arg in enumerate(args):
-            if arg == "--hub_token" and i + 1 < len(args):
-                args[i + 1] = "<hidden>"
-            elif arg.startswith("--hub_token="):
-                args[i] = "--hub_token=<hidden>"
-
-
 def check_device(args, recipe_path: str) -> None:
     """A recipe that trains on a GPU needs one: said at once, with the way out."""
     has_accelerator = torch.cuda.is_available() or torch.backends.mps.is_available()
@@ -305,10 +295,9 @@ def main(argv: list[str] | None = None) -> SFTTrainer:
     recipe, args, model_args = parse_recipe(argv)
     recipe_path = config_path(argv) or "(command line)"
     check_device(args, recipe_path)
-    # Secrets never reach a file: the token is taken out of the arguments (saved in training_args.bin) and the
-    # command line (recorded by W&B) before anything is written.
+    # Secrets never reach a file: a recipe's token is taken out of the arguments (saved in training_args.bin) before
+    # anything is written (the command line cannot hold one: --hub_token is refused).
     token, args.hub_token = args.hub_token, None
-    hide_token_in_argv(argv)
     push, args.push_to_hub = args.push_to_hub, False  # one push at the end, so a failed upload never loses work
     token = hub.check_push_ready(args.hub_model_id, token) if push else None
     hub.ensure_available(model_args.model_name_or_path, "model", revision=model_args.model_revision)
@@ -446,12 +435,12 @@ def how_to_resume(out: Path, argv: list[str], save_only_model: bool, processes: 
     if not runs.has_complete_checkpoint(out, save_only_model):
         return f"Stopped before the first checkpoint of {out}: nothing to resume; run the same command to start again."
     kept, skip = [], False
-    for arg in argv:  # the command as given, without its resume or overwrite choice and without a token
+    for arg in argv:  # the command as given, without its resume or overwrite choice
         if skip:
             skip = False
-        elif arg in ("--resume_from_checkpoint", "--overwrite_output_dir", "--hub_token"):
+        elif arg in ("--resume_from_checkpoint", "--overwrite_output_dir"):
             skip = True
-        elif not arg.startswith(("--resume_from_checkpoint=", "--overwrite_output_dir=", "--hub_token=")):
+        elif not arg.startswith(("--resume_from_checkpoint=", "--overwrite_output_dir=")):
             kept.append(arg)
     command = shlex.join(["-m", "phi3v_recipe.train", *kept, "--resume_from_checkpoint", "true"])
     launcher = "accelerate launch [your launch flags]" if processes > 1 else "python"

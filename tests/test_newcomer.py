@@ -110,20 +110,25 @@ def test_a_run_that_fails_on_its_data_does_not_lock_its_folder(tiny_dir, sample_
 
 
 def test_an_interrupted_run_says_how_to_resume(tiny_dir, sample_csv, tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
     from phi3v_recipe.train import how_to_resume
 
     out = tmp_path / "out"
     out.mkdir()
-    argv = ["--config", "recipes/demo.yaml", "--hub_token", "hf_x", "--overwrite_output_dir", "true"]
+    argv = ["--config", "recipes/demo.yaml", "--overwrite_output_dir", "true"]
     assert "nothing to resume; run the same command to start again" in how_to_resume(out, argv, False)
     checkpoint = out / "checkpoint-4"
     checkpoint.mkdir()
-    for name in ("trainer_state.json", "model.safetensors", "optimizer.pt", "scheduler.pt"):
-        (checkpoint / name).write_text("")
+    (checkpoint / "trainer_state.json").write_text("{}")
+    save_file({"w": torch.zeros(2)}, checkpoint / "model.safetensors")
+    for name in ("optimizer.pt", "scheduler.pt"):
+        torch.save({}, checkpoint / name)
     said = how_to_resume(out, argv, False)
     assert said.endswith(
         "python -m phi3v_recipe.train --config recipes/demo.yaml --resume_from_checkpoint true"
-    )  # without the token, and without the overwrite that would delete the checkpoints
+    )  # without the overwrite that would delete the checkpoints
     assert "\n  accelerate launch [your launch flags] -m phi3v_recipe.train --config" in how_to_resume(
         out, argv, False, 2
     )

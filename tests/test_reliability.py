@@ -52,7 +52,7 @@ def would_upload(folder: Path) -> list[Path]:
 
 
 def test_no_token_is_written_anywhere_whatever_the_route(tiny_dir, sample_csv, tmp_path):
-    tokens = {"env": "hf_PLANTED_env_1111", "recipe": "hf_PLANTED_recipe_2222", "flag": "hf_PLANTED_flag_3333"}
+    tokens = {"env": "hf_PLANTED_env_1111", "recipe": "hf_PLANTED_recipe_2222"}
     recipe = yaml.safe_load((ROOT / "recipes" / "demo.yaml").read_text())
     recipe["hub_token"] = tokens["recipe"]
     recipe_file = tmp_path / "with_token.yaml"
@@ -61,7 +61,7 @@ def test_no_token_is_written_anywhere_whatever_the_route(tiny_dir, sample_csv, t
     args = demo_args(tiny_dir, sample_csv, out, "--max_steps", "2", "--save_strategy", "steps", "--save_steps", "1")
     args[1] = str(recipe_file)
     args += ["--report_to", "wandb", "--eval_fraction", "0.2", "--eval_strategy", "steps", "--eval_steps", "2"]
-    args += ["--push_to_hub", "true", "--hub_model_id", "someone/phi3v-test", "--hub_token", tokens["flag"]]
+    args += ["--push_to_hub", "true", "--hub_model_id", "someone/phi3v-test"]
     home = tmp_path / "home"
     env = clean_env(home, HF_TOKEN=tokens["env"], HF_ENDPOINT="http://127.0.0.1:9", WANDB_MODE="offline")
     result = run_train(args, env)
@@ -80,6 +80,17 @@ def test_no_token_is_written_anywhere_whatever_the_route(tiny_dir, sample_csv, t
     uploaded = {p.name for p in would_upload(out)}
     assert "adapter_model.safetensors" in uploaded and "training_args.bin" not in uploaded
     assert not any(name.endswith((".pt", ".pth", ".bin")) for name in uploaded)
+
+
+@pytest.mark.parametrize("flag", [["--hub_token", "hf_PLANTED"], ["--hub_token=hf_PLANTED"]])
+def test_a_token_on_the_command_line_is_refused_before_anything_starts(tiny_dir, sample_csv, tmp_path, flag):
+    """A flag's value is in the command line of the run and of every DataLoader worker (ps, for every local user):
+    refused in one line that says how to give it instead, before any worker or any file."""
+    out = tmp_path / "out"
+    result = run_train([*demo_args(tiny_dir, sample_csv, out), *flag], clean_env(tmp_path))
+    assert error_line(result).startswith("error: --hub_token puts the token in the command line")
+    assert "HF_TOKEN=" in result.stderr and "hf_PLANTED" not in result.stdout + result.stderr
+    assert not out.exists()
 
 
 # ---------- 2. runs are never lost or mixed ----------
@@ -476,8 +487,9 @@ def test_a_push_that_cannot_succeed_is_refused_before_anything_loads(
         check_push_ready(repo, token)
     monkeypatch.setattr("phi3v_recipe.train.load_model", lambda *a: pytest.fail("the model was loaded"))
     args = demo_args(tiny_dir, sample_csv, tmp_path / "out", "--push_to_hub", "true", "--hub_model_id", repo)
+    monkeypatch.setenv("HF_TOKEN", token)
     with pytest.raises(PushNotReady, match=message):
-        main([*args, "--hub_token", token])
+        main(args)
     assert not (tmp_path / "out").exists()
 
 

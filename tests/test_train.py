@@ -254,10 +254,8 @@ def test_wandb_offline_run_holds_metrics_and_predictions(tiny_dir, sample_csv, t
         "0.1",
         "--predictions_to_log",
         "2",
-        "--hub_token",
-        "hf_secret_value_123",
     )
-    result = run_train(args, clean_env(tmp_path))
+    result = run_train(args, clean_env(tmp_path, HF_TOKEN="hf_secret_value_123"))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "W&B: offline" in result.stdout and "wandb sync" in result.stdout
     assert "hf_secret_value_123" not in result.stdout + result.stderr  # secrets are never logged
