@@ -191,3 +191,51 @@ def test_a_row_whose_image_does_not_decode_at_training_time_is_skipped_and_count
     assert len(listed) == 2 and listed[1][1] == str(broken) and "unreadable image (at decode)" in listed[1][2]
     with pytest.raises(UserError, match="No row of a batch has images that decode"):
         collate([make_row([str(broken)], "Q", "B")])
+
+
+def damaged_files(folder) -> dict:
+    """Files that Pillow decodes without an error, but not as their headers promise."""
+    import io
+    import struct
+    import zlib
+
+    photo(120, 80).save(folder / "good.jpg", quality=90)
+    jpeg = (folder / "good.jpg").read_bytes()
+    middle = len(jpeg) // 2
+    (folder / "cut.jpg").write_bytes(jpeg[:middle] + b"\xff\xd9")  # cut, its end marker put back
+    (folder / "junk.jpg").write_bytes(jpeg[:middle] + b"\xff\xe1\x00\x10" + b"x" * 14 + jpeg[middle + 18 :])
+    buffer = io.BytesIO()
+    photo(120, 80).save(buffer, "PNG")
+    png, pos, out = buffer.getvalue(), 8, buffer.getvalue()[:8]
+    while pos < len(png):  # every chunk rewritten with a valid CRC: the image data, complete but half as long
+        length, kind = struct.unpack(">I4s", png[pos : pos + 8])
+        data = png[pos + 8 : pos + 8 + length]
+        if kind == b"IDAT":
+            data = zlib.compress(zlib.decompress(data)[: len(zlib.decompress(data)) // 2])
+        out += struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        pos += 12 + length
+    (folder / "short.png").write_bytes(out)
+    return {name: str(folder / name) for name in ("cut.jpg", "junk.jpg", "short.png")}
+
+
+def test_images_that_decode_wrong_without_an_error_are_skipped_and_counted(processor, image_files, tmp_path):
+    """Pillow fills a short PNG's missing rows with black and a damaged JPEG's missing blocks with grey, silently;
+    such rows were trained on. Black rows at the bottom of a whole PNG, and the header checks, are not affected."""
+    from phi3v_recipe.data.checks import check_image
+
+    damaged = damaged_files(tmp_path)
+    for path in damaged.values():
+        assert Image.open(path).load() is not None and check_image(path, 10**8)  # no error from Pillow or the checks
+    letterbox = tmp_path / "letterbox.png"
+    black_bottom = photo(120, 80)
+    black_bottom.paste((0, 0, 0), (0, 60, 120, 80))
+    black_bottom.save(letterbox)
+    skipped = tmp_path / "skipped_rows.csv"
+    skipped.write_text("row,id,reason\n")
+    collate = VisionSFTCollator(processor, skipped_file=str(skipped))
+    batch = collate([make_row([path], "Q", "A") for path in [*damaged.values(), str(letterbox)]])
+    assert len(batch["input_ids"]) == 1
+    reasons = {row[1]: row[2] for row in list(csv.reader(skipped.open()))[1:]}
+    assert set(reasons) == set(damaged.values())
+    assert "DecodedWrong: its image data inflates to" in reasons[damaged["short.png"]]
+    assert "decode as flat grey (128)" in reasons[damaged["cut.jpg"]] and "flat grey" in reasons[damaged["junk.jpg"]]
