@@ -7,7 +7,9 @@ traceback of user errors too.
 
 import argparse
 import os
+import signal
 import sys
+import threading
 
 
 class UserError(ValueError):
@@ -24,10 +26,53 @@ def fresh_line() -> str:
     return "\n" if tqdm is not None and tqdm.tqdm._instances else ""
 
 
+class Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGINT, raised where the process is, so that every ``with`` and ``finally`` on the way out cleans up
+    (the data checks' worker pool and its manager are ended) and code that handles Ctrl-C handles SIGTERM alike."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+received: int | None = None  # the stopping signal, once one arrived
+
+
+def stop_on_signals() -> None:
+    """From now on SIGTERM stops this process as Ctrl-C does (its default ends it at once: the processes it started
+    were left running). A process forked from it keeps the default (a pool's worker told to terminate just ends)."""
+    owner = os.getpid()
+
+    def stop(signum, frame):
+        global received
+        if os.getpid() != owner:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        received = signum
+        raise Stopped(signum)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, stop)
+
+
+def stopped_by(err: BaseException) -> int | None:
+    """The signal that stopped the process, when ``err`` is its exception or one raised while unwinding from it
+    (``datasets`` replaces an interruption of its worker pool with a TimeoutError of its own)."""
+    if isinstance(err, Stopped):
+        return err.signum
+    if isinstance(err, KeyboardInterrupt):
+        return signal.SIGINT
+    return received
+
+
 def run(main, argv: list[str] | None = None):
-    """Call ``main(argv)`` (``--debug`` removed); a UserError becomes one line on stderr and exit status 2."""
+    """Call ``main(argv)`` (``--debug`` removed); a UserError becomes one line on stderr and exit status 2; a signal
+    stops it with one line and status 128 + the signal's number."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = debugging(argv)
+    if threading.current_thread() is threading.main_thread():
+        stop_on_signals()
     try:
         return main([arg for arg in argv if arg != "--debug"])
     except UserError as err:
@@ -35,9 +80,12 @@ def run(main, argv: list[str] | None = None):
             raise
         print(f"{fresh_line()}error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
-    except KeyboardInterrupt:
-        print("Interrupted.", file=sys.stderr)
-        raise SystemExit(130) from None
+    except (KeyboardInterrupt, Exception) as err:
+        signum = stopped_by(err)
+        if signum is None or debug:
+            raise
+        print(f"{fresh_line()}Stopped on {signal.Signals(signum).name}.", file=sys.stderr)
+        raise SystemExit(128 + signum) from None
 
 
 def unloadable_model(err: Exception, name: str) -> UserError | None:

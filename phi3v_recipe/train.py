@@ -31,7 +31,7 @@ from . import export, hub, runs
 from .collator import IGNORE_INDEX, VisionSFTCollator
 from .config import CLIP_LINEARS, config_path, no_gpu, parse_recipe
 from .data import prepare_data
-from .errors import UserError, fresh_line, run, unloadable_model
+from .errors import UserError, fresh_line, run, stopped_by, unloadable_model
 from .evaluate import evaluate
 from .families import crops_of, family_of, family_of_model, family_of_processor
 from .files import follow_umask, full_disk_is_one_line
@@ -421,10 +421,14 @@ def main(argv: list[str] | None = None) -> SFTTrainer:
             if push:
                 hub.push_folder(args.output_dir, args.hub_model_id, token, args.hub_private_repo or False)
         return trainer
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Exception) as err:
+        signum = stopped_by(err)  # a signal outside the training loop: data checks, model load, saving, evaluation
+        if signum is None:
+            raise
         if args.process_index == 0:
-            print(fresh_line() + how_to_resume(out, argv, args.save_only_model, args.world_size), file=sys.stderr)
-        raise
+            print(f"{fresh_line()}Stopped on {signal.Signals(signum).name}.", file=sys.stderr)
+            print(how_to_resume(out, argv, args.save_only_model, args.world_size), file=sys.stderr)
+        raise SystemExit(128 + signum) from None
 
 
 def how_to_resume(out: Path, argv: list[str], save_only_model: bool, processes: int = 1) -> str:
