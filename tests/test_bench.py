@@ -277,6 +277,7 @@ def test_the_data_preparation_bench_compares_both_ways_on_the_same_rows(tmp_path
     for (rows, _), run in runs.items():
         assert run["rows_kept"] == rows and run["cpu_s"] > 0 and run["peak_rss_mb"] > 100
         assert 0 < run["peak_anon_mb"] < run["peak_rss_mb"]
+        assert run["tree_peak_pss_mb"] > 100  # the main process at least, its checking processes' own pages added
     assert results["decode_ms"] > 10 * results["header_ms"]  # photo-sized: decoding is the cost a header read avoids
     assert json.loads(out.read_text())["table"] and "million_rows_estimate" in results
     assert all("[" not in row["peak_anon_mb"] and float(row["peak_anon_mb"]) > 0 for row in results["table"])

@@ -1,5 +1,6 @@
 """One mode in a fresh process, timed step by step; the memory of its process tree sampled from outside."""
 
+import contextlib
 import json
 import os
 import statistics
@@ -83,25 +84,18 @@ def run_mode(spec: dict) -> dict:
     return result
 
 
-def run_child(spec: dict, work: Path) -> dict:
-    """Run one mode in a fresh process while sampling the memory of its process tree."""
+@contextlib.contextmanager
+def tree_peak_memory(pid: int):
+    """While inside: the peak memory of process ``pid`` and all its descendants, sampled every 50 ms in a thread, as
+    ``tree_peak_pss_mb`` (each process's PSS, summed: a page shared between processes, such as what a forked worker
+    shares with its parent, counts once) and ``tree_peak_rss_sum_mb`` (RSS summed: shared pages counted in each)."""
     import psutil
 
-    spec_file = work / f"spec-{spec['mode']}-{spec['batch_size']}-{spec['repeat']}.json"
-    spec_file.write_text(json.dumps(spec))
-    env = os.environ | {"OMP_NUM_THREADS": str(spec["threads"]), "TOKENIZERS_PARALLELISM": "false"}
-    child = subprocess.Popen(
-        [sys.executable, "-m", "phi3v_recipe.bench", "--run", str(spec_file)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
     peak = {"tree_peak_pss_mb": 0.0, "tree_peak_rss_sum_mb": 0.0}
     done = threading.Event()
 
     def sample():
-        root = psutil.Process(child.pid)
+        root = psutil.Process(pid)
         while not done.is_set():
             try:
                 tree = [root, *root.children(recursive=True)]
@@ -121,7 +115,27 @@ def run_child(spec: dict, work: Path) -> dict:
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     try:
-        stdout, stderr = child.communicate(timeout=spec["timeout"])
+        yield peak
+    finally:
+        done.set()
+        sampler.join()
+
+
+def run_child(spec: dict, work: Path) -> dict:
+    """Run one mode in a fresh process while sampling the memory of its process tree."""
+    spec_file = work / f"spec-{spec['mode']}-{spec['batch_size']}-{spec['repeat']}.json"
+    spec_file.write_text(json.dumps(spec))
+    env = os.environ | {"OMP_NUM_THREADS": str(spec["threads"]), "TOKENIZERS_PARALLELISM": "false"}
+    child = subprocess.Popen(
+        [sys.executable, "-m", "phi3v_recipe.bench", "--run", str(spec_file)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        with tree_peak_memory(child.pid) as peak:
+            stdout, stderr = child.communicate(timeout=spec["timeout"])
     except subprocess.TimeoutExpired:  # a hang ends the bench with its mode named, not a wait without end
         child.kill()
         child.communicate()
@@ -129,9 +143,6 @@ def run_child(spec: dict, work: Path) -> dict:
             f"bench mode {spec['mode']} ran past --timeout {spec['timeout']:g} s and was stopped: give it longer "
             "(--timeout), or look for what hangs by running that mode alone (--modes)."
         ) from None
-    finally:
-        done.set()
-        sampler.join()
     line = [x for x in stdout.splitlines() if x.startswith("RESULT ")]
     if child.returncode != 0 or not line:
         if "out of memory" in stderr.lower():
