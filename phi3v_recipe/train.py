@@ -213,10 +213,16 @@ def build_trainer(model_args, recipe, args, processor, data, callbacks=()) -> "P
         peft_config.target_modules = family.LORA_TARGETS
     if peft_config is not None and set(peft_config.target_modules or []) & CLIP_LINEARS:
         # CLIP's modules are named alike in every layer: no adapter on the layers past the feature layer, which never
-        # reach the output (they would get no gradient, and DDP would stop at its second step).
+        # reach the output (they would get no gradient, and DDP would stop at its second step). The targets are then
+        # named in full, as PEFT matches them (a name, or a name's last parts): every PEFT reads such a list, where
+        # exclude_modules (PEFT 0.14+) is refused by the PEFT 0.11-0.13 that users load adapters with.
         unused = {id(sub) for module in family.unused_modules(model) for sub in module.modules()}
-        past = [name for name, module in model.named_modules() if id(module) in unused and name]
-        peft_config.exclude_modules = sorted(set(peft_config.exclude_modules or []) | set(past))
+        targets = set(peft_config.target_modules)
+        peft_config.target_modules = sorted(
+            name
+            for name, module in model.named_modules()
+            if id(module) not in unused and any(name == t or name.endswith(f".{t}") for t in targets)
+        )
     trainer = Phi3VSFTTrainer(
         model=model,
         args=args,

@@ -15,6 +15,7 @@ import pytest
 from phi3v_recipe import predict
 from phi3v_recipe.config import parse_recipe
 from phi3v_recipe.errors import UserError
+from phi3v_recipe.export import PEFT_0_11_KEYS
 
 from .conftest import killed_after
 from .test_processor import photo
@@ -428,6 +429,13 @@ def test_lora_on_clip_names_adapts_only_the_layers_that_run(tiny_dir, sample_csv
     with safe_open(str(out / "adapter_model.safetensors"), "pt") as weights:
         adapted = {key.split("encoder.layers.")[1].split(".")[0] for key in weights.keys() if ".fc1.lora_" in key}
     assert adapted == {"0", "1"}  # the tiny tower has 3 layers; layer 2 is past the feature layer
+    # Said with keys every PEFT since 0.11 reads (exclude_modules, PEFT 0.14+, made 0.11-0.13 refuse the adapter):
+    # the targets in full, each a module of the model.
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert set(config) <= PEFT_0_11_KEYS, set(config) - PEFT_0_11_KEYS
+    clip = "model.vision_embed_tokens.img_processor.vision_model.encoder.layers"
+    assert f"{clip}.1.mlp.fc1" in config["target_modules"] and f"{clip}.2.mlp.fc1" not in config["target_modules"]
+    assert "model.layers.0.self_attn.qkv_proj" in config["target_modules"]
 
 
 def test_a_trainable_parameter_that_never_reaches_the_loss_is_one_line(tiny_dir):
