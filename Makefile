@@ -63,7 +63,8 @@ $(TASK_SETS): data/sample/%.jsonl: | setup
 	$(BIN)/python -m phi3v_recipe.synthetic --task $(notdir $*) --seed 0 --out $(dir $@)
 
 # make train RECIPE=burberry_lora [ACCELERATE_CONFIG=accelerate_configs/fsdp.yaml] [ARGS="--learning_rate 1e-4"] [RESUME=1]
-# accelerate --quiet: a failed run shows its own one-line error, not a second traceback from the launcher.
+# phi3v-recipe launch is accelerate launch with the run's own errors as they are: one line, status 2 (accelerate adds
+# its own report of the failed processes and exits 1).
 # RECIPE is a name (burberry_lora), a recipe's path (recipes/burberry_lora.yaml) or any recipe file of yours.
 RECIPE ?=
 RECIPE_FILE = $(if $(wildcard $(RECIPE)),$(RECIPE),recipes/$(basename $(notdir $(RECIPE))).yaml)
@@ -74,7 +75,7 @@ RESUME ?=
 train: setup
 	@test -n "$(RECIPE)" || { echo "error: say which recipe: make train RECIPE=<name>. Recipes: $(RECIPES)." >&2; exit 2; }
 	@test -f $(RECIPE_FILE) || { echo "error: $(RECIPE_FILE) does not exist.$$($(CLOSEST) $(basename $(notdir $(RECIPE))) $(RECIPES)) Recipes: $(RECIPES)." >&2; exit 2; }
-	$(BIN)/accelerate launch --quiet --config_file $(ACCELERATE_CONFIG) -m phi3v_recipe.train \
+	$(BIN)/phi3v-recipe launch --config_file $(ACCELERATE_CONFIG) \
 		--config $(RECIPE_FILE) $(if $(RESUME),--resume_from_checkpoint true) $(ARGS)
 
 # The whole pipeline on the embedded default: tiny model + synthetic sample set, on the CPU, offline.

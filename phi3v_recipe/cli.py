@@ -16,6 +16,11 @@ from .errors import UserError, run
 
 COMMANDS = {
     "train": ("phi3v_recipe.train", [], "fine-tune from a recipe (--config recipes/NAME.yaml [--key value ...])"),
+    "launch": (
+        "phi3v_recipe.launch",
+        [],
+        "train through accelerate launch (several GPUs or machines): [accelerate flags] --config ...",
+    ),
     "prepare": ("phi3v_recipe.prepare", [], "check a recipe's rows once, in parallel, for every later run"),
     "evaluate": ("phi3v_recipe.evaluate", [], "score an adapter on a recipe's eval split"),
     "predict": ("phi3v_recipe.predict", [], "answer questions about images with an adapter (folder or Hub)"),
@@ -116,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
 
         RecipeParser().print_help()
         return
-    if "-h" not in rest and "--help" not in rest:  # help answers before the heavy imports
+    if "-h" not in rest and "--help" not in rest and command != "launch":  # help answers before the heavy imports
         import phi3v_recipe
 
         phi3v_recipe.register()

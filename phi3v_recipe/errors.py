@@ -10,10 +10,19 @@ import os
 import signal
 import sys
 import threading
+from pathlib import Path
 
 
 class UserError(ValueError):
     """Something the user can fix: the message says what is wrong, with the value, and the fix."""
+
+
+# Set by `phi3v-recipe launch` for the processes it starts: a user error is written there, for it to say once.
+ERRORS_DIR = "PHI3V_ERRORS_DIR"
+
+
+class SaidByProcessZero(UserError):
+    """Process 0's user error, raised on the other processes of a run so that all stop together: said once, by 0."""
 
 
 def debugging(argv: list[str]) -> bool:
@@ -78,7 +87,10 @@ def run(main, argv: list[str] | None = None):
     except UserError as err:
         if debug:
             raise
-        print(f"{fresh_line()}error: {err}", file=sys.stderr)
+        if os.environ.get(ERRORS_DIR) and not isinstance(err, SaidByProcessZero):  # `phi3v-recipe launch` says it
+            Path(os.environ[ERRORS_DIR], str(os.getpid())).write_text(str(err))
+        elif not isinstance(err, SaidByProcessZero):
+            print(f"{fresh_line()}error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
     except (KeyboardInterrupt, Exception) as err:
         signum = stopped_by(err)

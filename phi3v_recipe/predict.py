@@ -99,12 +99,32 @@ def load_for_inference(adapter: str, base: str | None = None, num_crops: int | N
         raise UserError(f"{adapter} does not name its base model: pass --base MODEL.")
     # The base at the revision it was trained on (Phi-4-multimodal's loads natively only at its recorded one).
     base_dir = resolve(base, "base model", ("config.json",), adapter_config.get("revision"))
+    trained, given = family_of_adapter(adapter_dir), family_of(base_dir)
+    if trained is not None and trained is not given:
+        raise UserError(
+            f"{adapter} is a {trained.NAME} adapter (trained on {recorded}), but the base {base} is a {given.NAME} "
+            f"model: give it a {trained.NAME} base with --base, or leave --base out to use the one it was trained on."
+        )
     has_processor = any(
         (adapter_dir / name).exists() for name in ("processor_config.json", "preprocessor_config.json")
     )
     processor = family_of(base_dir).load_processor(adapter_dir if has_processor else base_dir, crops=num_crops)
     model = PeftModel.from_pretrained(load_model(base_dir, base, dtype, device), adapter_dir).eval()
     return model, processor
+
+
+def family_of_adapter(adapter_dir: Path):
+    """The family whose processor the adapter folder carries (training saves it beside the adapter); None without."""
+    from .families import FAMILIES
+
+    file = adapter_dir / "processor_config.json"
+    if not file.is_file():
+        return None
+    saved = json.loads(file.read_text()).get("processor_class")
+    for family in FAMILIES.values():
+        if saved in {cls.__name__ for cls in family.processor_class().__mro__}:
+            return family
+    return None
 
 
 def load_model(folder: Path, name: str, dtype, device):

@@ -31,7 +31,7 @@ from . import export, hub, runs
 from .collator import IGNORE_INDEX, VisionSFTCollator
 from .config import CLIP_LINEARS, config_path, no_gpu, parse_recipe
 from .data import prepare_data
-from .errors import UserError, fresh_line, run, stopped_by, unloadable_model
+from .errors import SaidByProcessZero, UserError, fresh_line, run, stopped_by, unloadable_model
 from .evaluate import evaluate
 from .families import crops_of, family_of, family_of_model, family_of_processor
 from .files import follow_umask, full_disk_is_one_line
@@ -271,6 +271,36 @@ def check_every_trainable_reaches_the_loss(model) -> None:
         )
 
 
+def claim_output_dir(out: Path, recipe, args, model_args) -> Path | None:
+    """Process 0 claims the folder (and may empty it) first; every other process then finds the same checkpoint to
+    resume from, so that all agree on the steps left (they would otherwise start from step 0 and deadlock). Process
+    0's refusal (a folder holding another run, a finished run) is every process's: the others stop with it, where
+    they used to wait for it at the next barrier and end in gloo's traceback."""
+    refusal = [None]
+    if args.process_index == 0:
+        try:
+            settings = runs.snapshot(recipe, args, model_args)
+            resume = runs.prepare_output_dir(
+                out,
+                settings,
+                resume_value(args.resume_from_checkpoint),
+                recipe.overwrite_output_dir,
+                args.save_only_model,
+            )
+            print("Resolved recipe:\n" + resolved_recipe(recipe, model_args, args))
+        except UserError as err:
+            refusal = [str(err)]
+            if args.world_size == 1:
+                raise
+    if args.world_size > 1:
+        torch.distributed.broadcast_object_list(refusal, src=0)  # the others wait here for process 0's claim
+        if refusal[0] is not None:
+            raise UserError(refusal[0]) if args.process_index == 0 else SaidByProcessZero(refusal[0])
+    if args.process_index != 0:
+        resume = runs.resume_point(out, resume_value(args.resume_from_checkpoint), args.save_only_model)
+    return resume
+
+
 def resume_value(value):
     """``--resume_from_checkpoint true`` resumes from the last checkpoint in output_dir; a path from that one."""
     if value is None or str(value).lower() in ("false", "no", ""):
@@ -308,21 +338,7 @@ def main(argv: list[str] | None = None) -> SFTTrainer:
     token = hub.check_push_ready(args.hub_model_id, token) if push else None
     hub.ensure_available(model_args.model_name_or_path, "model", revision=model_args.model_revision)
     out = Path(args.output_dir)
-    # Process 0 claims the folder (and may empty it) first; every other process then finds the same checkpoint to
-    # resume from, so that all agree on the steps left (they would otherwise start from step 0 and deadlock).
-    with args.main_process_first(desc="claiming the output folder", local=False):
-        if args.process_index == 0:
-            settings = runs.snapshot(recipe, args, model_args)
-            resume = runs.prepare_output_dir(
-                out,
-                settings,
-                resume_value(args.resume_from_checkpoint),
-                recipe.overwrite_output_dir,
-                args.save_only_model,
-            )
-            print("Resolved recipe:\n" + resolved_recipe(recipe, model_args, args))
-        else:
-            resume = runs.resume_point(out, resume_value(args.resume_from_checkpoint), args.save_only_model)
+    resume = claim_output_dir(out, recipe, args, model_args)
     if args.ddp_find_unused_parameters is None:
         # Every trainable parameter reaches the loss (the CLIP layers that do not are frozen in load_model): no extra
         # pass over the autograd graph each step, which transformers would add when activation checkpointing is off.

@@ -314,3 +314,53 @@ def test_phi4mm_under_fsdp2_on_two_processes_equals_one_process(tiny4_dir, sampl
     assert_same_curve(curve(tmp_path / "one", 4), curve(tmp_path / "fsdp", 4))
     adapter = "adapter_model.safetensors"
     assert max_difference(tmp_path / "one" / adapter, tmp_path / "fsdp" / adapter) < 1e-6
+
+
+def accelerate_config(tmp_path, processes: int) -> Path:
+    """Our single-GPU or multi-GPU config as it ships, for the CPU: its process count, a free port, fp32."""
+    import yaml
+
+    name = "multi_gpu.yaml" if processes > 1 else "single_gpu.yaml"
+    config = yaml.safe_load((ROOT / "accelerate_configs" / name).read_text())
+    config |= {"num_processes": processes, "mixed_precision": "no", "main_process_port": free_port()}
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def claimed_folder(tmp_path) -> Path:
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in ("run_recipe.json", "metrics.json"):  # a finished run of another recipe
+        (out / name).write_text("{}")
+    return out
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_a_user_error_under_the_launch_command_is_one_line_with_status_2(tiny_dir, sample_csv, tmp_path, processes):
+    """accelerate launch follows a process's one-line error with its own report (one process: a CalledProcessError
+    traceback; two: a ChildFailedError table and torch's log lines) and exits 1; `phi3v-recipe launch` shows the line
+    alone, with status 2."""
+    out = claimed_folder(tmp_path)
+    command = [str(Path(sys.executable).parent / "phi3v-recipe"), "launch"]
+    command += ["--config_file", str(accelerate_config(tmp_path, processes)), *demo_args(tiny_dir, sample_csv, out)]
+    result = subprocess.run(command, cwd=ROOT, env=clean_env(tmp_path), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines() == [
+        f"error: {out} already holds a run (its adapter, checkpoints or metrics). Resume it with "
+        "--resume_from_checkpoint true, start afresh there with --overwrite_output_dir true (deletes it), or choose "
+        "another --output_dir."
+    ], result.stderr[-3000:]
+
+
+def test_process_zeros_refusal_stops_every_process_without_a_traceback(tiny_dir, sample_csv, tmp_path):
+    """Process 0 refuses the output folder: process 1 used to pass the claim, wait for it at the next barrier and end
+    in gloo's 'Connection closed by peer' traceback. Now it stops with it, and the error is said once."""
+    out = claimed_folder(tmp_path)
+    cmd = [ACCELERATE, "launch", "--quiet", "--config_file", str(accelerate_config(tmp_path, 2))]
+    cmd += ["-m", "phi3v_recipe.train", *demo_args(tiny_dir, sample_csv, out)]
+    result = subprocess.run(cmd, cwd=ROOT, env=clean_env(tmp_path), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1  # accelerate's own status for any failed process
+    assert "Traceback" not in result.stderr and "[rank1]" not in result.stderr, result.stderr[-3000:]
+    assert result.stderr.count(f"error: {out} already holds a run") == 1
+    assert "exitcode  : 2" in result.stderr and "exitcode  : -15" not in result.stderr  # both stopped on their own

@@ -109,3 +109,25 @@ def test_merge_reload_gives_base_plus_adapter_logits(adapter_dir, image_file, tm
         keys = set(f.keys())
     assert "model.vision_embed_tokens.img_processor.vision_model.embeddings.patch_embedding.weight" in keys
     assert not any("lora" in k or "base_layer" in k for k in keys)
+
+
+def test_an_adapter_on_the_other_familys_base_is_one_line(tiny_dir, tiny4_dir, image_file, tmp_path):
+    """Each family's adapter given the other family's base with --base: it crashed in the processor (one of its
+    messages said to install torchvision); the families are compared first."""
+    from safetensors.torch import save_file
+
+    from phi3v_recipe.families import family_of
+
+    for trained_on, other, family in [(tiny_dir, tiny4_dir, "phi3v"), (tiny4_dir, tiny_dir, "phi4mm")]:
+        adapter = tmp_path / family
+        family_of(trained_on).load_processor(trained_on).save_pretrained(adapter)  # as training saves it
+        (adapter / "adapter_config.json").write_text(
+            json.dumps({"peft_type": "LORA", "base_model_name_or_path": str(trained_on), "r": 8})
+        )
+        save_file({"unused": torch.zeros(1)}, adapter / "adapter_model.safetensors")  # never read: refused before
+        result = run_predict(
+            ["--adapter", str(adapter), "--base", str(other), "--image", str(image_file)], clean_env(tmp_path)
+        )
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+        [line] = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+        assert f"is a {family} adapter (trained on {trained_on}), but the base {other} is a " in line, line
