@@ -6,6 +6,7 @@ traceback of user errors too.
 """
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
@@ -65,6 +66,27 @@ def stop_on_signals() -> None:
         signal.signal(signum, stop)
 
 
+@contextlib.contextmanager
+def signals_held():
+    """Inside, SIGTERM and SIGINT wait for the end of the block (a save is never cut in half); then the first one
+    stops the process as it would have."""
+    held = []
+
+    def hold(signum, frame):
+        global received
+        received = received or signum
+        held.append(signum)
+
+    previous = {signum: signal.signal(signum, hold) for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if held:
+        raise Stopped(held[0])
+
+
 def stopped_by(err: BaseException) -> int | None:
     """The signal that stopped the process, when ``err`` is its exception or one raised while unwinding from it
     (``datasets`` replaces an interruption of its worker pool with a TimeoutError of its own)."""
@@ -78,8 +100,10 @@ def stopped_by(err: BaseException) -> int | None:
 def run(main, argv: list[str] | None = None):
     """Call ``main(argv)`` (``--debug`` removed); a UserError becomes one line on stderr and exit status 2; a signal
     stops it with one line and status 128 + the signal's number."""
+    global received
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = debugging(argv)
+    received = None
     if threading.current_thread() is threading.main_thread():
         stop_on_signals()
     try:
@@ -98,6 +122,23 @@ def run(main, argv: list[str] | None = None):
             raise
         print(f"{fresh_line()}Stopped on {signal.Signals(signum).name}.", file=sys.stderr)
         raise SystemExit(128 + signum) from None
+    finally:
+        if received is not None:
+            end_children()
+
+
+def end_children(grace: float = 5) -> None:
+    """End every process this one started that still runs. A signal can cut short the start of a worker pool's
+    manager before anything would shut it down, and the exit would then wait for it forever."""
+    import psutil
+
+    children = psutil.Process().children(recursive=True)
+    for child in children:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.terminate()
+    for child in psutil.wait_procs(children, timeout=grace)[1]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.kill()
 
 
 def unloadable_model(err: Exception, name: str) -> UserError | None:

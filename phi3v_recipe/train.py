@@ -12,6 +12,7 @@ import dataclasses
 import functools
 import json
 import os
+import shlex
 import shutil
 import signal
 import sys
@@ -31,7 +32,7 @@ from . import export, hub, runs
 from .collator import IGNORE_INDEX, VisionSFTCollator
 from .config import CLIP_LINEARS, config_path, no_gpu, parse_recipe
 from .data import prepare_data
-from .errors import SaidByProcessZero, UserError, fresh_line, run, stopped_by, unloadable_model
+from .errors import SaidByProcessZero, UserError, fresh_line, run, signals_held, stopped_by, unloadable_model
 from .evaluate import evaluate
 from .families import crops_of, family_of, family_of_model, family_of_processor
 from .files import follow_umask, full_disk_is_one_line
@@ -339,6 +340,7 @@ def main(argv: list[str] | None = None) -> SFTTrainer:
     hub.ensure_available(model_args.model_name_or_path, "model", revision=model_args.model_revision)
     out = Path(args.output_dir)
     resume = claim_output_dir(out, recipe, args, model_args)
+    saved = False  # the trained model is in the output folder
     if args.ddp_find_unused_parameters is None:
         # Every trainable parameter reaches the loss (the CLIP layers that do not are frozen in load_model): no extra
         # pass over the autograd graph each step, which transformers would add when activation checkpointing is off.
@@ -401,10 +403,11 @@ def main(argv: list[str] | None = None) -> SFTTrainer:
             metrics.update(last_evaluation(trainer) or trainer.evaluate())
         if trainer.is_fsdp_enabled:  # checkpoints stay sharded; the output is the whole model, gathered from them
             trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
-        with disk_full_is_a_user_error(out):
+        with signals_held(), disk_full_is_a_user_error(out):  # a signal during the save stops the run after it
             trainer.save_model(args.output_dir)  # the adapter (or full model) as safetensors, and the processor
             if trainer.is_world_process_zero():
                 carry_base_files(out, model_args, processor, adapter)
+            saved = True
         if data.eval is not None and trainer.is_world_process_zero():
             if trainer.is_fsdp_enabled:  # generation needs every shard: score afterwards from the saved model
                 print(
@@ -449,26 +452,37 @@ def main(argv: list[str] | None = None) -> SFTTrainer:
             raise
         if args.process_index == 0:
             print(f"{fresh_line()}Stopped on {signal.Signals(signum).name}.", file=sys.stderr)
-            print(how_to_resume(out, argv, args.save_only_model, args.world_size), file=sys.stderr)
+            if saved:  # trained and saved: what is left is the scoring, the model card and the push
+                print(
+                    f"The trained {'adapter' if model_args.use_peft else 'model'} is saved in {out}; its scored "
+                    "evaluation, model card and push were not done. Score it with:\n  python -m "
+                    f"{shlex.join(['phi3v_recipe.evaluate', *same_run(argv)])}",
+                    file=sys.stderr,
+                )
+            else:
+                print(how_to_resume(out, argv, args.save_only_model, args.world_size), file=sys.stderr)
         raise SystemExit(128 + signum) from None
 
 
-def how_to_resume(out: Path, argv: list[str], save_only_model: bool, processes: int = 1) -> str:
-    """What to run after an interrupted run: the same command resuming from its newest complete checkpoint, or, with
-    none yet, the same command again (the folder then holds nothing to lose)."""
-    import shlex
-
-    if not runs.has_complete_checkpoint(out, save_only_model):
-        return f"Stopped before the first checkpoint of {out}: nothing to resume; run the same command to start again."
+def same_run(argv: list[str]) -> list[str]:
+    """The command's arguments as given, without its resume or overwrite choice."""
     kept, skip = [], False
-    for arg in argv:  # the command as given, without its resume or overwrite choice
+    for arg in argv:
         if skip:
             skip = False
         elif arg in ("--resume_from_checkpoint", "--overwrite_output_dir"):
             skip = True
         elif not arg.startswith(("--resume_from_checkpoint=", "--overwrite_output_dir=")):
             kept.append(arg)
-    command = shlex.join(["-m", "phi3v_recipe.train", *kept, "--resume_from_checkpoint", "true"])
+    return kept
+
+
+def how_to_resume(out: Path, argv: list[str], save_only_model: bool, processes: int = 1) -> str:
+    """What to run after an interrupted run: the same command resuming from its newest complete checkpoint, or, with
+    none yet, the same command again (the folder then holds nothing to lose)."""
+    if not runs.has_complete_checkpoint(out, save_only_model):
+        return f"Stopped before the first checkpoint of {out}: nothing to resume; run the same command to start again."
+    command = shlex.join(["-m", "phi3v_recipe.train", *same_run(argv), "--resume_from_checkpoint", "true"])
     launcher = "accelerate launch [your launch flags]" if processes > 1 else "python"
     return f"Checkpoints of {out} are kept. Resume with (or add RESUME=1 to your make train):\n  {launcher} {command}"
 

@@ -214,6 +214,37 @@ def test_a_signal_during_the_parallel_row_checks_leaves_no_process_and_says_how_
     assert not list(prepared.glob(".*")), "a staging folder of the checks was left"
 
 
+def test_sigterm_during_the_scored_evaluation_says_the_model_is_saved_and_how_to_score_it(tiny_dir, tmp_path):
+    """Past training and saving, a resume has nothing to do (it would say the run is finished): the hint is the
+    evaluation command instead."""
+    import signal
+    import time
+
+    from phi3v_recipe.synthetic import write_sample_set
+
+    rows = write_sample_set(tmp_path / "rows", rows=200, seed=0)
+    out = tmp_path / "out"
+    args = demo_args(tiny_dir, rows, out, "--max_rows", "200", "--eval_fraction", "0.5", "--max_steps", "2")
+    process = start_training([str(arg) for arg in args], tmp_path, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 300  # only a hang reaches it
+        while not (out / "adapter_model.safetensors").is_file() and time.monotonic() < deadline:
+            assert process.poll() is None, "the run ended before its evaluation could be stopped"
+            time.sleep(0.02)
+        process.send_signal(signal.SIGTERM)
+        stdout, stderr = process.communicate(timeout=120)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL) if process.poll() is None else None
+    assert process.returncode == 143 and "Traceback" not in stderr, stderr[-3000:]
+    assert "Scored evaluation" not in stdout and not (out / "metrics.json").exists()  # stopped before it was done
+    assert stderr.splitlines()[-3:-1] == [
+        "Stopped on SIGTERM.",
+        f"The trained adapter is saved in {out}; its scored evaluation, model card and push were not done. Score it "
+        "with:",
+    ], stderr[-2000:]
+    assert stderr.splitlines()[-1].startswith("  python -m phi3v_recipe.evaluate --config ")
+
+
 def test_a_second_ctrl_c_stops_at_once():
     import signal
 
