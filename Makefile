@@ -72,15 +72,18 @@ CLOSEST = $(BIN)/python -c 'import difflib, sys; m = difflib.get_close_matches(s
 ACCELERATE_CONFIG ?= accelerate_configs/single_gpu.yaml
 ARGS ?=
 RESUME ?=
+# What an interrupted run prints as the command that resumes it: the make command the user ran.
+RESUME_TRAIN = make train RECIPE=$(RECIPE)$(if $(filter-out accelerate_configs/single_gpu.yaml,$(ACCELERATE_CONFIG)), ACCELERATE_CONFIG=$(ACCELERATE_CONFIG))$(if $(ARGS), ARGS="$(ARGS)") RESUME=1
 train: setup
 	@test -n "$(RECIPE)" || { echo "error: say which recipe: make train RECIPE=<name>. Recipes: $(RECIPES)." >&2; exit 2; }
 	@test -f $(RECIPE_FILE) || { echo "error: $(RECIPE_FILE) does not exist.$$($(CLOSEST) $(basename $(notdir $(RECIPE))) $(RECIPES)) Recipes: $(RECIPES)." >&2; exit 2; }
-	$(BIN)/phi3v-recipe launch --config_file $(ACCELERATE_CONFIG) \
+	PHI3V_RESUME_COMMAND='$(RESUME_TRAIN)' $(BIN)/phi3v-recipe launch --config_file $(ACCELERATE_CONFIG) \
 		--config $(RECIPE_FILE) $(if $(RESUME),--resume_from_checkpoint true) $(ARGS)
 
 # The whole pipeline on the embedded default: tiny model + synthetic sample set, on the CPU, offline.
 demo: setup outputs/tiny-phi3v/config.json data/sample/burberry.csv
-	$(BIN)/python -m phi3v_recipe.train --config recipes/demo.yaml $(if $(RESUME),--resume_from_checkpoint true,--overwrite_output_dir true) $(ARGS)
+	PHI3V_RESUME_COMMAND='make demo$(if $(ARGS), ARGS="$(ARGS)") RESUME=1' \
+		$(BIN)/python -m phi3v_recipe.train --config recipes/demo.yaml $(if $(RESUME),--resume_from_checkpoint true,--overwrite_output_dir true) $(ARGS)
 	@echo "One prediction with the trained model, on a sample photo:"
 	$(BIN)/python -m phi3v_recipe.predict --adapter outputs/demo --image data/sample/images/SYN000000000.png --max_new_tokens 32
 	@echo
@@ -94,7 +97,8 @@ demo: setup outputs/tiny-phi3v/config.json data/sample/burberry.csv
 
 # The same pipeline on Phi-4-multimodal: its tiny twin, its vision LoRA trained with the image embedding (CPU, offline).
 demo-phi4mm: setup outputs/tiny-phi4mm/config.json data/sample/burberry.csv
-	$(BIN)/python -m phi3v_recipe.train --config recipes/demo_phi4mm.yaml $(if $(RESUME),--resume_from_checkpoint true,--overwrite_output_dir true) $(ARGS)
+	PHI3V_RESUME_COMMAND='make demo-phi4mm$(if $(ARGS), ARGS="$(ARGS)") RESUME=1' \
+		$(BIN)/python -m phi3v_recipe.train --config recipes/demo_phi4mm.yaml $(if $(RESUME),--resume_from_checkpoint true,--overwrite_output_dir true) $(ARGS)
 	@echo "One prediction with the trained adapter, on a sample photo:"
 	$(BIN)/python -m phi3v_recipe.predict --adapter outputs/demo-phi4mm --image data/sample/images/SYN000000000.png --max_new_tokens 32
 

@@ -12,6 +12,7 @@ reach the training processes, which stop at the end of their step with a checkpo
 """
 
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -19,6 +20,7 @@ import tempfile
 from pathlib import Path
 
 from .errors import ERRORS_DIR, UserError, debugging, run
+from .runs import RESUME_COMMAND, same_run
 
 USAGE = "phi3v-recipe launch [accelerate launch flags] --config recipes/NAME.yaml [--key value ...]"
 
@@ -31,6 +33,12 @@ def split_argv(argv: list[str]) -> tuple[list[str], list[str]]:
     raise UserError(f"say which recipe: {USAGE}")
 
 
+def resume_command(launcher: list[str], recipe: list[str]) -> str:
+    """This launch again, resuming: what an interrupted run prints."""
+    phi3v_recipe = str(Path(sys.executable).parent / "phi3v-recipe")
+    return shlex.join([phi3v_recipe, "launch", *launcher, *same_run(recipe), "--resume_from_checkpoint", "true"])
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv in (["-h"], ["--help"]):
@@ -40,6 +48,7 @@ def main(argv: list[str] | None = None) -> None:
     command = [sys.executable, "-m", "accelerate.commands.launch", "--quiet", *launcher]
     command += ["-m", "phi3v_recipe.train", *recipe]
     env = os.environ | ({"PHI3V_DEBUG": "1"} if debugging(sys.argv) else {})  # run() took --debug out of argv
+    env.setdefault(RESUME_COMMAND, resume_command(launcher, recipe))  # make train sets its own
     with tempfile.TemporaryDirectory(prefix="phi3v-launch-") as errors:
         process = subprocess.Popen(command, env=env | {ERRORS_DIR: errors}, stderr=subprocess.PIPE)
         # Ctrl-C reaches every process of the terminal's group: the launcher and the training processes handle it.

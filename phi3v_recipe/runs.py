@@ -10,7 +10,10 @@ same run.
 """
 
 import json
+import os
+import shlex
 import shutil
+import sys
 import zipfile
 from pathlib import Path
 
@@ -119,14 +122,11 @@ def has_complete_checkpoint(out: Path, save_only_model: bool = False) -> bool:
 
 
 def newest_complete_checkpoint(out: Path, save_only_model: bool = False, say: bool = True) -> Path:
-    """The newest complete ``checkpoint-N`` in ``out``, saying (``say``) which one and why any newer one was passed
-    over."""
+    """The newest complete ``checkpoint-N`` in ``out``, saying (``say``) why any newer one was passed over."""
     checkpoints = sorted((p for p in out.glob("checkpoint-*") if p.is_dir()), key=checkpoint_step, reverse=True)
     for path in checkpoints:
         problems = checkpoint_problems(path, save_only_model)
         if not problems:
-            if say:
-                print(f"Resuming from {path} (the newest complete checkpoint).")
             return path
         if say and any(file.is_file() and damage(file) for file in path.iterdir()):
             aside = path.with_name(f"damaged-{path.name}")  # out of checkpoint-*: never resumed from, nor rotated
@@ -196,8 +196,8 @@ def prepare_output_dir(out: Path, settings: dict, resume, overwrite: bool, save_
             problems = checkpoint_problems(path, save_only_model) if path.is_dir() else ["no such folder"]
             if problems:
                 raise UserError(f"Cannot resume from {path}: {', '.join(problems)}.")
-            print(f"Resuming from {path} (as asked).")
-        check_steps_left(path, settings)
+        check_steps_left(path, settings)  # before saying it resumes: a finished run does not
+        print(f"Resuming from {path} ({'the newest complete checkpoint' if resume is True else 'as asked'}).")
         return path
     if holds_a_run(out):
         if not overwrite:
@@ -217,3 +217,33 @@ def prepare_output_dir(out: Path, settings: dict, resume, overwrite: bool, save_
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / RECIPE_FILE, settings)
     return None
+
+
+def same_run(argv: list[str]) -> list[str]:
+    """The command's arguments as given, without its resume or overwrite choice."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in ("--resume_from_checkpoint", "--overwrite_output_dir"):
+            skip = True
+        elif not arg.startswith(("--resume_from_checkpoint=", "--overwrite_output_dir=")):
+            kept.append(arg)
+    return kept
+
+
+# Set by the commands that start a run (make demo, make train, phi3v-recipe launch): the command that resumes it.
+RESUME_COMMAND = "PHI3V_RESUME_COMMAND"
+
+
+def resume_command(argv: list[str], processes: int = 1) -> str:
+    """The command that resumes this run as the user started it, with the paths that run it from anywhere."""
+    if os.environ.get(RESUME_COMMAND):
+        return os.environ[RESUME_COMMAND]
+    args = shlex.join([*same_run(argv), "--resume_from_checkpoint", "true"])
+    bin_dir = Path(sys.executable).parent
+    if processes > 1:
+        return f"{bin_dir / 'accelerate'} launch [your launch flags] -m phi3v_recipe.train {args}"
+    if sys.argv[0].startswith("phi3v-recipe"):  # the phi3v-recipe command names itself so in its messages
+        return f"{bin_dir / 'phi3v-recipe'} train {args}"
+    return f"{sys.executable} -m phi3v_recipe.train {args}"

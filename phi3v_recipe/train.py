@@ -456,7 +456,7 @@ def main(argv: list[str] | None = None) -> SFTTrainer:
                 print(
                     f"The trained {'adapter' if model_args.use_peft else 'model'} is saved in {out}; its scored "
                     "evaluation, model card and push were not done. Score it with:\n  python -m "
-                    f"{shlex.join(['phi3v_recipe.evaluate', *same_run(argv)])}",
+                    f"{shlex.join(['phi3v_recipe.evaluate', *runs.same_run(argv)])}",
                     file=sys.stderr,
                 )
             else:
@@ -464,27 +464,12 @@ def main(argv: list[str] | None = None) -> SFTTrainer:
         raise SystemExit(128 + signum) from None
 
 
-def same_run(argv: list[str]) -> list[str]:
-    """The command's arguments as given, without its resume or overwrite choice."""
-    kept, skip = [], False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg in ("--resume_from_checkpoint", "--overwrite_output_dir"):
-            skip = True
-        elif not arg.startswith(("--resume_from_checkpoint=", "--overwrite_output_dir=")):
-            kept.append(arg)
-    return kept
-
-
 def how_to_resume(out: Path, argv: list[str], save_only_model: bool, processes: int = 1) -> str:
-    """What to run after an interrupted run: the same command resuming from its newest complete checkpoint, or, with
-    none yet, the same command again (the folder then holds nothing to lose)."""
+    """What to run after an interrupted run: the command the user ran, resuming from its newest complete checkpoint,
+    or, with none yet, the same command again (the folder then holds nothing to lose)."""
     if not runs.has_complete_checkpoint(out, save_only_model):
         return f"Stopped before the first checkpoint of {out}: nothing to resume; run the same command to start again."
-    command = shlex.join(["-m", "phi3v_recipe.train", *same_run(argv), "--resume_from_checkpoint", "true"])
-    launcher = "accelerate launch [your launch flags]" if processes > 1 else "python"
-    return f"Checkpoints of {out} are kept. Resume with (or add RESUME=1 to your make train):\n  {launcher} {command}"
+    return f"Checkpoints of {out} are kept. Resume with:\n  {runs.resume_command(argv, processes)}"
 
 
 def out_of_the_process_group(worker_id: int, then=None) -> None:

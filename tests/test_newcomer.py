@@ -5,6 +5,7 @@ recipe keys that cannot be cleared, a help that does not answer."""
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -111,10 +112,11 @@ def test_a_run_that_fails_on_its_data_does_not_lock_its_folder(tiny_dir, sample_
     assert trainer.state.global_step == 1
 
 
-def test_an_interrupted_run_says_how_to_resume(tiny_dir, sample_csv, tmp_path):
+def test_an_interrupted_run_says_how_to_resume(tiny_dir, sample_csv, tmp_path, monkeypatch):
     import torch
     from safetensors.torch import save_file
 
+    from phi3v_recipe.launch import resume_command
     from phi3v_recipe.train import how_to_resume
 
     out = tmp_path / "out"
@@ -131,9 +133,36 @@ def test_an_interrupted_run_says_how_to_resume(tiny_dir, sample_csv, tmp_path):
     assert said.endswith(
         "python -m phi3v_recipe.train --config recipes/demo.yaml --resume_from_checkpoint true"
     )  # without the overwrite that would delete the checkpoints
-    assert "\n  accelerate launch [your launch flags] -m phi3v_recipe.train --config" in how_to_resume(
-        out, argv, False, 2
+    bin_dir = Path(sys.executable).parent
+    assert f"\n  {bin_dir / 'accelerate'} launch [your launch flags] -m phi3v_recipe.train --config" in (
+        how_to_resume(out, argv, False, 2)
     )
+    # Run as the phi3v-recipe command: that command, by the path that runs it without the venv activated.
+    monkeypatch.setattr(sys, "argv", ["phi3v-recipe train"])
+    assert how_to_resume(out, argv, False).endswith(
+        f"\n  {bin_dir / 'phi3v-recipe'} train --config recipes/demo.yaml --resume_from_checkpoint true"
+    )
+    # Run by make demo, make train or phi3v-recipe launch: the command they say.
+    monkeypatch.setenv("PHI3V_RESUME_COMMAND", "make demo RESUME=1")
+    assert how_to_resume(out, argv, False).endswith("Resume with:\n  make demo RESUME=1")
+    launch = resume_command(["--config_file", "accelerate_configs/multi_gpu.yaml"], [*argv, "--max_steps", "9"])
+    assert launch == (
+        f"{bin_dir / 'phi3v-recipe'} launch --config_file accelerate_configs/multi_gpu.yaml --config "
+        "recipes/demo.yaml --max_steps 9 --resume_from_checkpoint true"
+    )
+
+
+def test_the_make_targets_resume_hint_is_the_make_command_that_was_run():
+    def planned(*args) -> str:
+        return subprocess.run(["make", "-n", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+
+    assert "PHI3V_RESUME_COMMAND='make demo RESUME=1' " in planned("demo")
+    assert """PHI3V_RESUME_COMMAND='make demo ARGS="--max_steps 5" RESUME=1' """ in planned(
+        "demo", "ARGS=--max_steps 5"
+    )
+    assert "PHI3V_RESUME_COMMAND='make demo-phi4mm RESUME=1' " in planned("demo-phi4mm")
+    train = planned("train", "RECIPE=demo", "ACCELERATE_CONFIG=accelerate_configs/multi_gpu.yaml")
+    assert "PHI3V_RESUME_COMMAND='make train RECIPE=demo ACCELERATE_CONFIG=accelerate_configs/multi_gpu.yaml " in train
 
 
 def start_training(args: list[str], tmp_path, stderr) -> subprocess.Popen:
@@ -168,9 +197,9 @@ def test_ctrl_c_during_training_saves_at_the_step_end_and_prints_the_resume_comm
         process.kill()
     assert process.returncode == 130, stderr[-3000:]
     lines = stderr.splitlines()
-    said = lines.index(f"Checkpoints of {out} are kept. Resume with (or add RESUME=1 to your make train):")
+    said = lines.index(f"Checkpoints of {out} are kept. Resume with:")
     assert lines[said - 1].startswith("Stopped on SIGINT after step ")
-    assert lines[said + 1].startswith("  python -m phi3v_recipe.train --config ")
+    assert lines[said + 1].startswith(f"  {sys.executable} -m phi3v_recipe.train --config ")  # works from anywhere
     assert lines[said + 1].endswith(" --resume_from_checkpoint true")
 
 
@@ -421,10 +450,12 @@ def test_sigterm_stops_at_a_step_with_a_checkpoint_and_the_resume_command(tiny_d
     [checkpoint] = list(out.glob("checkpoint-*"))
     step = int(checkpoint.name.split("-")[1])
     assert 1 <= step < 400 and f"Stopped on SIGTERM after step {step}." in output
-    command = [line.strip() for line in output.splitlines() if line.strip().startswith("python -m phi3v_recipe.train")]
+    printed = f"{sys.executable} -m phi3v_recipe.train"
+    command = [line.strip() for line in output.splitlines() if line.strip().startswith(printed)]
     assert command and command[0].endswith("--resume_from_checkpoint true")
+    parts = shlex.split(command[0])  # run as printed, from another folder, one step further
     resumed = subprocess.run(
-        [sys.executable, *command[0].split()[1:-2], "--max_steps", str(step + 1), "--resume_from_checkpoint", "true"],
+        [*parts[:-2], "--max_steps", str(step + 1), *parts[-2:]],
         cwd=ROOT,
         env=clean_env(tmp_path),
         capture_output=True,
@@ -433,6 +464,16 @@ def test_sigterm_stops_at_a_step_with_a_checkpoint_and_the_resume_command(tiny_d
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"Resuming from {checkpoint}" in resumed.stdout
+    finished = subprocess.run(  # at the checkpoint's own step: nothing left to train
+        parts[:-2] + ["--max_steps", str(step), *parts[-2:]],
+        cwd=ROOT,
+        env=clean_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert finished.returncode == 2 and "the run is finished, nothing to resume" in finished.stderr
+    assert "Resuming" not in finished.stdout  # said only when it resumes
 
 
 def test_lora_on_clip_names_adapts_only_the_layers_that_run(tiny_dir, sample_csv, tmp_path):
