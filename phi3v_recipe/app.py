@@ -373,7 +373,18 @@ def main(argv: list[str] | None = None) -> None:
 
         recipe = parse_recipe(["--config", args.config])[0]
     page = build_app(Session(model, processor, recipe, examples), f"phi3v-recipe: {args.adapter}", args.max_new_tokens)
-    page.launch(server_name=args.host, server_port=args.port, share=args.share, allowed_paths=served_files(examples))
+    # Gradio's own lines would tell a command-line user to "set share=True in launch()": ours name the flags.
+    page.launch(
+        server_name=args.host,
+        server_port=args.port,
+        share=args.share,
+        allowed_paths=served_files(examples),
+        quiet=True,
+        prevent_thread_lock=True,
+    )
+    print(f"Serving {args.adapter} on {page.local_url}", end="")
+    print(f" and {page.share_url}" if page.share_url else " (--share adds a public link; Ctrl-C stops)")
+    page.block_thread()
 
 
 if __name__ == "__main__":

@@ -161,6 +161,13 @@ class RecipeArguments(DataArguments):
     predictions_to_log: int = field(
         default=8, metadata={"help": "Eval samples whose generated answers are logged as a table at each evaluation."}
     )
+    scored_evaluation: bool = field(
+        default=True,
+        metadata={
+            "help": "At the end, generate answers for the eval split and score them beside the base model and the "
+            "trivial baseline (false: skip it, as a smoke run does)."
+        },
+    )
     overwrite_output_dir: bool = field(
         default=False,
         metadata={"help": "Start afresh in an output_dir that holds another run (its results are deleted)."},

@@ -21,6 +21,7 @@ COMMANDS = {
         [],
         "train through accelerate launch (several GPUs or machines): [accelerate flags] --config ...",
     ),
+    "smoke": ("phi3v_recipe.smoke", [], "a recipe for 2 steps on the CPU: its tiny model and synthetic twin data"),
     "prepare": ("phi3v_recipe.prepare", [], "check a recipe's rows once, in parallel, for every later run"),
     "evaluate": ("phi3v_recipe.evaluate", [], "score an adapter on a recipe's eval split"),
     "predict": ("phi3v_recipe.predict", [], "answer questions about images with an adapter (folder or Hub)"),

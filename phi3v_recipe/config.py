@@ -45,7 +45,9 @@ def read_recipe(path: str) -> dict:
     file = Path(path)
     if not file.is_file():
         names = ", ".join(recipes_here()) or "none found in ./recipes"
-        raise UserError(f"Recipe {path} does not exist. Recipes: {names} (give recipes/<name>.yaml).")
+        close = difflib.get_close_matches(file.stem, recipes_here(), n=1)
+        hint = f" Did you mean {file.with_name(close[0] + file.suffix)}?" if close else ""
+        raise UserError(f"Recipe {path} does not exist.{hint} Recipes: {names} (give recipes/<name>.yaml).")
     try:
         recipe = yaml.safe_load(file.read_text()) or {}
     except yaml.MarkedYAMLError as err:

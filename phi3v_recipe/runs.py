@@ -41,6 +41,7 @@ MAY_CHANGE_ON_RESUME = {
     "hub_model_id",
     "hub_private_repo",
     "predictions_to_log",
+    "scored_evaluation",
     "output_dir",
     "local_rank",
 }

@@ -155,6 +155,11 @@ class Phi3VSFTTrainer(SFTTrainer):
         self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
         return loss
 
+    def create_model_card(self, *args, **kwargs):
+        """Nothing: the run's model card is ours, written when it ends (hub.write_model_card). TRL's draft, written at
+        each checkpoint, names no base for a local one ("a fine-tuned version of [None]") and was left as the card of
+        an interrupted run."""
+
     _staging = None  # set while a checkpoint is being written aside
 
     def _save(self, output_dir=None, state_dict=None):
@@ -408,7 +413,7 @@ def main(argv: list[str] | None = None) -> SFTTrainer:
             if trainer.is_world_process_zero():
                 carry_base_files(out, model_args, processor, adapter)
             saved = True
-        if data.eval is not None and trainer.is_world_process_zero():
+        if data.eval is not None and recipe.scored_evaluation and trainer.is_world_process_zero():
             if trainer.is_fsdp_enabled:  # generation needs every shard: score afterwards from the saved model
                 print(
                     f"Scored evaluation skipped under FSDP; run: python -m phi3v_recipe.evaluate --config {recipe_path}"

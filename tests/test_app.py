@@ -316,3 +316,40 @@ def test_a_long_question_is_refused_and_an_answer_is_bounded_in_time(session, im
     monkeypatch.setattr(app, "MAX_SECONDS_PER_ANSWER", 0.0)  # the clock runs out at the first token
     cut = list(converse(session, start_chat([str(image_path)]), "What is it?", max_new_tokens=64))[-1][1]
     assert full.startswith(cut) and len(cut) < len(full)
+
+
+def test_the_command_says_where_it_serves_in_its_own_words(adapter, tmp_path):
+    """Gradio's own start lines told command-line users to 'set share=True in launch()'; the flag is --share."""
+    import subprocess
+    import sys
+
+    from .conftest import free_port, killed_after
+    from .test_train import clean_env
+
+    port = free_port()
+    command = [
+        str(Path(sys.executable).parent / "phi3v-recipe"),
+        "app",
+        "--adapter",
+        str(adapter),
+        "--port",
+        str(port),
+    ]
+    server = subprocess.Popen(
+        command,
+        env=clean_env(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        with killed_after(server, 120):
+            lines = [server.stdout.readline()]
+            while lines[-1] and not lines[-1].startswith("Serving"):
+                lines.append(server.stdout.readline())
+    finally:
+        server.terminate()
+        server.communicate(timeout=60)
+    assert lines[-1] == f"Serving {adapter} on http://127.0.0.1:{port}/ (--share adds a public link; Ctrl-C stops)\n"
+    assert not any("share=True" in line for line in lines)

@@ -207,3 +207,33 @@ def test_the_demo_ends_with_answers_that_parse_and_beat_a_baseline(tiny_dir, tmp
 def test_a_flag_error_names_the_command_as_it_was_typed(env, command, prog):
     result = run(["--rows", "two"], env, command=command)
     assert first_error(result) == f"error: argument --rows: invalid int value: 'two' (see {prog} --help)."
+
+
+@pytest.mark.parametrize("recipe", ["burberry_qlora", "phi4mm_docvqa_lora"])
+def test_a_smoke_run_takes_two_steps_of_a_gpu_recipe_on_its_tiny_model_and_twin_data(
+    recipe, tiny_dir, tiny4_dir, tmp_path, env
+):
+    """The recipe's own model, LoRA, quantization, crop and checkpointing settings; the tiny model of its family and
+    the synthetic set of its task; 2 steps on the CPU, no scored evaluation (it took minutes in a 2-step run)."""
+    import yaml
+
+    (tmp_path / "outputs").mkdir()
+    (tmp_path / "outputs" / "tiny-phi3v").symlink_to(tiny_dir)
+    (tmp_path / "outputs" / "tiny-phi4mm").symlink_to(tiny4_dir)
+    task = "docvqa" if "docvqa" in recipe else "burberry"
+    sample = ["--task", task, "--rows", "60", "--out", f"data/sample{'/docvqa' if task == 'docvqa' else ''}"]
+    subprocess.run([sys.executable, "-m", "phi3v_recipe.synthetic", *sample], cwd=tmp_path, env=env, check=True)
+    result = run(["smoke", "--config", str(ROOT / "recipes" / f"{recipe}.yaml")], env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ran = yaml.safe_load((tmp_path / "outputs" / "smoke" / f"{recipe}.yaml").read_text())
+    shipped = yaml.safe_load((ROOT / "recipes" / f"{recipe}.yaml").read_text())
+    for key in ("use_peft", "load_in_4bit", "num_crops", "dynamic_hd", "activation_checkpointing", "lora_r"):
+        assert ran.get(key) == shipped.get(key), key
+    family = "phi4mm" if recipe.startswith("phi4mm") else "phi3v"
+    assert ran["model_name_or_path"] == f"outputs/tiny-{family}" and ran["dataset"].startswith("data/sample/")
+    assert ran["max_steps"] == 2 and ran["scored_evaluation"] is False
+    out = tmp_path / "outputs" / "smoke" / recipe
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert round(metrics["train_steps_per_second"] * metrics["train_runtime"]) == 2
+    assert not any(key.startswith("baseline_") for key in metrics)  # the scored evaluation adds baseline_*
+    assert (out / "adapter_model.safetensors").is_file() and "Scored evaluation" not in result.stdout

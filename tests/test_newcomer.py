@@ -197,6 +197,7 @@ def test_ctrl_c_during_training_saves_at_the_step_end_and_prints_the_resume_comm
         process.kill()
     assert process.returncode == 130, stderr[-3000:]
     lines = stderr.splitlines()
+    assert not (out / "README.md").exists()  # no card until the run ends (TRL's draft said "version of [None]")
     said = lines.index(f"Checkpoints of {out} are kept. Resume with:")
     assert lines[said - 1].startswith("Stopped on SIGINT after step ")
     assert lines[said + 1].startswith(f"  {sys.executable} -m phi3v_recipe.train --config ")  # works from anywhere

@@ -257,6 +257,10 @@ def test_bad_recipe_values_are_named_before_anything_loads(tmp_path, changes, me
         (["--config", "--max_steps", "3"], "--config needs a recipe file"),
         (["--config", "recipes/nope.yaml"], r"Recipe recipes/nope.yaml does not exist. Recipes: .*demo"),
         (
+            ["--config", "recipes/dmeo.yaml"],
+            r"Recipe recipes/dmeo.yaml does not exist. Did you mean recipes/demo.yaml\?",
+        ),
+        (
             ["--config", "recipes/demo.yaml", "--learning_r", "1e-4"],
             "Unknown flag --learning_r. Did you mean --learning_rate",
         ),
