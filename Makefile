@@ -10,7 +10,7 @@ TORCH ?= torch==2.13.0
 TORCH_INDEX ?=
 RECIPES := $(sort $(basename $(notdir $(wildcard recipes/*.yaml))))
 
-.PHONY: setup test test-all test-oldest lint format tiny sample-data train smoke demo demo-phi4mm demo-learn docker-build docker-train docker-smoke bench bench-data bench-memory bench-phi4mm app
+.PHONY: setup test test-all test-oldest lint format tiny sample-data train smoke demo demo-phi4mm demo-learn docker-build docker-train docker-smoke bench bench-data bench-memory bench-phi4mm bench-errors app
 
 setup: $(VENV)/.installed
 
@@ -20,6 +20,7 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet --no-index --no-deps "$(TORCH)" 2>/dev/null \
 		|| $(BIN)/pip install --quiet "$(TORCH)" $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
 	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/python -c "from phi3v_recipe.config import known_keys; known_keys()"  # the key list errors are checked by at once
 	touch $@
 
 test: setup
@@ -68,23 +69,26 @@ $(TASK_SETS): data/sample/%.jsonl: | setup
 # RECIPE is a name (burberry_lora), a recipe's path (recipes/burberry_lora.yaml) or any recipe file of yours.
 RECIPE ?=
 RECIPE_FILE = $(if $(wildcard $(RECIPE)),$(RECIPE),recipes/$(basename $(notdir $(RECIPE))).yaml)
-CLOSEST = $(BIN)/python -c 'import difflib, sys; m = difflib.get_close_matches(sys.argv[1], sys.argv[2:], 1); print(f" Did you mean {m[0]}?" if m else "")'
+CLOSEST = $(PYTHON) -c 'import difflib, sys; m = difflib.get_close_matches(sys.argv[1], sys.argv[2:], 1); print(f" Did you mean {m[0]}?" if m else "")'
 ACCELERATE_CONFIG ?= accelerate_configs/single_gpu.yaml
 ARGS ?=
 RESUME ?=
 # What an interrupted run prints as the command that resumes it: the make command the user ran.
 RESUME_TRAIN = make train RECIPE=$(RECIPE)$(if $(filter-out accelerate_configs/single_gpu.yaml,$(ACCELERATE_CONFIG)), ACCELERATE_CONFIG=$(ACCELERATE_CONFIG))$(if $(ARGS), ARGS="$(ARGS)") RESUME=1
-train: setup
-	@test -n "$(RECIPE)" || { echo "error: say which recipe: make train RECIPE=<name>. Recipes: $(RECIPES)." >&2; exit 2; }
-	@test -f $(RECIPE_FILE) || { echo "error: $(RECIPE_FILE) does not exist.$$($(CLOSEST) $(basename $(notdir $(RECIPE))) $(RECIPES)) Recipes: $(RECIPES)." >&2; exit 2; }
+# The recipe is named and found before anything is set up (a typo answers at once, not after building .venv).
+CHECK_RECIPE = @test -n "$(RECIPE)" || { echo "error: say which recipe: make $@ RECIPE=<name>. Recipes: $(RECIPES)." >&2; exit 2; }; \
+	test -f $(RECIPE_FILE) || { echo "error: $(RECIPE_FILE) does not exist.$$($(CLOSEST) $(basename $(notdir $(RECIPE))) $(RECIPES)) Recipes: $(RECIPES)." >&2; exit 2; }
+train:
+	$(CHECK_RECIPE)
+	@$(MAKE) --no-print-directory setup
 	PHI3V_RESUME_COMMAND='$(RESUME_TRAIN)' $(BIN)/phi3v-recipe launch --config_file $(ACCELERATE_CONFIG) \
 		--config $(RECIPE_FILE) $(if $(RESUME),--resume_from_checkpoint true) $(ARGS)
 
 # A recipe for 2 steps on the CPU, on its family's tiny model and its task's synthetic twin data (seconds each):
 # make smoke RECIPE=burberry_qlora [ARGS="--lora_r 8"]
-smoke: setup tiny sample-data
-	@test -n "$(RECIPE)" || { echo "error: say which recipe: make smoke RECIPE=<name>. Recipes: $(RECIPES)." >&2; exit 2; }
-	@test -f $(RECIPE_FILE) || { echo "error: $(RECIPE_FILE) does not exist.$$($(CLOSEST) $(basename $(notdir $(RECIPE))) $(RECIPES)) Recipes: $(RECIPES)." >&2; exit 2; }
+smoke:
+	$(CHECK_RECIPE)
+	@$(MAKE) --no-print-directory tiny sample-data
 	$(BIN)/phi3v-recipe smoke --config $(RECIPE_FILE) $(ARGS)
 
 # The answer the demo's prediction is scored against: the sample row's fields in the recipe's answer template.
@@ -138,6 +142,10 @@ bench-data: setup
 # GPU memory of a full-size LoRA step, estimated per batch size and activation checkpointing policy (seconds, CPU).
 bench-memory: setup
 	$(BIN)/python -m phi3v_recipe.bench.memory --out outputs/bench-memory.json $(ARGS)
+
+# Time to a user error through each entry point, beside the full parse after the heavy imports (~3 min, CPU).
+bench-errors: setup
+	$(BIN)/python -m phi3v_recipe.bench.errors $(ARGS)
 
 # Phi-4-multimodal training: ours beside Microsoft's sample_finetune_vision.py restated (tiny model, CPU, ~7-10 min).
 bench-phi4mm: setup

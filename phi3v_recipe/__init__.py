@@ -83,6 +83,22 @@ def _answer_module_help() -> None:
             raise SystemExit(0)
 
 
+def _check_recipe_first() -> None:
+    """``python -m phi3v_recipe.train`` (or prepare, smoke, launch) says a mistake in its recipe or flags in one line
+    before the registration below and the module's own imports (recipe_file.precheck), as the phi3v-recipe command
+    does."""
+    command_line = sys.orig_argv
+    if "-m" not in command_line[:-1]:
+        return
+    module = command_line[command_line.index("-m") + 1]
+    if module in ("phi3v_recipe.train", "phi3v_recipe.prepare", "phi3v_recipe.smoke", "phi3v_recipe.launch"):
+        from .errors import run
+        from .recipe_file import precheck, recipe_args
+
+        run(precheck, recipe_args(module.split(".")[-1], sys.argv[1:]))
+
+
 _answer_module_help()
+_check_recipe_first()
 if Path(sys.argv[0]).name != "phi3v-recipe":
     register()

@@ -122,6 +122,10 @@ def main(argv: list[str] | None = None) -> None:
 
         RecipeParser().print_help()
         return
+    if command in ("train", "prepare", "smoke", "launch") and "-h" not in rest and "--help" not in rest:
+        from .recipe_file import precheck, recipe_args
+
+        run(precheck, recipe_args(command, rest))  # the usual mistakes, in one line, before the heavy imports
     if "-h" not in rest and "--help" not in rest and command != "launch":  # help answers before the heavy imports
         import phi3v_recipe
 

@@ -12,9 +12,11 @@ from pathlib import Path
 
 from trl import ModelConfig, SFTConfig, TrlParser
 
+from . import recipe_file
 from .arguments import RecipeArguments
 from .errors import UserError
 from .hub import HUB_ID
+from .recipe_file import config_path
 
 TYPES = (RecipeArguments, SFTConfig, ModelConfig)
 DTYPES = ("auto", "bfloat16", "float16", "float32")
@@ -30,42 +32,16 @@ ATTENTION = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_at
 
 
 def known_keys() -> set[str]:
-    return {f.name for cls in TYPES for f in fields(cls)} | {"env"}
-
-
-def recipes_here() -> list[str]:
-    """The recipe names in ./recipes (what `make train RECIPE=...` accepts)."""
-    return sorted(p.stem for p in Path("recipes").glob("*.yaml"))
+    """Every recipe key; kept for the next precheck (recipe_file.py), which runs before TRL is imported."""
+    keys = {f.name for cls in TYPES for f in fields(cls)} | {"env"}
+    if recipe_file.cached_keys() != keys:
+        recipe_file.save_keys(keys)
+    return keys
 
 
 def read_recipe(path: str) -> dict:
     """The recipe file as a mapping; a missing file, a YAML syntax error or an unknown key is a one-line error."""
-    import yaml
-
-    file = Path(path)
-    if not file.is_file():
-        names = ", ".join(recipes_here()) or "none found in ./recipes"
-        close = difflib.get_close_matches(file.stem, recipes_here(), n=1)
-        hint = f" Did you mean {file.with_name(close[0] + file.suffix)}?" if close else ""
-        raise UserError(f"Recipe {path} does not exist.{hint} Recipes: {names} (give recipes/<name>.yaml).")
-    try:
-        recipe = yaml.safe_load(file.read_text()) or {}
-    except yaml.MarkedYAMLError as err:
-        mark = err.problem_mark
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else path
-        raise UserError(f"{where}: YAML syntax error: {err.problem}.") from None
-    if not isinstance(recipe, dict):
-        raise UserError(f"{path} must be a YAML mapping of recipe keys to values, got {type(recipe).__name__}.")
-    known = known_keys()
-    for key in recipe:
-        if key not in known:
-            close = difflib.get_close_matches(str(key), known, n=1)
-            hint = f" Did you mean '{close[0]}'?" if close else ""
-            raise UserError(
-                f"Unknown key '{key}' in {path}.{hint} Every key must be a field of SFTConfig, "
-                "ModelConfig or RecipeArguments (phi3v-recipe train --help lists them)."
-            )
-    return recipe
+    return recipe_file.read_recipe(path, known_keys())
 
 
 class RecipeParser(TrlParser):
@@ -79,21 +55,8 @@ class RecipeParser(TrlParser):
 
 
 def check_flags(args: list[str]) -> None:
-    """Every ``--flag`` is a recipe key (or --config), spelled out in full."""
-    known = known_keys() - {"env"}
-    for arg in args:
-        if arg.startswith("--") and len(arg) > 2:
-            key = arg[2:].split("=", 1)[0].replace("-", "_")
-            if key != "config" and key not in known:
-                close = difflib.get_close_matches(key, known, n=1)
-                hint = f" Did you mean --{close[0]}?" if close else ""
-                raise UserError(f"Unknown flag --{key}.{hint} Flags are recipe keys, written in full.")
-            if key == "hub_token":  # refused before any worker starts (a flag cannot be taken back out of ps)
-                raise UserError(
-                    "--hub_token puts the token in the command line of the run and its workers, which every user of "
-                    "this machine sees (ps) for the whole run: give it as HF_TOKEN=... in the environment, or log in "
-                    "once with `hf auth login`."
-                )
+    """Every ``--flag`` is a recipe key (or --config), spelled out in full; never ``--hub_token``."""
+    recipe_file.check_flags(args, known_keys() - {"env"})
 
 
 def check_model_path(name: str) -> None:
@@ -173,17 +136,6 @@ def no_gpu(recipe_path: str, how: str = "") -> UserError:
         f"{recipe_path} trains{how} on a GPU, and this machine has none. Use recipes/demo.yaml (make demo), or run it "
         "on the CPU (slowly) with --use_cpu true --bf16 false."
     )
-
-
-def config_path(args: list[str]) -> str | None:
-    """The value of ``--config`` (None without the flag); a flag with no value is an error."""
-    for i, arg in enumerate(args):
-        if arg == "--config" or arg.startswith("--config="):
-            value = arg.split("=", 1)[1] if "=" in arg else (args[i + 1] if i + 1 < len(args) else "")
-            if not value or value.startswith("--"):
-                raise UserError("--config needs a recipe file, e.g. --config recipes/demo.yaml.")
-            return value
-    return None
 
 
 NULL = ("null", "none", "~")

@@ -249,10 +249,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--skip_base", action="store_true", help="Do not also score the base model.")
     own, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
 
-    from .config import config_path, parse_recipe
+    from .config import parse_recipe
     from .data import prepare_data
     from .families import family_of_processor
     from .predict import load_for_inference
+    from .recipe_file import config_path
 
     recipe, training_args, model_args = parse_recipe(rest)
     adapter = own.adapter or training_args.output_dir

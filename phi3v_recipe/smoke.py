@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 
 from .arguments import DataArguments
-from .config import config_path, read_recipe
 from .errors import UserError, run
+from .recipe_file import config_path, read_recipe
 
 # The demo_* recipe whose data stands in for each GPU recipe's (a demo recipe stands in for itself).
 TWINS = {
@@ -53,14 +53,14 @@ def smoke_recipe(path: Path) -> dict:
     """The recipe at ``path`` with its twin's data keys, its family's tiny model and the smoke run's settings."""
     from .families import BY_NAME, FAMILIES
 
-    recipe = read_recipe(str(path))
+    recipe = read_recipe(str(path), None)  # its keys are checked by the run's own parse
     twin_name = path.stem if path.stem.startswith("demo") else TWINS.get(path.stem)
     if twin_name is None:
         raise UserError(
             f"{path} has no synthetic twin (smoke runs the shipped recipes: {', '.join(TWINS)}). For a recipe of "
             "yours: phi3v-recipe train --config ... --max_steps 2 --scored_evaluation false --max_rows 40."
         )
-    twin = read_recipe(str(path.with_name(f"{twin_name}.yaml")))
+    twin = read_recipe(str(path.with_name(f"{twin_name}.yaml")), None)
     data_keys = {f.name for f in dataclasses.fields(DataArguments)}
     family = next((f for f in FAMILIES.values() if recipe.get(f.CROP_KEY) is not None), BY_NAME["phi3v"])
     model = Path("outputs") / f"tiny-{family.NAME}"

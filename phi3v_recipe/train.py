@@ -30,12 +30,13 @@ from trl import SFTTrainer, get_peft_config, get_quantization_config
 
 from . import export, hub, runs
 from .collator import IGNORE_INDEX, VisionSFTCollator
-from .config import CLIP_LINEARS, config_path, no_gpu, parse_recipe
+from .config import CLIP_LINEARS, no_gpu, parse_recipe
 from .data import prepare_data
 from .errors import SaidByProcessZero, UserError, fresh_line, run, signals_held, stopped_by, unloadable_model
 from .evaluate import evaluate
 from .families import crops_of, family_of, family_of_model, family_of_processor
 from .files import follow_umask, full_disk_is_one_line
+from .recipe_file import config_path
 from .tracking import PredictionTableCallback, configure_wandb
 
 

@@ -2,6 +2,7 @@
 that answers at once, the demo that visibly learns, and the model card."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -237,3 +238,47 @@ def test_a_smoke_run_takes_two_steps_of_a_gpu_recipe_on_its_tiny_model_and_twin_
     assert round(metrics["train_steps_per_second"] * metrics["train_runtime"]) == 2
     assert not any(key.startswith("baseline_") for key in metrics)  # the scored evaluation adds baseline_*
     assert (out / "adapter_model.safetensors").is_file() and "Scored evaluation" not in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("entry", "mistake", "said"),
+    [
+        (
+            ["-m", "phi3v_recipe.train"],
+            ["--config", "recipes/demo.yaml", "--learning_r", "1"],
+            "Unknown flag --learning_r",
+        ),
+        ([CLI, "train"], ["--config", "recipes/dmeo.yaml"], "Did you mean recipes/demo.yaml?"),
+        (
+            [CLI, "launch", "--num_processes", "1"],
+            ["--config", "recipes/demo.yaml", "--max_stepz", "2"],
+            "--max_steps?",
+        ),
+        ([CLI, "smoke"], ["--config", "recipes/demo.yaml", "--hub_token", "x"], "--hub_token puts the token"),
+        (["-m", "phi3v_recipe.prepare"], ["--config", "{bad}"], "Unknown key 'learnin_rate'"),
+    ],
+)
+def test_a_recipe_or_flag_mistake_is_said_before_torch_transformers_or_trl_are_imported(
+    entry, mistake, said, env, tmp_path
+):
+    """They were imported first (25-47 s to an error on a loaded machine); `make bench-errors` times it."""
+    from phi3v_recipe.config import known_keys
+
+    known_keys()  # the key list the precheck reads, as make setup writes it
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model_name_or_path: outputs/tiny-phi3v\nlearnin_rate: 1.0e-4\n")
+    command = [sys.executable, "-X", "importtime", *entry, *[arg.format(bad=bad) for arg in mistake]]
+    done = run([], env, command=command)
+    line = first_error(done)
+    assert said in line, line
+    imported = {line.split("|")[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
+    assert not imported & {"torch", "transformers", "trl", "accelerate", "datasets"}, imported & {"torch", "trl"}
+
+
+def test_make_train_with_a_misspelled_recipe_answers_before_building_anything(tmp_path, env):
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "--quiet", str(ROOT), str(clone)], check=True)
+    shutil.copy(ROOT / "Makefile", clone / "Makefile")  # as in the working tree
+    line = first_error(run(["train", "RECIPE=burbery_lora"], env, cwd=clone, command=("make",)))
+    assert line.startswith("error: recipes/burbery_lora.yaml does not exist. Did you mean burberry_lora?")
+    assert not (clone / ".venv").exists()

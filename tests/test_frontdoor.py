@@ -81,8 +81,8 @@ def test_dockerignore_keeps_data_and_weights_out():
 # command of its ```bash blocks runs, in order, in the next test.
 NOT_RUN_HERE = {
     r"^make test": "the test tiers themselves (this test is part of make test-all)",
-    r"^make (demo-learn|bench|bench-data|bench-phi4mm)(\s|$)": "minutes to tens of minutes on the CPU; tests/test_learning.py, "
-    "tests/test_bench.py and tests/test_phi4mm.py run them",
+    r"^make (demo-learn|bench|bench-data|bench-phi4mm|bench-errors)(\s|$)": "minutes to tens of minutes on the CPU; "
+    "tests/test_learning.py, tests/test_bench.py and tests/test_phi4mm.py run them, tests/test_cli.py the errors' imports",
     r"your-hf-name": "needs the Hub: a pushed repo, a token and the network",
     r"burberry_(lora|full_fsdp)": "the real Phi-3-Vision (8 GB download) on a GPU",
     r"docker": "needs docker and an NVIDIA GPU; tests/test_container.py builds the image",
