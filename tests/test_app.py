@@ -318,15 +318,11 @@ def test_a_long_question_is_refused_and_an_answer_is_bounded_in_time(session, im
     assert full.startswith(cut) and len(cut) < len(full)
 
 
-def test_the_command_says_where_it_serves_in_its_own_words(adapter, tmp_path):
-    """Gradio's own start lines told command-line users to 'set share=True in launch()'; the flag is --share."""
+def serve_app(adapter, port: int, env: dict, *extra: str, **popen):
+    """`phi3v-recipe app` serving ``adapter`` on ``port`` of 127.0.0.1, its output piped."""
     import subprocess
     import sys
 
-    from .conftest import free_port, killed_after
-    from .test_train import clean_env
-
-    port = free_port()
     command = [
         str(Path(sys.executable).parent / "phi3v-recipe"),
         "app",
@@ -335,14 +331,18 @@ def test_the_command_says_where_it_serves_in_its_own_words(adapter, tmp_path):
         "--port",
         str(port),
     ]
-    server = subprocess.Popen(
-        command,
-        env=clean_env(tmp_path),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
+    return subprocess.Popen(
+        [*command, *extra], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen
     )
+
+
+def test_the_command_says_where_it_serves_in_its_own_words(adapter, tmp_path):
+    """Gradio's own start lines told command-line users to 'set share=True in launch()'; the flag is --share."""
+    from .conftest import free_port, killed_after
+    from .test_train import clean_env
+
+    port = free_port()
+    server = serve_app(adapter, port, clean_env(tmp_path), start_new_session=True)
     try:
         with killed_after(server, 120):
             lines = [server.stdout.readline()]

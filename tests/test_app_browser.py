@@ -5,8 +5,6 @@ would; a screenshot is saved to outputs/test-artifacts/app.png."""
 import re
 import shutil
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -20,7 +18,7 @@ from phi3v_recipe.synthetic import write_sample_set
 from phi3v_recipe.train import main as train
 
 from .conftest import free_port
-from .test_app import direct_answer
+from .test_app import direct_answer, serve_app
 from .test_processor import photo
 from .test_train import clean_env, demo_args
 
@@ -64,17 +62,7 @@ def test_the_page_answers_in_a_real_browser(tiny_dir, tmp_path):
 
     port = free_port()
     env = clean_env(tmp_path, GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1")
-    command = [
-        str(Path(sys.executable).parent / "phi3v-recipe"),
-        "app",
-        "--adapter",
-        str(adapter),
-        "--port",
-        str(port),
-    ]
-    server = subprocess.Popen(
-        [*command, "--max_new_tokens", "12"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
+    server = serve_app(adapter, port, env, "--max_new_tokens", "12")
     try:
         deadline = time.time() + 120
         while True:
