@@ -7,6 +7,7 @@ model folder that does not exist. Each problem is a one-line ``UserError``.
 """
 
 import difflib
+import functools
 from dataclasses import fields
 from pathlib import Path
 
@@ -31,6 +32,7 @@ CLIP_LINEARS = {
 ATTENTION = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
 
 
+@functools.cache
 def known_keys() -> set[str]:
     """Every recipe key; kept for the next precheck (recipe_file.py), which runs before TRL is imported."""
     keys = {f.name for cls in TYPES for f in fields(cls)} | {"env"}

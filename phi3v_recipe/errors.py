@@ -111,9 +111,11 @@ def run(main, argv: list[str] | None = None):
     except UserError as err:
         if debug:
             raise
-        if os.environ.get(ERRORS_DIR) and not isinstance(err, SaidByProcessZero):  # `phi3v-recipe launch` says it
+        if isinstance(err, SaidByProcessZero):
+            pass  # process 0 says it
+        elif os.environ.get(ERRORS_DIR):  # `phi3v-recipe launch` says it
             Path(os.environ[ERRORS_DIR], str(os.getpid())).write_text(str(err))
-        elif not isinstance(err, SaidByProcessZero):
+        else:
             print(f"{fresh_line()}error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
     except (KeyboardInterrupt, Exception) as err:

@@ -20,6 +20,7 @@ import tempfile
 from pathlib import Path
 
 from .errors import ERRORS_DIR, UserError, debugging, run
+from .recipe_file import split_at_config
 from .runs import RESUME_COMMAND, same_run
 
 USAGE = "phi3v-recipe launch [accelerate launch flags] --config recipes/NAME.yaml [--key value ...]"
@@ -27,10 +28,10 @@ USAGE = "phi3v-recipe launch [accelerate launch flags] --config recipes/NAME.yam
 
 def split_argv(argv: list[str]) -> tuple[list[str], list[str]]:
     """(accelerate's flags, the recipe's): the recipe's start at ``--config`` (``--config_file`` is accelerate's)."""
-    for i, arg in enumerate(argv):
-        if arg == "--config" or arg.startswith("--config="):
-            return argv[:i], argv[i:]
-    raise UserError(f"say which recipe: {USAGE}")
+    launcher, recipe = split_at_config(argv)
+    if not recipe:
+        raise UserError(f"say which recipe: {USAGE}")
+    return launcher, recipe
 
 
 def resume_command(launcher: list[str], recipe: list[str]) -> str:

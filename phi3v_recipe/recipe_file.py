@@ -112,13 +112,18 @@ def save_keys(keys: set[str]) -> None:
         pass
 
 
+def split_at_config(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(the arguments before ``--config``, those from it on); without it, all come before."""
+    for i, arg in enumerate(argv):
+        if arg == "--config" or arg.startswith("--config="):
+            return argv[:i], argv[i:]
+    return argv, []
+
+
 def recipe_args(command: str, argv: list[str]) -> list[str]:
     """The recipe's part of a command's arguments: all of them, but for launch those from ``--config`` on (the ones
     before are accelerate's)."""
-    if command != "launch":
-        return argv
-    starts = [i for i, arg in enumerate(argv) if arg == "--config" or arg.startswith("--config=")]
-    return argv[starts[0] :] if starts else []
+    return split_at_config(argv)[1] if command == "launch" else argv
 
 
 def precheck(argv: list[str]) -> None:

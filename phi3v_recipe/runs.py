@@ -89,10 +89,20 @@ def damage(file: Path) -> str | None:
     return None
 
 
+def damaged_files(path: Path) -> list[str]:
+    """Why each damaged file of a checkpoint folder cannot be read (``damage``)."""
+    return [why for file in sorted(path.iterdir()) if file.is_file() and (why := damage(file))]
+
+
 def checkpoint_problems(path: Path, save_only_model: bool = False) -> list[str]:
     """What a checkpoint folder lacks to be resumed from, or which of its files are damaged (an empty list: it is
     complete)."""
-    problems = [why for file in sorted(path.iterdir()) if file.is_file() and (why := damage(file))]
+    return damaged_files(path) + missing_files(path, save_only_model)
+
+
+def missing_files(path: Path, save_only_model: bool) -> list[str]:
+    """What a checkpoint folder lacks to be resumed from."""
+    problems = []
     if not (path / "trainer_state.json").is_file():
         problems.append("no trainer_state.json")
     # Under FSDP with SHARDED_STATE_DICT the weights and optimizer are folders of shards (torch.distributed.checkpoint,
@@ -126,10 +136,11 @@ def newest_complete_checkpoint(out: Path, save_only_model: bool = False, say: bo
     """The newest complete ``checkpoint-N`` in ``out``, saying (``say``) why any newer one was passed over."""
     checkpoints = sorted((p for p in out.glob("checkpoint-*") if p.is_dir()), key=checkpoint_step, reverse=True)
     for path in checkpoints:
-        problems = checkpoint_problems(path, save_only_model)
+        damaged = damaged_files(path)
+        problems = damaged + missing_files(path, save_only_model)
         if not problems:
             return path
-        if say and any(file.is_file() and damage(file) for file in path.iterdir()):
+        if say and damaged:
             aside = path.with_name(f"damaged-{path.name}")  # out of checkpoint-*: never resumed from, nor rotated
             shutil.rmtree(aside, ignore_errors=True)
             path.rename(aside)
