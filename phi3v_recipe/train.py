@@ -461,8 +461,8 @@ def main(argv: list[str] | None = None) -> SFTTrainer:
             if saved:  # trained and saved: what is left is the scoring, the model card and the push
                 print(
                     f"The trained {'adapter' if model_args.use_peft else 'model'} is saved in {out}; its scored "
-                    "evaluation, model card and push were not done. Score it with:\n  python -m "
-                    f"{shlex.join(['phi3v_recipe.evaluate', *runs.same_run(argv)])}",
+                    "evaluation, model card and push were not done. Score it with:\n  "
+                    f"{shlex.join([sys.executable, '-m', 'phi3v_recipe.evaluate', *runs.same_run(argv)])}",
                     file=sys.stderr,
                 )
             else:

@@ -272,7 +272,7 @@ def test_sigterm_during_the_scored_evaluation_says_the_model_is_saved_and_how_to
         f"The trained adapter is saved in {out}; its scored evaluation, model card and push were not done. Score it "
         "with:",
     ], stderr[-2000:]
-    assert stderr.splitlines()[-1].startswith("  python -m phi3v_recipe.evaluate --config ")
+    assert stderr.splitlines()[-1].startswith(f"  {sys.executable} -m phi3v_recipe.evaluate --config ")
 
 
 def test_a_second_ctrl_c_stops_at_once():
