@@ -10,7 +10,7 @@ TORCH ?= torch==2.13.0
 TORCH_INDEX ?=
 RECIPES := $(sort $(basename $(notdir $(wildcard recipes/*.yaml))))
 
-.PHONY: setup test test-all test-oldest lint format tiny sample-data train smoke demo demo-phi4mm demo-learn docker-build docker-train docker-smoke bench bench-data bench-memory bench-phi4mm bench-errors app
+.PHONY: setup test test-all test-oldest lint format tiny sample-data train smoke demo demo-phi4mm demo-learn docker-build docker-train docker-smoke bench bench-data bench-memory bench-phi4mm bench-errors app docs docs-serve
 
 setup: $(VENV)/.installed
 
@@ -150,6 +150,13 @@ bench-errors: setup
 # Phi-4-multimodal training: ours beside Microsoft's sample_finetune_vision.py restated (tiny model, CPU, ~7-10 min).
 bench-phi4mm: setup
 	$(BIN)/python -m phi3v_recipe.bench.phi4mm --out outputs/bench-phi4mm.json $(ARGS)
+
+# The documentation site from docs/ (mkdocs.yml), built strict: a broken link, anchor or a page left out fails.
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
+docs-serve: setup
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve --dev-addr 127.0.0.1:8000
 
 # Docker: build the CUDA image, and run a recipe in it with the Hub/W&B credentials and cache/outputs on volumes.
 IMAGE ?= phi3v-recipe
