@@ -17,7 +17,7 @@ from . import recipe_file
 from .arguments import RecipeArguments
 from .errors import UserError
 from .hub import HUB_ID
-from .recipe_file import config_path
+from .recipe_file import NULL, config_path
 
 TYPES = (RecipeArguments, SFTConfig, ModelConfig)
 DTYPES = ("auto", "bfloat16", "float16", "float32")
@@ -34,11 +34,33 @@ ATTENTION = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_at
 
 @functools.cache
 def known_keys() -> set[str]:
-    """Every recipe key; kept for the next precheck (recipe_file.py), which runs before TRL is imported."""
-    keys = {f.name for cls in TYPES for f in fields(cls)} | {"env"}
-    if recipe_file.cached_keys() != keys:
-        recipe_file.save_keys(keys)
-    return keys
+    """Every recipe key; kept with the kind of value each takes for the next precheck (recipe_file.py), which runs
+    before TRL is imported."""
+    kinds = {f.name: {} for cls in TYPES for f in fields(cls)} | {"env": {}}
+    kinds |= {key: kind for key, kind in value_kinds(RecipeParser()).items() if key in kinds}
+    if recipe_file.cached_kinds() != kinds:
+        recipe_file.save_kinds(kinds)
+    return set(kinds)
+
+
+def value_kinds(parser: TrlParser) -> dict[str, dict]:
+    """key -> what the parser converts its value with: {"type": "int" | "float" | "bool"} or {"choices": [...]}, and
+    "many" for a list. Only the key's own flag counts (not HfArgumentParser's --no_KEY)."""
+    kinds = {}
+    for action in parser._actions:
+        if f"--{action.dest}" not in action.option_strings:
+            continue
+        kind = {}
+        if action.choices:
+            kind["choices"] = [str(choice) for choice in action.choices]
+        elif action.type in (int, float):
+            kind["type"] = action.type.__name__
+        elif getattr(action.type, "__name__", "") == "string_to_bool":  # transformers' or TRL's copy of it
+            kind["type"] = "bool"
+        if action.nargs in ("+", "*"):
+            kind["many"] = True
+        kinds[action.dest] = kind
+    return kinds
 
 
 def read_recipe(path: str) -> dict:
@@ -90,12 +112,7 @@ def check_values(recipe: RecipeArguments, training: SFTConfig, model: ModelConfi
         raise UserError(f"dtype={model.dtype!r} is not one of {', '.join(DTYPES)}.")
     if model.attn_implementation not in (None, *ATTENTION):
         raise UserError(f"attn_implementation={model.attn_implementation!r} is not one of {', '.join(ATTENTION)}.")
-    if model.use_peft and model.lora_r < 1:
-        raise UserError(f"lora_r must be at least 1, got {model.lora_r}.")
-    if model.use_peft and model.lora_alpha <= 0:
-        raise UserError(f"lora_alpha must be positive, got {model.lora_alpha}.")
-    if not 0 <= model.lora_dropout < 1:
-        raise UserError(f"lora_dropout must be in [0, 1), got {model.lora_dropout}.")
+    recipe_file.check_ranges(vars(training) | vars(model))
     if model.use_peft and "lm_head" in (model.lora_target_modules or []):
         raise UserError(
             "lora_target_modules holds lm_head, which TRL refuses: its loss reads lm_head.weight directly, so an adapter "
@@ -106,17 +123,6 @@ def check_values(recipe: RecipeArguments, training: SFTConfig, model: ModelConfi
             "Note: freeze_vision_tower=false changes nothing under LoRA with these targets: only adapted modules "
             f"train. To adapt the vision tower, add CLIP's layers to lora_target_modules ({', '.join(sorted(CLIP_LINEARS))})."
         )
-    positive = {
-        "learning_rate": training.learning_rate,
-        "per_device_train_batch_size": training.per_device_train_batch_size,
-        "per_device_eval_batch_size": training.per_device_eval_batch_size,
-        "gradient_accumulation_steps": training.gradient_accumulation_steps,
-    }
-    for key, value in positive.items():
-        if not value > 0:
-            raise UserError(f"{key} must be positive, got {value}.")
-    if training.max_length is not None and training.max_length < 1:
-        raise UserError(f"max_length must be at least 1 (or null for no limit), got {training.max_length}.")
     if training.max_steps <= 0 and training.num_train_epochs <= 0:
         raise UserError(
             f"max_steps={training.max_steps} and num_train_epochs={training.num_train_epochs}: the run would train "
@@ -140,20 +146,10 @@ def no_gpu(recipe_path: str, how: str = "") -> UserError:
     )
 
 
-NULL = ("null", "none", "~")
-
-
 def take_nulls(args: list[str]) -> tuple[list[str], dict]:
     """``--key null`` for one of our keys that may be unset (``image_column``) or emptied (``numeric_fields``), so that
     a recipe's value can be cleared from the command line: the flags without those, and key -> None or []."""
-    import typing
-
-    hints = typing.get_type_hints(RecipeArguments)
-    clearable = {
-        name: [] if typing.get_origin(hint) is list else None
-        for name, hint in hints.items()
-        if typing.get_origin(hint) is list or type(None) in typing.get_args(hint)
-    }
+    clearable = recipe_file.clearable_keys()
     kept, cleared, i = [], {}, 0
     while i < len(args):
         key, _, value = args[i][2:].partition("=")

@@ -2,10 +2,12 @@
 
 ``precheck(argv)`` says the usual mistakes at once, each as the one line the full parse (``config.parse_recipe``)
 would say after the imports: a missing ``--config`` value, a missing or misspelled recipe file, YAML syntax, unknown
-keys and flags (with the closest known one), ``--hub_token``, and our own keys' values in the file. The key names of
-TRL's ``SFTConfig`` and ``ModelConfig`` come from a list the full parse writes (``save_keys``) for the installed TRL,
-transformers and this package's recipe keys; ``make setup`` writes it. Without it, the key names are left to the full
-parse. Everything else (types and ranges of TRL's keys, the model folder) is checked by the full parse, as before.
+keys and flags (with the closest known one), a flag without its value, ``--hub_token``, each value's type or choices
+(``--max_steps many``, ``dtype: bfloat61``), the ranges of the usual numbers (``RANGES``, which the full parse checks
+too), and our own keys' values in the file. The keys of TRL's ``SFTConfig`` and ``ModelConfig`` and the kind of value
+each takes come from a list the full parse writes (``save_kinds``) for the installed TRL, transformers and this
+package's recipe keys; ``make setup`` writes it. Without it, those checks are left to the full parse. What needs the
+libraries (the model folder, TrainingArguments' own checks across keys) is checked by the full parse.
 """
 
 import dataclasses
@@ -19,6 +21,19 @@ from pathlib import Path
 from .errors import UserError
 
 PACKAGE = Path(__file__).resolve().parent
+NULL = ("null", "none", "~")  # --key null clears one of our optional keys (config.take_nulls)
+BOOLS = {"yes": True, "true": True, "t": True, "y": True, "1": True, "no": False, "false": False, "f": False, "n": False,
+         "0": False}  # fmt: skip  # what transformers' string_to_bool reads
+# Numbers that must be in range, each with its test and what the error says it must be.
+RANGES = {
+    "learning_rate": (lambda v: v > 0, "positive"),
+    "per_device_train_batch_size": (lambda v: v > 0, "positive"),
+    "per_device_eval_batch_size": (lambda v: v > 0, "positive"),
+    "gradient_accumulation_steps": (lambda v: v > 0, "positive"),
+    "max_length": (lambda v: v is None or v >= 1, "at least 1 (or null for no limit)"),
+    "lora_dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
+}
+LORA_RANGES = {"lora_r": (lambda v: v >= 1, "at least 1"), "lora_alpha": (lambda v: v > 0, "positive")}
 
 
 def config_path(args: list[str]) -> str | None:
@@ -85,6 +100,83 @@ def check_flags(args: list[str], known: set[str] | None) -> None:
                 )
 
 
+def converted(key: str, value: str, kind: dict, where: str):
+    """A value given as text, read as the parser reads it (int, float, true/false, one of the choices); a value it
+    would refuse is a one-line error."""
+    if "choices" in kind:
+        if value not in kind["choices"]:
+            close = difflib.get_close_matches(value, kind["choices"], n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise UserError(f"{key}={value!r}{where} is not one of {', '.join(kind['choices'])}.{hint}")
+        return value
+    kind = kind.get("type")
+    try:
+        if kind == "bool":
+            return BOOLS[value.lower()]
+        return {"int": int, "float": float}.get(kind, str)(value)
+    except (KeyError, ValueError):
+        wanted = {"bool": "true or false", "int": "a whole number", "float": "a number"}[kind]
+        raise UserError(f"{key} must be {wanted}, got {value!r}{where}.") from None
+
+
+def clearable_keys() -> dict[str, list | None]:
+    """Our keys that ``--key null`` clears, each with its cleared value: the optional ones (None) and lists ([])."""
+    import typing
+
+    from .arguments import RecipeArguments
+
+    hints = typing.get_type_hints(RecipeArguments)
+    return {
+        name: [] if typing.get_origin(hint) is list else None
+        for name, hint in hints.items()
+        if typing.get_origin(hint) is list or type(None) in typing.get_args(hint)
+    }
+
+
+def check_values(recipe: dict, path: str | None, args: list[str], kinds: dict[str, dict]) -> dict:
+    """The recipe's and the flags' values, read as the full parse reads them, then the ranges of ``RANGES``: the
+    recipe's values as read."""
+    clearable = clearable_keys()
+    values = {}
+    for key, value in recipe.items():  # the parser converts a recipe's text values (YAML's numbers and lists it keeps)
+        kind = kinds.get(key, {})
+        items = value if isinstance(value, list) and kind.get("many") else [value]
+        read = [converted(key, item, kind, f" in {path}") if isinstance(item, str) else item for item in items]
+        values[key] = read if items is value else read[0]
+    in_recipe = dict(values)
+    for i, arg in enumerate(args):
+        key, equals, value = arg[2:].partition("=")
+        if not arg.startswith("--") or key not in kinds or key == "config":
+            continue
+        kind = kinds[key]
+        given = [value] if equals else []
+        for following in args[i + 1 :] if not equals else ():
+            if following.startswith("--") or (given and not kind.get("many")):
+                break
+            given.append(following)
+        if not given:
+            if kind.get("type") == "bool":  # --bf16 alone means true
+                values[key] = True
+                continue
+            raise UserError(f"--{key} needs a value (--{key} VALUE).")
+        if key in clearable and given[0].lower() in NULL:
+            values[key] = clearable[key]
+            continue
+        read = [converted(key, item, kind, f" (--{key})") for item in given]
+        values[key] = read if kind.get("many") else read[0]
+    check_ranges(values)
+    return in_recipe
+
+
+def check_ranges(values: dict) -> None:
+    """The numbers of ``RANGES`` (and LoRA's under use_peft) that ``values`` holds, each in its range."""
+    ranges = RANGES | (LORA_RANGES if values.get("use_peft") else {})
+    for key, (test, wanted) in ranges.items():
+        value = values.get(key)
+        if isinstance(value, int | float) and not isinstance(value, bool) and not test(value):
+            raise UserError(f"{key} must be {wanted}, got {value}.")
+
+
 def keys_file() -> Path:
     """Where the key list of the installed libraries is kept: beside the environment's packages (the venv), named
     by what decides the keys, so that an upgrade makes a new one."""
@@ -93,21 +185,23 @@ def keys_file() -> Path:
     return Path(sys.prefix) / "share" / "phi3v-recipe" / f"recipe-keys-{tag}.json"
 
 
-def cached_keys() -> set[str] | None:
+def cached_kinds() -> dict[str, dict] | None:
+    """key -> the kind of value it takes, as the full parse last wrote them (None before it has)."""
     try:
-        return set(json.loads(keys_file().read_text()))
+        kinds = json.loads(keys_file().read_text())
     except (OSError, ValueError):
         return None
+    return kinds if isinstance(kinds, dict) else None
 
 
-def save_keys(keys: set[str]) -> None:
-    """Keep the key list for the next precheck (nothing when the environment is read-only)."""
+def save_kinds(kinds: dict[str, dict]) -> None:
+    """Keep the keys and their kinds for the next precheck (nothing when the environment is read-only)."""
     from .files import write_atomically
 
     file = keys_file()
     try:
         file.parent.mkdir(parents=True, exist_ok=True)
-        write_atomically(file, json.dumps(sorted(keys)))
+        write_atomically(file, json.dumps(kinds, sort_keys=True))
     except OSError:
         pass
 
@@ -130,9 +224,12 @@ def precheck(argv: list[str]) -> None:
     """The mistakes that need no library, said before any is imported (see the module's docstring)."""
     from .arguments import RecipeArguments
 
-    known = cached_keys()
+    kinds = cached_kinds()
+    known = set(kinds) if kinds is not None else None
     path = config_path(argv)
     recipe = read_recipe(path, known) if path is not None else {}
     check_flags(argv, known)
+    if kinds is not None:
+        recipe = check_values(recipe, path, argv, kinds)
     ours = {f.name for f in dataclasses.fields(RecipeArguments)}
     RecipeArguments(**{key: value for key, value in recipe.items() if key in ours})  # our keys' values, checked

@@ -256,6 +256,15 @@ def test_a_smoke_run_takes_two_steps_of_a_gpu_recipe_on_its_tiny_model_and_twin_
         ),
         ([CLI, "smoke"], ["--config", "recipes/demo.yaml", "--hub_token", "x"], "--hub_token puts the token"),
         (["-m", "phi3v_recipe.prepare"], ["--config", "{bad}"], "Unknown key 'learnin_rate'"),
+        ([CLI, "train"], ["--config", "recipes/demo.yaml", "--max_steps", "many"], "max_steps must be a whole number"),
+        ([CLI, "train"], ["--config", "{bad_dtype}"], "dtype='bfloat61' in"),
+        (
+            ["-m", "phi3v_recipe.train"],
+            ["--config", "recipes/demo.yaml", "--lr_scheduler_type", "cosin"],
+            "Did you mean 'cosine'?",
+        ),
+        ([CLI, "smoke"], ["--config", "recipes/demo.yaml", "--learning_rate", "-1"], "learning_rate must be positive"),
+        ([CLI, "launch"], ["--config", "recipes/demo.yaml", "--max_steps"], "--max_steps needs a value"),
     ],
 )
 def test_a_recipe_or_flag_mistake_is_said_before_torch_transformers_or_trl_are_imported(
@@ -267,7 +276,10 @@ def test_a_recipe_or_flag_mistake_is_said_before_torch_transformers_or_trl_are_i
     known_keys()  # the key list the precheck reads, as make setup writes it
     bad = tmp_path / "bad.yaml"
     bad.write_text("model_name_or_path: outputs/tiny-phi3v\nlearnin_rate: 1.0e-4\n")
-    command = [sys.executable, "-X", "importtime", *entry, *[arg.format(bad=bad) for arg in mistake]]
+    bad_dtype = tmp_path / "bad_dtype.yaml"
+    bad_dtype.write_text((ROOT / "recipes/demo.yaml").read_text().replace("dtype: float32", "dtype: bfloat61"))
+    command = [sys.executable, "-X", "importtime", *entry]
+    command += [arg.format(bad=bad, bad_dtype=bad_dtype) for arg in mistake]
     done = run([], env, command=command)
     line = first_error(done)
     assert said in line, line
@@ -282,3 +294,20 @@ def test_make_train_with_a_misspelled_recipe_answers_before_building_anything(tm
     line = first_error(run(["train", "RECIPE=burbery_lora"], env, cwd=clone, command=("make",)))
     assert line.startswith("error: recipes/burbery_lora.yaml does not exist. Did you mean burberry_lora?")
     assert not (clone / ".venv").exists()
+
+
+def test_the_precheck_passes_every_shipped_recipe_and_the_usual_flags():
+    """Values the full parse takes pass the precheck: each recipe file as it is, and the flags the docs use (a bare
+    boolean flag, lists, null for our optional keys, negative and float numbers where they are allowed)."""
+    from phi3v_recipe.config import known_keys
+    from phi3v_recipe.recipe_file import precheck
+
+    known_keys()
+    for recipe in sorted((ROOT / "recipes").glob("*.yaml")):
+        precheck(["--config", str(recipe)])
+    flags = [
+        "--bf16", "--max_steps", "3", "--use_peft", "true", "--lora_target_modules", "q_proj", "k_proj",
+        "--image_column", "null", "--numeric_fields", "null", "--report_to", "none", "--warmup_steps", "0.1",
+        "--learning_rate=2e-5", "--eval_strategy", "no", "--max_length", "512", "--seed", "-1",
+    ]  # fmt: skip
+    precheck(["--config", str(ROOT / "recipes/demo.yaml"), *flags])

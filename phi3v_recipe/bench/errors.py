@@ -25,6 +25,9 @@ MISTAKES = {
     "misspelled recipe": ["--config", "recipes/dmeo.yaml"],
     "YAML syntax": ["--config", "{bad_yaml}"],
     "our key's value": ["--config", "{bad_value}"],
+    "a value's type": ["--config", "recipes/demo.yaml", "--max_steps", "many"],
+    "a choice in the recipe": ["--config", "{bad_choice}"],
+    "a value's range": ["--config", "recipes/demo.yaml", "--learning_rate", "-1"],
 }
 ENTRY_POINTS = {
     "python -m phi3v_recipe.train": [str(sys.executable), "-m", "phi3v_recipe.train"],
@@ -65,7 +68,10 @@ def main(argv=None) -> dict:
             "bad_key": Path(folder, "key.yaml"),
             "bad_yaml": Path(folder, "yaml.yaml"),
             "bad_value": Path(folder, "value.yaml"),
+            "bad_choice": Path(folder, "choice.yaml"),
         }
+        demo = (ROOT / "recipes/demo.yaml").read_text()
+        files["bad_choice"].write_text(demo.replace("dtype: float32", "dtype: bfloat61"))
         files["bad_key"].write_text("model_name_or_path: outputs/tiny-phi3v\nlearnin_rate: 1.0e-4\n")
         files["bad_yaml"].write_text("model_name_or_path: outputs/tiny-phi3v\nlearning_rate: [1.0e-4\n")
         files["bad_value"].write_text("model_name_or_path: outputs/tiny-phi3v\neval_fraction: 2\n")
