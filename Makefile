@@ -10,7 +10,7 @@ TORCH ?= torch==2.13.0
 TORCH_INDEX ?=
 RECIPES := $(sort $(basename $(notdir $(wildcard recipes/*.yaml))))
 
-.PHONY: setup test test-all test-oldest lint format tiny sample-data train smoke demo demo-phi4mm demo-learn docker-build docker-train docker-smoke bench bench-data bench-memory bench-phi4mm bench-errors app docs docs-serve
+.PHONY: setup test test-all test-oldest lint format tiny sample-data train smoke demo demo-phi4mm demo-learn docker-build docker-train docker-smoke bench bench-data bench-memory bench-phi4mm bench-errors app docs docs-serve slurm test-cluster
 
 setup: $(VENV)/.installed
 
@@ -35,6 +35,13 @@ test-oldest: setup
 	$(BIN)/pip install --quiet --no-deps --target $(VENV)/transformers-$(OLDEST_TRANSFORMERS) transformers==$(OLDEST_TRANSFORMERS)
 	PYTHONPATH=$(VENV)/transformers-$(OLDEST_TRANSFORMERS) $(BIN)/python -m pytest -q tests/test_inlibrary.py \
 		tests/test_model.py tests/test_processor.py tests/test_vlm.py tests/test_collator.py
+
+# The SLURM launcher against a real SLURM on this machine (slurmctld, slurmd and munge from apt; needs root).
+test-cluster: setup
+	@command -v slurmctld >/dev/null && command -v munged >/dev/null || { apt-get update -qq \
+		&& DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurmctld slurmd slurm-client munge; } \
+		|| echo "Could not install SLURM (apt-get install slurmctld slurmd slurm-client munge, as root): its tests skip."
+	$(BIN)/python -m pytest -q -m "" tests/test_cluster.py
 
 lint: setup
 	$(BIN)/ruff check .
@@ -64,6 +71,8 @@ $(TASK_SETS): data/sample/%.jsonl: | setup
 	$(BIN)/python -m phi3v_recipe.synthetic --task $(notdir $*) --seed 0 --out $(dir $@)
 
 # make train RECIPE=burberry_lora [ACCELERATE_CONFIG=accelerate_configs/fsdp.yaml] [ARGS="--learning_rate 1e-4"] [RESUME=1]
+# RESUME=auto resumes when the output folder holds a complete checkpoint and starts otherwise (a recovered cloud job);
+# LAUNCH_ARGS are more accelerate launch flags (several machines: --num_machines, --machine_rank, ...).
 # phi3v-recipe launch is accelerate launch with the run's own errors as they are: one line, status 2 (accelerate adds
 # its own report of the failed processes and exits 1).
 # RECIPE is a name (burberry_lora), a recipe's path (recipes/burberry_lora.yaml) or any recipe file of yours.
@@ -72,17 +81,28 @@ RECIPE_FILE = $(if $(wildcard $(RECIPE)),$(RECIPE),recipes/$(basename $(notdir $
 CLOSEST = $(PYTHON) -c 'import difflib, sys; m = difflib.get_close_matches(sys.argv[1], sys.argv[2:], 1); print(f" Did you mean {m[0]}?" if m else "")'
 ACCELERATE_CONFIG ?= accelerate_configs/single_gpu.yaml
 ARGS ?=
+LAUNCH_ARGS ?=
 RESUME ?=
 # What an interrupted run prints as the command that resumes it: the make command the user ran.
-RESUME_TRAIN = make train RECIPE=$(RECIPE)$(if $(filter-out accelerate_configs/single_gpu.yaml,$(ACCELERATE_CONFIG)), ACCELERATE_CONFIG=$(ACCELERATE_CONFIG))$(if $(ARGS), ARGS="$(ARGS)") RESUME=1
+RESUME_TRAIN = make train RECIPE=$(RECIPE)$(if $(filter-out accelerate_configs/single_gpu.yaml,$(ACCELERATE_CONFIG)), ACCELERATE_CONFIG=$(ACCELERATE_CONFIG))$(if $(LAUNCH_ARGS), LAUNCH_ARGS="$(LAUNCH_ARGS)")$(if $(ARGS), ARGS="$(ARGS)") RESUME=1
 # The recipe is named and found before anything is set up (a typo answers at once, not after building .venv).
 CHECK_RECIPE = @test -n "$(RECIPE)" || { echo "error: say which recipe: make $@ RECIPE=<name>. Recipes: $(RECIPES)." >&2; exit 2; }; \
 	test -f $(RECIPE_FILE) || { echo "error: $(RECIPE_FILE) does not exist.$$($(CLOSEST) $(basename $(notdir $(RECIPE))) $(RECIPES)) Recipes: $(RECIPES)." >&2; exit 2; }
 train:
 	$(CHECK_RECIPE)
 	@$(MAKE) --no-print-directory setup
-	PHI3V_RESUME_COMMAND='$(RESUME_TRAIN)' $(BIN)/phi3v-recipe launch --config_file $(ACCELERATE_CONFIG) \
-		--config $(RECIPE_FILE) $(if $(RESUME),--resume_from_checkpoint true) $(ARGS)
+	PHI3V_RESUME_COMMAND='$(RESUME_TRAIN)' $(BIN)/phi3v-recipe launch --config_file $(ACCELERATE_CONFIG) $(LAUNCH_ARGS) \
+		--config $(RECIPE_FILE) $(if $(RESUME),--resume_from_checkpoint $(if $(filter auto,$(RESUME)),auto,true)) $(ARGS)
+
+# A recipe on a SLURM cluster, checked here and queued with sbatch (launch/slurm.sbatch: one accelerate launch per node,
+# checkpoint and requeue before the time limit, resumed by itself):
+# make slurm RECIPE=burberry_lora [ACCELERATE_CONFIG=accelerate_configs/fsdp.yaml] [ARGS="..."] SBATCH_OPTIONS="--nodes 2 --gpus-per-node 8"
+SBATCH_OPTIONS ?=
+slurm:
+	$(CHECK_RECIPE)
+	@$(MAKE) --no-print-directory setup
+	SBATCH_OPTIONS='$(SBATCH_OPTIONS)' launch/slurm.sbatch $(RECIPE_FILE) \
+		$(filter-out accelerate_configs/single_gpu.yaml,$(ACCELERATE_CONFIG)) $(ARGS)
 
 # A recipe for 2 steps on the CPU, on its family's tiny model and its task's synthetic twin data (seconds each):
 # make smoke RECIPE=burberry_qlora [ARGS="--lora_r 8"]

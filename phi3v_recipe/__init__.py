@@ -98,7 +98,13 @@ def _check_recipe_first() -> None:
         run(precheck, recipe_args(module.split(".")[-1], sys.argv[1:]))
 
 
+def _running_a_light_module() -> bool:
+    """``python -m phi3v_recipe.slurm`` uses no model: it starts without transformers (seconds sooner)."""
+    command_line = sys.orig_argv
+    return "-m" in command_line[:-1] and command_line[command_line.index("-m") + 1] == "phi3v_recipe.slurm"
+
+
 _answer_module_help()
 _check_recipe_first()
-if Path(sys.argv[0]).name != "phi3v-recipe":
+if Path(sys.argv[0]).name != "phi3v-recipe" and not _running_a_light_module():
     register()

@@ -153,8 +153,16 @@ def newest_complete_checkpoint(out: Path, save_only_model: bool = False, say: bo
     )
 
 
+def resume_if_any(out: Path, resume, save_only_model: bool):
+    """``auto``: True (resume) when ``out`` holds a complete checkpoint, else None (start); anything else as it is."""
+    if resume != "auto":
+        return resume
+    return True if out.is_dir() and has_complete_checkpoint(out, save_only_model) else None
+
+
 def resume_point(out: Path, resume, save_only_model: bool) -> Path | None:
     """The checkpoint another process resumes from, once process 0 has prepared ``out`` (said there, not here)."""
+    resume = resume_if_any(out, resume, save_only_model)
     if not resume:
         return None
     return newest_complete_checkpoint(out, save_only_model, say=False) if resume is True else Path(resume)
@@ -192,6 +200,10 @@ def prepare_output_dir(out: Path, settings: dict, resume, overwrite: bool, save_
     if staging.exists():
         print(f"Removing an unfinished checkpoint save left in {staging} (the run was stopped during a save).")
         shutil.rmtree(staging)
+    auto = resume == "auto"
+    resume = resume_if_any(out, resume, save_only_model)
+    if auto and not resume:
+        print(f"No complete checkpoint in {out} to resume from (resume_from_checkpoint: auto): starting the run.")
     if resume:
         recorded = out / RECIPE_FILE
         if recorded.is_file():

@@ -309,9 +309,12 @@ def claim_output_dir(out: Path, recipe, args, model_args) -> Path | None:
 
 
 def resume_value(value):
-    """``--resume_from_checkpoint true`` resumes from the last checkpoint in output_dir; a path from that one."""
+    """``--resume_from_checkpoint true`` resumes from the last checkpoint in output_dir; a path from that one; ``auto``
+    from the last one when there is one, else the run starts (what a requeued or recovered job runs)."""
     if value is None or str(value).lower() in ("false", "no", ""):
         return None
+    if str(value).lower() == "auto":
+        return "auto"
     return True if str(value).lower() in ("true", "yes", "last") else value
 
 
@@ -353,7 +356,7 @@ def main(argv: list[str] | None = None) -> SFTTrainer:
         args.ddp_find_unused_parameters = False
     try:
         args.resume_from_checkpoint = None if resume is None else str(resume)
-        use_wandb = configure_wandb(args.report_to, args.output_dir)
+        use_wandb = configure_wandb(args.report_to, args.output_dir, resume is not None, args.process_index == 0)
 
         processor = load_processor(model_args, recipe)
         with args.main_process_first(desc="preparing the data"):
@@ -390,9 +393,12 @@ def main(argv: list[str] | None = None) -> SFTTrainer:
 
         stop = StopOnSignal()
         trainer.add_callback(stop)
+        logging_services = outlive_logging_services(trainer, stop)
         with stop.listening():
             train_result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
         if stop.signal is not None:  # stopped early with a checkpoint: no evaluation, save or push
+            for service in logging_services:
+                service.close()
             if args.process_index == 0:
                 print(
                     f"{fresh_line()}Stopped on {stop.signal.name} after step {trainer.state.global_step}.",
@@ -481,8 +487,12 @@ def how_to_resume(out: Path, argv: list[str], save_only_model: bool, processes: 
 def out_of_the_process_group(worker_id: int, then=None) -> None:
     """A DataLoader worker's start: its own process group, so that a signal to the run's group (Ctrl-C in the terminal,
     ``kill -- -PGID``) stops the training processes, which finish their step with the workers' batches, instead of
-    killing the workers under them. A worker still ends with its process (torch's workers watch their parent)."""
+    killing the workers under them. A scheduler signals every process of the job (SLURM: SIGTERM to the whole process
+    tree), so a worker also ignores SIGTERM and SIGINT: its training process ends it after the step. A worker still
+    ends with its process (torch's workers watch their parent)."""
     os.setpgid(0, 0)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if then is not None:
         then(worker_id)
 
@@ -523,6 +533,58 @@ class StopOnSignal(TrainerCallback):
             control.should_save = True
             control.should_training_stop = True
         return control
+
+
+class OutlivesItsService:
+    """A logging integration's callback (W&B) that, once the run is stopping on a signal, fails no step: a scheduler
+    signals every process of the job (SLURM, a container's stop), the integration's service process too, and W&B's
+    dies of it; logging to it then raised in the step that writes the checkpoint, or just after, and the stop ended
+    in a traceback instead of its checkpoint. What it fails to log then is said once."""
+
+    def __init__(self, callback, stop: "StopOnSignal"):
+        self.callback, self.stop, self.failed = callback, stop, False
+
+    def __getattr__(self, name):
+        method = getattr(self.callback, name)
+        if not name.startswith("on_"):
+            return method
+
+        def event(*args, **kwargs):
+            try:
+                return method(*args, **kwargs)
+            except Exception as err:
+                if self.stop.signal is None:
+                    raise
+                if not self.failed:
+                    self.failed = True
+                    service = type(self.callback).__name__.removesuffix("Callback")
+                    print(f"{fresh_line()}Note: {service} stopped with the same signal ({type(err).__name__}); "
+                          "its run continues on resume.", file=sys.stderr)  # fmt: skip
+
+        return event
+
+    def close(self) -> None:
+        """A W&B whose service died: torn down here, where its failure is expected, not in its atexit hook (which
+        printed a ConnectionResetError traceback as the process ended)."""
+        from transformers.integrations import WandbCallback
+
+        if self.failed and isinstance(self.callback, WandbCallback):
+            import wandb
+
+            try:
+                wandb.teardown()
+            except Exception:
+                pass
+
+
+def outlive_logging_services(trainer, stop: "StopOnSignal") -> list[OutlivesItsService]:
+    """Wrap the trainer's logging integrations (report_to) in ``OutlivesItsService``; the wrapped ones."""
+    from transformers.integrations import INTEGRATION_TO_CALLBACK
+
+    services = tuple(INTEGRATION_TO_CALLBACK.values())
+    handler = trainer.callback_handler
+    handler.callbacks = [OutlivesItsService(c, stop) if isinstance(c, services) else c for c in handler.callbacks]
+    return [c for c in handler.callbacks if isinstance(c, OutlivesItsService)]
 
 
 def carry_base_files(out: Path, model_args, processor, adapter: bool) -> None:

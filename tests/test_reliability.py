@@ -122,6 +122,35 @@ def test_a_fresh_run_never_overwrites_another_and_resume_checks_the_recipe(tiny_
     assert "Deleting the previous run" in fresh.stdout
 
 
+def test_resume_auto_starts_a_fresh_folder_resumes_a_checkpointed_one_and_continues_its_wandb_run(
+    tiny_dir, sample_csv, tmp_path
+):
+    """What a requeued SLURM job or a recovered SkyPilot job runs: the same command, each time."""
+    out = tmp_path / "out"
+    env = clean_env(tmp_path, WANDB_MODE="offline")
+    common = [
+        "--save_strategy",
+        "steps",
+        "--save_steps",
+        "2",
+        "--report_to",
+        "wandb",
+        "--resume_from_checkpoint",
+        "auto",
+    ]
+    first = run_train(demo_args(tiny_dir, sample_csv, out, *common, "--max_steps", "2"), env)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert f"No complete checkpoint in {out} to resume from (resume_from_checkpoint: auto): starting" in first.stdout
+    run_id = (out / "wandb" / "run-id").read_text()
+    again = run_train(demo_args(tiny_dir, sample_csv, out, *common, "--max_steps", "4"), env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"Resuming from {out / 'checkpoint-2'} (the newest complete checkpoint)" in again.stdout
+    runs = sorted(path.name for path in (out / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2 and all(name.endswith(f"-{run_id}") for name in runs), (runs, run_id)
+    fresh = run_train(demo_args(tiny_dir, sample_csv, tmp_path / "other", *common[:-2], "--max_steps", "2"), env)
+    assert fresh.returncode == 0 and (tmp_path / "other/wandb/run-id").read_text() != run_id
+
+
 KILLER = textwrap.dedent(
     """
     import os, signal, sys
