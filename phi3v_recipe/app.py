@@ -354,10 +354,10 @@ def main(argv: list[str] | None = None) -> None:
         "--space", metavar="OUT", default=None, help="Write a Hugging Face Space folder to OUT instead."
     )
     args = parser.parse_args(argv)
-    try:
-        import gradio  # noqa: F401
-    except ImportError:
-        raise UserError("The app needs Gradio: pip install '.[app]' (or pip install gradio).") from None
+    import importlib.util
+
+    if importlib.util.find_spec("gradio") is None:  # found, not imported: it takes seconds, after the checks below
+        raise UserError("The app needs Gradio: pip install '.[app]' (or pip install gradio).")
     if args.space:
         out = write_space(Path(args.space), args.adapter, args.base)
         print(

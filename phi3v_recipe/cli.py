@@ -126,10 +126,8 @@ def main(argv: list[str] | None = None) -> None:
         from .recipe_file import precheck, recipe_args
 
         run(precheck, recipe_args(command, rest))  # the usual mistakes, in one line, before the heavy imports
-    if "-h" not in rest and "--help" not in rest and command != "launch":  # help answers before the heavy imports
-        import phi3v_recipe
-
-        phi3v_recipe.register()
+    # The native phi3_v is registered with transformers where a model or processor is loaded (predict.load_model,
+    # train.load_model, the family's load_processor): a command's own argument and file checks answer first.
     module = importlib.import_module(module_name)  # the app checks for Gradio itself, with a one-line error
     # usage lines and errors name the subcommand (a module that takes it as its own first word names it itself)
     sys.argv[0] = "phi3v-recipe" if prefix else f"phi3v-recipe {command}"

@@ -248,6 +248,10 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument("--skip_base", action="store_true", help="Do not also score the base model.")
     own, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    from .recipe_file import precheck
+
+    ours = tuple(action.dest for action in parser._actions if action.dest != "help")
+    precheck(rest, also=ours)  # the recipe's and flags' mistakes, before TRL and torch are imported
 
     from .config import parse_recipe
     from .data import prepare_data

@@ -78,13 +78,13 @@ def is_full_model(folder: Path) -> bool:
 def load_for_inference(adapter: str, base: str | None = None, num_crops: int | None = None, dtype="auto"):
     """(model, processor) in eval mode: the base model with the adapter applied, or a fully fine-tuned model, on the
     GPU when there is one."""
+    adapter_dir = resolve(adapter, "adapter", ("adapter_config.json", "config.json"))  # found before torch's import
     import torch
     from peft import PeftModel
 
     from .families import family_of
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    adapter_dir = resolve(adapter, "adapter", ("adapter_config.json", "config.json"))
     if is_full_model(adapter_dir):
         if base is not None:
             print(f"Warning: {adapter} is a fully fine-tuned model, not an adapter: --base {base} is not used.")
@@ -131,6 +131,9 @@ def load_model(folder: Path, name: str, dtype, device):
     """The model in ``folder`` (named ``name`` in errors), in eval mode; a cut-short or mismatched one is one line."""
     from transformers import AutoModelForCausalLM
 
+    from . import register
+
+    register()
     try:
         return AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, device_map=device).eval()
     except Exception as err:
@@ -256,9 +259,11 @@ def main(argv: list[str] | None = None) -> list[str]:
     if not paths:
         raise UserError("Give an image: --image PATH (repeat for several), or image items in --messages.")
     images = open_images_or_fail(paths)
-    from .data.formats import normalize_messages
+    messages = []
+    if raw:
+        from .data.formats import normalize_messages  # imports transformers: only for a conversation
 
-    messages = normalize_messages(raw, len(images)) if raw else []
+        messages = normalize_messages(raw, len(images))
     if messages and count_images(messages) != len(images):
         raise UserError(
             f"The conversation has {count_images(messages)} image items but {len(images)} images were given "

@@ -82,14 +82,14 @@ def read_recipe(path: str, known: set[str] | None) -> dict:
     return recipe
 
 
-def check_flags(args: list[str], known: set[str] | None) -> None:
-    """Every ``--flag`` is a recipe key (or --config), spelled out in full (checked with ``known``); never
-    ``--hub_token``."""
+def check_flags(args: list[str], known: set[str] | None, also: tuple[str, ...] = ()) -> None:
+    """Every ``--flag`` is a recipe key (or --config), spelled out in full (checked with ``known``; the command's own
+    flags ``also`` are named in the hint too); never ``--hub_token``."""
     for arg in args:
         if arg.startswith("--") and len(arg) > 2:
             key = arg[2:].split("=", 1)[0].replace("-", "_")
             if known is not None and key != "config" and key not in known:
-                close = difflib.get_close_matches(key, known, n=1)
+                close = difflib.get_close_matches(key, [*known, *also], n=1)
                 hint = f" Did you mean --{close[0]}?" if close else ""
                 raise UserError(f"Unknown flag --{key}.{hint} Flags are recipe keys, written in full.")
             if key == "hub_token":  # refused before any worker starts (a flag cannot be taken back out of ps)
@@ -220,15 +220,16 @@ def recipe_args(command: str, argv: list[str]) -> list[str]:
     return split_at_config(argv)[1] if command == "launch" else argv
 
 
-def precheck(argv: list[str]) -> None:
-    """The mistakes that need no library, said before any is imported (see the module's docstring)."""
+def precheck(argv: list[str], also: tuple[str, ...] = ()) -> None:
+    """The mistakes that need no library, said before any is imported (see the module's docstring); ``also``: the
+    command's own flags, taken out of ``argv`` already, for the hints."""
     from .arguments import RecipeArguments
 
     kinds = cached_kinds()
     known = set(kinds) if kinds is not None else None
     path = config_path(argv)
     recipe = read_recipe(path, known) if path is not None else {}
-    check_flags(argv, known)
+    check_flags(argv, known, also)
     if kinds is not None:
         recipe = check_values(recipe, path, argv, kinds)
     ours = {f.name for f in dataclasses.fields(RecipeArguments)}

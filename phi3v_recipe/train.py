@@ -65,6 +65,9 @@ def load_processor(model_args, recipe):
 
 def load_model(model_args, recipe, processor):
     """The base model (optionally in 4/8-bit), with the parts that must not train frozen."""
+    from . import register
+
+    register()  # the native phi3_v (the phi3v-recipe command registers it only where a model is loaded)
     family = family_of_processor(processor)
     quantization_config = get_quantization_config(model_args)
     if quantization_config is not None:

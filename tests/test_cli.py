@@ -265,6 +265,11 @@ def test_a_smoke_run_takes_two_steps_of_a_gpu_recipe_on_its_tiny_model_and_twin_
         ),
         ([CLI, "smoke"], ["--config", "recipes/demo.yaml", "--learning_rate", "-1"], "learning_rate must be positive"),
         ([CLI, "launch"], ["--config", "recipes/demo.yaml", "--max_steps"], "--max_steps needs a value"),
+        ([CLI, "evaluate"], ["--config", "recipes/demo.yaml", "--max_sample", "3"], "Did you mean --max_samples?"),
+        ([CLI, "evaluate"], ["--config", "recipes/dmeo.yaml"], "Did you mean recipes/demo.yaml?"),
+        ([CLI, "predict"], ["--adapter", "outputs/demo", "--image", "no-such.png"], "--image no-such.png: no such"),
+        ([CLI, "predict"], ["--adapter", "{missing}", "--image", "{image}"], "no-such-run' is not a folder"),
+        ([CLI, "app"], ["--adapter", "{missing}"], "no-such-run' is not a folder"),
     ],
 )
 def test_a_recipe_or_flag_mistake_is_said_before_torch_transformers_or_trl_are_imported(
@@ -279,7 +284,11 @@ def test_a_recipe_or_flag_mistake_is_said_before_torch_transformers_or_trl_are_i
     bad_dtype = tmp_path / "bad_dtype.yaml"
     bad_dtype.write_text((ROOT / "recipes/demo.yaml").read_text().replace("dtype: float32", "dtype: bfloat61"))
     command = [sys.executable, "-X", "importtime", *entry]
-    command += [arg.format(bad=bad, bad_dtype=bad_dtype) for arg in mistake]
+    from PIL import Image
+
+    Image.new("RGB", (32, 32)).save(tmp_path / "photo.png")
+    places = {"bad": bad, "bad_dtype": bad_dtype, "missing": tmp_path / "no-such-run", "image": tmp_path / "photo.png"}
+    command += [arg.format(**places) for arg in mistake]
     done = run([], env, command=command)
     line = first_error(done)
     assert said in line, line

@@ -33,6 +33,7 @@ ENTRY_POINTS = {
     "python -m phi3v_recipe.train": [str(sys.executable), "-m", "phi3v_recipe.train"],
     "phi3v-recipe train": [str(BIN / "phi3v-recipe"), "train"],
     "phi3v-recipe launch": [str(BIN / "phi3v-recipe"), "launch", "--num_processes", "1"],
+    "phi3v-recipe evaluate": [str(BIN / "phi3v-recipe"), "evaluate"],
     # What every entry point did before: the training module (torch, transformers, TRL) imported, then the parse.
     "before: import, then parse": [
         str(sys.executable),

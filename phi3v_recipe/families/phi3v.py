@@ -26,6 +26,9 @@ def load_processor(path, revision=None, crops: int | None = None):
     """The checkpoint's processor, at ``crops`` HD crops per image when given."""
     from transformers import AutoProcessor
 
+    from .. import register
+
+    register()
     extra = {"num_crops": crops} if crops is not None else {}
     return AutoProcessor.from_pretrained(path, revision=revision, **extra)
 
