@@ -14,7 +14,7 @@ image-token counts are the real ones). The demo and the tests use it.
 import json
 from pathlib import Path
 
-from .errors import ArgumentParser, run
+from .errors import ArgumentParser, UserError, run
 from .files import follow_umask
 
 BASE_VOCAB = 32000  # the hub vocabulary size: special tokens start at 32000, as on the hub
@@ -219,7 +219,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--num_crops", type=int, default=None, help="most crops per image (default: phi3v 4, phi4mm 2 as dynamic_hd)"
     )
+    parser.add_argument(
+        "--size", choices=("tiny", "full"), default="tiny", help="full: the model of --hub_dir's config, full size"
+    )
+    parser.add_argument(
+        "--hub_dir", default=None, help="with --size full: a hub checkpoint's files (config.json, ...)"
+    )
     args = parser.parse_args(argv)
+    if args.size == "full":
+        from .fullsize import write_full_size
+
+        if args.hub_dir is None or args.family != "phi3v":
+            raise UserError(
+                "--size full needs --hub_dir (the hub files of a Phi-3/3.5-Vision); phi4mm is not done yet."
+            )
+        write_full_size(Path(args.hub_dir), Path(args.out_dir), seed=args.seed)
+        return
     from .families import by_name
 
     family = by_name(args.family)

@@ -1,0 +1,140 @@
+"""The full-size random checkpoint: its shard layout and index on the tiny model (forced shard sizes, a given index),
+the real config's tensors against the hub's own index (no weights written), and (slow) the real size written and
+trained for one LoRA step."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from phi3v_recipe.errors import UserError
+from phi3v_recipe.fullsize import INDEX, shard_plan, write_full_size
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def sample_csv(tmp_path_factory):
+    from phi3v_recipe.synthetic import write_sample_set
+
+    return write_sample_set(tmp_path_factory.mktemp("sample"), rows=16, seed=0)
+
+
+def test_without_an_index_the_tensors_are_cut_into_shards_in_order_none_over_the_limit():
+    shapes = {"a": (10,), "b": (30,), "c": (20,), "d": (5,)}  # bf16: 20, 60, 40, 10 bytes
+    plan = shard_plan(shapes, None, max_bytes=64)
+    assert plan == {
+        "a": "model-00001-of-00003.safetensors",
+        "b": "model-00002-of-00003.safetensors",
+        "c": "model-00003-of-00003.safetensors",
+        "d": "model-00003-of-00003.safetensors",
+    }
+    assert set(shard_plan(shapes, None, max_bytes=1000).values()) == {"model.safetensors"}
+    with pytest.raises(UserError, match="does not name this model's tensors"):
+        shard_plan(shapes, {"weight_map": {"a": "x", "b": "x", "c": "x"}})
+
+
+def hub_folder_of(tiny_dir: Path, folder: Path, index: dict | None) -> Path:
+    folder.mkdir()
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "preprocessor_config.json"):
+        shutil.copyfile(tiny_dir / name, folder / name)
+    if index is not None:
+        (folder / INDEX).write_text(json.dumps(index))
+    return folder
+
+
+def test_the_hub_index_is_followed_and_the_checkpoint_loads(tiny_dir, tmp_path):
+    """The tiny config with a hand-made index (every third tensor in the second shard): each tensor is in the shard the
+    index names, in bf16; norms are 1, biases 0, the rest random; the hub files are copied byte for byte; the model
+    loads with the Auto classes and runs."""
+    with safe_open(tiny_dir / "model.safetensors", "pt") as weights:
+        names = sorted(weights.keys())
+    weight_map = {name: f"model-0000{1 + (i % 3 == 0)}-of-00002.safetensors" for i, name in enumerate(names)}
+    hub = hub_folder_of(tiny_dir, tmp_path / "hub", {"metadata": {"total_size": 0}, "weight_map": weight_map})
+    out = write_full_size(hub, tmp_path / "out", seed=1)
+    index = json.loads((out / INDEX).read_text())
+    assert index["weight_map"] == weight_map
+    seen = set()
+    for shard in set(weight_map.values()):
+        with safe_open(out / shard, "pt") as weights:
+            for name in weights.keys():
+                tensor = weights.get_tensor(name)
+                assert weight_map[name] == shard and tensor.dtype == torch.bfloat16
+                if name.endswith("bias"):
+                    assert not tensor.any()
+                elif tensor.dim() == 1 and "norm" in name:
+                    assert (tensor == 1).all()
+                else:
+                    assert tensor.float().std() > 0
+                seen.add(name)
+    assert seen == set(names)
+    assert index["metadata"]["total_size"] == sum((out / s).stat().st_size for s in set(weight_map.values())) - sum(
+        8 + int.from_bytes((out / s).read_bytes()[:8], "little") for s in set(weight_map.values())
+    )  # the tensors' bytes: each file less its header
+    assert (out / "config.json").read_bytes() == (hub / "config.json").read_bytes()
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+    assert torch.isfinite(model(input_ids=torch.tensor([[1, 100, 200]])).logits).all()
+
+
+def test_without_an_index_a_forced_shard_size_gives_the_hubs_file_names(tiny_dir, tmp_path):
+    hub = hub_folder_of(tiny_dir, tmp_path / "hub", None)
+    out = write_full_size(hub, tmp_path / "out", max_shard_bytes=2_000_000)
+    shards = sorted(p.name for p in out.glob("*.safetensors"))
+    assert len(shards) > 1 and shards[-1] == f"model-{len(shards):05d}-of-{len(shards):05d}.safetensors"
+    assert sorted(set(json.loads((out / INDEX).read_text())["weight_map"].values())) == shards
+    with pytest.raises(UserError, match="is not empty"):
+        write_full_size(hub, out)
+
+
+def test_the_real_configs_tensors_are_the_hubs_index_to_the_byte(shared):
+    """Phi-3-Vision's config.json, built on the meta device: the same 592 tensor names as the hub's index, and in bf16
+    exactly the index's total_size (8,293,242,880 bytes)."""
+    from phi3v_recipe.fullsize import _numel
+    from phi3v_recipe.phi3_v import Phi3VConfig, Phi3VForCausalLM
+
+    hub = shared / "hub" / "Phi-3-vision-128k-instruct"
+    index = json.loads((hub / INDEX).read_text())
+    with torch.device("meta"):
+        shapes = {
+            n: tuple(t.shape) for n, t in Phi3VForCausalLM(Phi3VConfig.from_pretrained(hub)).state_dict().items()
+        }
+    assert shard_plan(shapes, index) == index["weight_map"]
+    assert sum(2 * _numel(shape) for shape in shapes.values()) == index["metadata"]["total_size"]
+
+
+@pytest.mark.slow
+def test_a_full_size_checkpoint_is_written_in_a_minute_or_two_and_takes_a_lora_step(shared, tmp_path, sample_csv):
+    """The real Phi-3-Vision, random, written from the hub files, then one LoRA step at num_crops 1 on the CPU in
+    bf16 through the training module (bounded in time: a hang fails the test)."""
+    import time
+
+    out = tmp_path / "phi3v-full"
+    start = time.perf_counter()
+    write_full_size(shared / "hub" / "Phi-3-vision-128k-instruct", out)
+    print(f"written in {time.perf_counter() - start:.0f} s")
+    assert (
+        json.loads((out / INDEX).read_text())["weight_map"]
+        == json.loads((shared / "hub" / "Phi-3-vision-128k-instruct" / INDEX).read_text())["weight_map"]
+    )
+    run = subprocess.run(
+        [
+            sys.executable, "-m", "phi3v_recipe.train", "--config", str(ROOT / "recipes/burberry_lora.yaml"),
+            "--model_name_or_path", str(out), "--dataset", str(sample_csv), "--image_column", "local_image_path",
+            "--image_url_column", "null", "--use_cpu", "true", "--bf16", "false", "--dtype", "bfloat16",
+            "--num_crops", "1", "--max_rows", "8", "--eval_fraction", "0", "--max_steps", "1",
+            "--per_device_train_batch_size", "1", "--gradient_accumulation_steps", "1", "--save_strategy", "no",
+            "--report_to", "none", "--push_to_hub", "false", "--dataloader_num_workers", "0",
+            "--output_dir", str(tmp_path / "run"), "--scored_evaluation", "false",
+        ],
+        cwd=ROOT, capture_output=True, text=True, timeout=1800,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert (tmp_path / "run" / "adapter_model.safetensors").is_file(), run.stdout[-2000:]
+    print(run.stdout[-1500:])
