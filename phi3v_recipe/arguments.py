@@ -11,6 +11,8 @@ from .errors import UserError
 
 FORMATS = ("template", "qa", "messages", "conversations", "texts")
 METRICS = ("template", "exact_match", "anls", "accuracy")
+STAGES = ("sft", "grpo")
+BUILT_IN_REWARDS = ("metric", "format")
 DEFAULT_QUESTION = "What is shown in this image?"
 DEFAULT_ANSWER_TEMPLATE = "Product: {title}, Category: {category3_code}, Full Price: {full_price}"
 
@@ -172,6 +174,27 @@ class RecipeArguments(DataArguments):
         default=False,
         metadata={"help": "Start afresh in an output_dir that holds another run (its results are deleted)."},
     )
+    stage: str = field(
+        default="sft",
+        metadata={
+            "help": "sft: supervised fine-tuning on the answers (TRL's SFTTrainer); grpo: reinforcement on the task's "
+            "own metric (TRL's GRPOTrainer, its keys: num_generations, max_completion_length, temperature, beta, ...)."
+        },
+    )
+    sft_adapter: str | None = field(
+        default=None,
+        metadata={
+            "help": "grpo: the SFT adapter (folder or Hub id) to train on from, on model_name_or_path as its base; "
+            "unset: a new LoRA on model_name_or_path (a base, or a merged or fully fine-tuned SFT model)."
+        },
+    )
+    rewards: list[str] = field(
+        default_factory=lambda: ["metric"],
+        metadata={
+            "help": "grpo: the rewards, summed: metric (the recipe's metric on each completion, as evaluate scores "
+            "it; 0 when it does not parse), format (1 when it parses), or module:function for your own."
+        },
+    )
 
     def __post_init__(self):
         super().__post_init__()
@@ -183,3 +206,13 @@ class RecipeArguments(DataArguments):
             raise UserError(f"dynamic_hd must be at least 1 (the most crops per image), got {self.dynamic_hd}.")
         if self.predictions_to_log < 0:
             raise UserError(f"predictions_to_log must be 0 or more, got {self.predictions_to_log}.")
+        if self.stage not in STAGES:
+            raise UserError(f"stage={self.stage!r} is not one of {', '.join(STAGES)}.")
+        for name in self.rewards:
+            if name not in BUILT_IN_REWARDS and ":" not in name:
+                raise UserError(
+                    f"rewards: {name!r} is neither a built-in reward ({', '.join(BUILT_IN_REWARDS)}) nor "
+                    "module:function (a Python function of your own)."
+                )
+        if self.stage == "sft" and self.sft_adapter is not None:
+            raise UserError("sft_adapter is for stage: grpo (train on from an SFT adapter); unset it for SFT.")

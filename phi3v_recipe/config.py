@@ -11,7 +11,7 @@ import functools
 from dataclasses import fields
 from pathlib import Path
 
-from trl import ModelConfig, SFTConfig, TrlParser
+from trl import GRPOConfig, ModelConfig, SFTConfig, TrlParser
 
 from . import recipe_file
 from .arguments import RecipeArguments
@@ -19,7 +19,12 @@ from .errors import UserError
 from .hub import HUB_ID
 from .recipe_file import NULL, config_path
 
-TYPES = (RecipeArguments, SFTConfig, ModelConfig)
+TRAINING = {"sft": SFTConfig, "grpo": GRPOConfig}  # each stage's trainer configuration (recipe key `stage`)
+TYPES = (RecipeArguments, SFTConfig, ModelConfig)  # what an SFT recipe (the default stage) is parsed into
+
+
+def types_for(stage: str) -> tuple:
+    return (RecipeArguments, TRAINING[stage], ModelConfig)
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 CLIP_LINEARS = {
     "q_proj",
@@ -36,8 +41,9 @@ ATTENTION = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_at
 def known_keys() -> set[str]:
     """Every recipe key; kept with the kind of value each takes for the next precheck (recipe_file.py), which runs
     before TRL is imported."""
-    kinds = {f.name: {} for cls in TYPES for f in fields(cls)} | {"env": {}}
-    kinds |= {key: kind for key, kind in value_kinds(RecipeParser()).items() if key in kinds}
+    kinds = {f.name: {} for stage in TRAINING for cls in types_for(stage) for f in fields(cls)} | {"env": {}}
+    for stage in TRAINING:
+        kinds |= {key: kind for key, kind in value_kinds(RecipeParser(stage)).items() if key in kinds}
     if recipe_file.cached_kinds() != kinds:
         recipe_file.save_kinds(kinds)
     return set(kinds)
@@ -71,8 +77,8 @@ def read_recipe(path: str) -> dict:
 class RecipeParser(TrlParser):
     """TrlParser whose errors are one line (not a usage dump) and that takes no abbreviated flags."""
 
-    def __init__(self):
-        super().__init__(TYPES, allow_abbrev=False)
+    def __init__(self, stage: str = "sft"):
+        super().__init__(types_for(stage), allow_abbrev=False)
 
     def error(self, message):
         raise UserError(f"{message} (phi3v-recipe train --help lists the keys).")
@@ -106,7 +112,7 @@ def check_values(recipe: RecipeArguments, training: SFTConfig, model: ModelConfi
             "model_name_or_path is required (a Hub id like microsoft/Phi-3-vision-128k-instruct, or a folder)."
         )
     check_model_path(model.model_name_or_path)
-    if training.trust_remote_code:
+    if getattr(training, "trust_remote_code", False):
         raise UserError("trust_remote_code must stay false: phi3v_recipe ships a native Phi-3-Vision.")
     if model.dtype not in (None, *DTYPES):
         raise UserError(f"dtype={model.dtype!r} is not one of {', '.join(DTYPES)}.")
@@ -164,6 +170,31 @@ def take_nulls(args: list[str]) -> tuple[list[str], dict]:
     return kept, cleared
 
 
+def stage_of(recipe: dict, args: list[str]) -> str:
+    """The recipe's stage: its --stage flag, else its file's, else sft."""
+    stage = recipe.get("stage", "sft")
+    for i, arg in enumerate(args):
+        if arg.startswith("--stage="):
+            stage = arg.split("=", 1)[1]
+        elif arg == "--stage" and i + 1 < len(args):
+            stage = args[i + 1]
+    if stage not in TRAINING:
+        raise UserError(f"stage={stage!r} is not one of {', '.join(TRAINING)}.")
+    return stage
+
+
+def check_stage_keys(stage: str, keys: set[str]) -> None:
+    """A key of another stage's trainer (num_generations in an SFT recipe) is one line naming its stage."""
+    here = {f.name for cls in types_for(stage) for f in fields(cls)} | {"env", "config"}
+    for other in TRAINING:
+        foreign = sorted((keys - here) & {f.name for f in fields(TRAINING[other])})
+        if foreign:
+            raise UserError(
+                f"{', '.join(foreign)}: key(s) of stage {other} ({TRAINING[other].__name__}), and this recipe's stage is "
+                f"{stage}: set stage: {other}, or remove them."
+            )
+
+
 def parse_recipe(argv: list[str]) -> tuple[RecipeArguments, SFTConfig, ModelConfig]:
     """Parse ``--config recipe.yaml [--key value ...]`` into (recipe, training, model) arguments, all checked.
     ``--key null`` clears one of our optional or list keys."""
@@ -171,14 +202,17 @@ def parse_recipe(argv: list[str]) -> tuple[RecipeArguments, SFTConfig, ModelConf
 
     args, cleared = take_nulls(list(argv))
     path = config_path(args)
+    given = {}
     if path is not None:
-        read_recipe(path)
+        given = read_recipe(path)
         args = [a for a in args if not a.startswith("--config=")]
         if "--config" not in args:
             args = ["--config", path, *args]
     check_flags(args)
+    stage = stage_of(given, args)
+    check_stage_keys(stage, set(given) | {a[2:].split("=")[0] for a in args if a.startswith("--")})
     try:
-        recipe, training, model = RecipeParser().parse_args_and_config(args)
+        recipe, training, model = RecipeParser(stage).parse_args_and_config(args)
     except UserError:
         raise
     except ValueError as err:  # TrainingArguments' own checks of the values given

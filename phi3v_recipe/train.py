@@ -212,6 +212,61 @@ def build_trainer(model_args, recipe, args, processor, data, callbacks=()) -> "P
     # Batches come pinned from the DataLoader (dataloader_pin_memory, on by default): copy them to the GPU without
     # the host waiting for each copy.
     args.accelerator_config.non_blocking = args.dataloader_pin_memory
+    if recipe.stage == "grpo":
+        return build_grpo_trainer(model_args, recipe, args, processor, data, callbacks)
+    model, peft_config = model_and_lora(model_args, recipe, processor)
+    trainer = Phi3VSFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=data.train,
+        eval_dataset=data.eval,
+        processing_class=processor,
+        data_collator=VisionSFTCollator(
+            processor, args.max_length, args.pad_to_multiple_of, str(Path(args.output_dir) / "skipped_rows.csv")
+        ),
+        peft_config=peft_config,
+        callbacks=list(callbacks),
+    )
+    keep_saved_modules_in_their_dtype(trainer.model)
+    check_every_trainable_reaches_the_loss(trainer.model)
+    return trainer
+
+
+def build_grpo_trainer(model_args, recipe, args, processor, data, callbacks=()):
+    """TRL's GRPOTrainer on the recipe's rows as prompts, rewarded by ``recipe.rewards`` (reinforce.py): a new LoRA
+    on model_name_or_path, or the SFT adapter of ``sft_adapter`` trained on. With beta > 0 the reference model is
+    the same weights with the adapter off (no second copy)."""
+    from trl import GRPOTrainer
+
+    from .reinforce import grpo_rows, reward_functions
+
+    if recipe.sft_adapter is not None:
+        from peft import PeftModel
+
+        from .predict import resolve
+
+        adapter_dir = resolve(recipe.sft_adapter, "SFT adapter", ("adapter_config.json",))  # before the model loads
+        model = PeftModel.from_pretrained(load_model(model_args, recipe, processor), adapter_dir, is_trainable=True)
+        peft_config = None
+    else:
+        model, peft_config = model_and_lora(model_args, recipe, processor)
+        if peft_config is None and not model_args.use_peft:
+            print("Note: stage grpo without use_peft trains every weight (full fine-tuning).")
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=reward_functions(recipe),
+        args=args,
+        train_dataset=grpo_rows(data.train, recipe),
+        processing_class=processor,
+        peft_config=peft_config,
+        callbacks=list(callbacks),
+    )
+    keep_saved_modules_in_their_dtype(trainer.model)
+    return trainer
+
+
+def model_and_lora(model_args, recipe, processor):
+    """The base model and the LoRA config to train it with (None: the family's own adapter, or no LoRA)."""
     family = family_of_processor(processor)
     model = load_model(model_args, recipe, processor)
     peft_config = get_peft_config(model_args)
@@ -233,21 +288,7 @@ def build_trainer(model_args, recipe, args, processor, data, callbacks=()) -> "P
             for name, module in model.named_modules()
             if id(module) not in unused and any(name == t or name.endswith(f".{t}") for t in targets)
         )
-    trainer = Phi3VSFTTrainer(
-        model=model,
-        args=args,
-        train_dataset=data.train,
-        eval_dataset=data.eval,
-        processing_class=processor,
-        data_collator=VisionSFTCollator(
-            processor, args.max_length, args.pad_to_multiple_of, str(Path(args.output_dir) / "skipped_rows.csv")
-        ),
-        peft_config=peft_config,
-        callbacks=list(callbacks),
-    )
-    keep_saved_modules_in_their_dtype(trainer.model)
-    check_every_trainable_reaches_the_loss(trainer.model)
-    return trainer
+    return model, peft_config
 
 
 def keep_saved_modules_in_their_dtype(model) -> None:
@@ -363,7 +404,9 @@ def main(argv: list[str] | None = None) -> SFTTrainer:
 
         processor = load_processor(model_args, recipe)
         with args.main_process_first(desc="preparing the data"):
-            data = prepare_data(recipe, processor, args.max_length, args.dataset_num_proc)
+            data = prepare_data(
+                recipe, processor, getattr(args, "max_length", None), getattr(args, "dataset_num_proc", None)
+            )
         recipe = data.args  # the row format and columns settled from the source
         if args.process_index == 0:
             skipped_file = data.write_skipped(out / "skipped_rows.csv")
@@ -414,7 +457,7 @@ def main(argv: list[str] | None = None) -> SFTTrainer:
                 "The run trained 0 steps, so nothing was saved or pushed; check max_steps / num_train_epochs."
             )
         metrics = {f"train_{k}" if not k.startswith("train") else k: v for k, v in train_result.metrics.items()}
-        if data.eval is not None:
+        if data.eval is not None and recipe.stage == "sft":  # GRPO's evaluation is the scored one, below
             metrics.update(last_evaluation(trainer) or trainer.evaluate())
         if trainer.is_fsdp_enabled:  # checkpoints stay sharded; the output is the whole model, gathered from them
             trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")

@@ -128,7 +128,7 @@ def test_a_full_size_checkpoint_is_written_in_a_minute_or_two_and_takes_a_lora_s
             sys.executable, "-m", "phi3v_recipe.train", "--config", str(ROOT / "recipes/burberry_lora.yaml"),
             "--model_name_or_path", str(out), "--dataset", str(sample_csv), "--image_column", "local_image_path",
             "--image_url_column", "null", "--use_cpu", "true", "--bf16", "false", "--dtype", "bfloat16",
-            "--num_crops", "1", "--max_rows", "8", "--eval_fraction", "0", "--max_steps", "1",
+            "--num_crops", "1", "--max_rows", "8", "--eval_fraction", "0", "--eval_strategy", "no", "--max_steps", "1",
             "--per_device_train_batch_size", "1", "--gradient_accumulation_steps", "1", "--save_strategy", "no",
             "--report_to", "none", "--push_to_hub", "false", "--dataloader_num_workers", "0",
             "--output_dir", str(tmp_path / "run"), "--scored_evaluation", "false",
