@@ -10,7 +10,7 @@ TORCH ?= torch==2.13.0
 TORCH_INDEX ?=
 RECIPES := $(sort $(basename $(notdir $(wildcard recipes/*.yaml))))
 
-.PHONY: setup test test-all test-oldest lint format tiny sample-data train smoke demo demo-phi4mm demo-learn docker-build docker-train docker-smoke bench bench-data bench-memory bench-phi4mm bench-errors app docs docs-serve slurm test-cluster
+.PHONY: setup test test-all test-oldest lint format tiny sample-data train smoke demo demo-phi4mm demo-learn docker-build docker-train docker-smoke bench bench-data bench-memory bench-phi4mm bench-errors app docs docs-serve slurm test-cluster demo-grpo
 
 setup: $(VENV)/.installed
 
@@ -140,6 +140,13 @@ demo-phi4mm: setup outputs/tiny-phi4mm/config.json data/sample/burberry.csv
 	@echo "One prediction with the trained adapter, on a sample photo. The tiny random model's answer does not parse"
 	@echo "(<|unusedNNNN|> tokens are expected): this demo shows the pipeline, not learning (see recipes/demo_phi4mm.yaml)."
 	$(BIN)/python -m phi3v_recipe.predict --adapter outputs/demo-phi4mm --image data/sample/images/SYN000000000.png --max_new_tokens 32
+
+# GRPO after the demo's SFT (run make demo first): the demo model trained on with a new LoRA, rewarded by the recipe's
+# metric; the scored evaluation at the end puts it beside its base with the adapter off, the SFT model (CPU, minutes).
+demo-grpo: setup outputs/tiny-phi3v/config.json data/sample/burberry.csv
+	@test -f outputs/demo/model.safetensors || { echo "error: outputs/demo does not exist: run make demo first (GRPO starts from its SFT model)." >&2; exit 2; }
+	PHI3V_RESUME_COMMAND='make demo-grpo$(if $(ARGS), ARGS="$(ARGS)") RESUME=1' \
+		$(BIN)/python -m phi3v_recipe.train --config recipes/demo_grpo.yaml $(if $(RESUME),--resume_from_checkpoint true,--overwrite_output_dir true) $(ARGS)
 
 # Full fine-tuning of the tiny model until the scored evaluation beats the trivial baselines (CPU, ~12 min).
 demo-learn: setup outputs/tiny-phi3v/config.json data/sample/burberry.csv

@@ -64,6 +64,10 @@ logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 # FutureWarning on every run. Those two messages only are silenced.
 warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 warnings.filterwarnings("ignore", message="`gradient_checkpointing` is deprecated", category=FutureWarning)
+# TRL 1.16's GRPOTrainer turns checkpointing off and on around generation by the old names.
+warnings.filterwarnings(
+    "ignore", message="`gradient_checkpointing_(en|dis)able` is deprecated", category=FutureWarning
+)
 
 
 def _answer_module_help() -> None:

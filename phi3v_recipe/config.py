@@ -25,6 +25,8 @@ TYPES = (RecipeArguments, SFTConfig, ModelConfig)  # what an SFT recipe (the def
 
 def types_for(stage: str) -> tuple:
     return (RecipeArguments, TRAINING[stage], ModelConfig)
+
+
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 CLIP_LINEARS = {
     "q_proj",

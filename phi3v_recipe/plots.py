@@ -104,3 +104,32 @@ def log_to_wandb(plots: dict[str, dict]) -> None:
             )
             chart = wandb.plot.scatter(table, f"true {name}", f"predicted {name}", title=f"{name}: predicted vs true")
         wandb.log({f"eval/plots/{name}": chart})
+
+
+def write_reward_curve(log_history: list[dict], out_dir: str | Path) -> Path | None:
+    """GRPO's mean reward per logged step (each reward function's, and their sum) as ``out_dir/plots/reward.png``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    entries = [entry for entry in log_history if "reward" in entry and "step" in entry]
+    if not entries:
+        return None
+    names = sorted({key for entry in entries for key in entry if key.startswith("rewards/") and key.endswith("/mean")})
+    figure, axes = plt.subplots(figsize=(6, 4))
+    steps = [entry["step"] for entry in entries]
+    axes.plot(steps, [entry["reward"] for entry in entries], label="reward (sum)", linewidth=2)
+    for name in names if len(names) > 1 else []:
+        axes.plot(steps, [entry.get(name) for entry in entries], label=name.split("/")[1])
+    axes.set_xlabel("step")
+    axes.set_ylabel("mean reward of the sampled answers")
+    axes.set_title("GRPO: mean reward per logged step")
+    axes.legend()
+    figure.tight_layout()
+    folder = Path(out_dir) / "plots"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "reward.png"
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path

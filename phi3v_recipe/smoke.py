@@ -30,6 +30,8 @@ TWINS = {
     "llava_instruct_lora": "demo_llava",
     "phi4mm_burberry_lora": "demo_phi4mm",
     "phi4mm_docvqa_lora": "demo_docvqa",
+    "burberry_grpo": "demo",
+    "docvqa_grpo": "demo_docvqa",
 }
 # What a smoke run sets over the recipe: the CPU, 2 steps of one batch, nothing but the training and the save.
 SMOKE = {
@@ -68,6 +70,8 @@ def smoke_recipe(path: Path) -> dict:
         raise UserError(f"{model} does not exist: make it with `make tiny` (or phi3v-recipe tiny {model}).")
     kept = {k: v for k, v in recipe.items() if k not in data_keys}
     smoke = kept | {k: v for k, v in twin.items() if k in data_keys} | SMOKE
+    if smoke.get("stage") == "grpo":  # a new LoRA on the tiny model: the recipe's SFT adapter is the real model's
+        smoke["sft_adapter"] = None
     return smoke | {"model_name_or_path": str(model), "output_dir": str(Path("outputs") / "smoke" / path.stem)}
 
 

@@ -466,6 +466,12 @@ def main(argv: list[str] | None = None) -> SFTTrainer:
             if trainer.is_world_process_zero():
                 carry_base_files(out, model_args, processor, adapter)
             saved = True
+        if recipe.stage == "grpo" and trainer.is_world_process_zero():
+            from .plots import write_reward_curve
+
+            curve = write_reward_curve(trainer.state.log_history, out)
+            if curve is not None:
+                print(f"Mean reward per logged step: {curve}")
         if data.eval is not None and recipe.scored_evaluation and trainer.is_world_process_zero():
             if trainer.is_fsdp_enabled:  # generation needs every shard: score afterwards from the saved model
                 print(

@@ -1,0 +1,121 @@
+"""stage: grpo: the reward is evaluate's score of the same answer; GRPO takes steps through the recipe on the tiny
+models (one and several images a row), with the built-in and a custom reward."""
+
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+
+from phi3v_recipe.arguments import RecipeArguments
+from phi3v_recipe.evaluate import score_answers
+from phi3v_recipe.reinforce import UNPARSED, metric_reward_of, reward_functions
+from phi3v_recipe.train import main
+
+ROOT = Path(__file__).resolve().parents[1]
+ROW = {"title": "Large Black Check Wallet", "category3_code": "WALLETS", "full_price": 690.0}
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        "Product: Large Black Check Wallet, Category: WALLETS, Full Price: 690",
+        "Product: Small Black Wallet, Category: WALLETS, Full Price: 700",
+        "Product: Large Red Tote, Category: BAGS, Full Price: 2890",
+        "Product: Large Black Check Wallet, Category: WALLETS, Full Price: many",
+    ],
+)
+def test_the_template_reward_is_evaluates_token_f1_and_within_10pct_of_the_same_answer(answer):
+    recipe = RecipeArguments()
+    metrics = score_answers(recipe, [answer], [ROW])
+    expected = statistics.fmean(
+        [metrics["title_token_f1"], metrics["category3_code_token_f1"], metrics["full_price_within_10pct"]]
+    )
+    assert metric_reward_of(recipe, answer, ROW) == pytest.approx(expected)
+
+
+def test_an_answer_that_does_not_parse_is_rewarded_zero_and_scored_as_a_miss():
+    recipe = RecipeArguments()
+    answer = "A wallet, I think."
+    assert metric_reward_of(recipe, answer, ROW) == UNPARSED == 0.0
+    assert score_answers(recipe, [answer], [ROW])["parse_rate"] == 0.0
+
+
+@pytest.mark.parametrize(
+    ("keys", "answer", "references", "metric"),
+    [
+        ({"data_format": "qa", "metric": "anls"}, "Invoice no 12", ["Invoice No. 12", "12"], "anls"),
+        ({"data_format": "qa", "metric": "exact_match"}, "invoice.", ["Invoice"], "exact_match"),
+        ({"data_format": "texts", "metric": "accuracy", "labels": ["True", "False"]}, "true", ["True"], "accuracy"),
+        ({"data_format": "texts", "metric": "accuracy", "labels": ["True", "False"]}, "maybe", ["True"], "accuracy"),
+    ],
+)
+def test_the_other_metrics_reward_what_evaluate_scores(keys, answer, references, metric):
+    recipe = RecipeArguments(**keys)
+    row = {"answers": references}
+    assert metric_reward_of(recipe, answer, row) == pytest.approx(score_answers(recipe, [answer], [row])[metric])
+
+
+def test_the_format_reward_and_a_function_of_your_own(tmp_path, monkeypatch):
+    (tmp_path / "my_rewards.py").write_text(
+        "def shorter(prompts, completions, **kw):\n    return [-len(c) for c in completions]\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    metric, form, own = reward_functions(RecipeArguments(rewards=["metric", "format", "my_rewards:shorter"]))
+    good = "Product: Large Black Check Wallet, Category: WALLETS, Full Price: 690"
+    completions = [[{"role": "assistant", "content": good}], [{"role": "assistant", "content": "no idea"}]]
+    row = [json.dumps(ROW)] * 2
+    assert metric([None] * 2, completions, row=row) == [1.0, 0.0]
+    assert form([None] * 2, completions, row=row) == [1.0, 0.0]
+    assert own([None] * 2, ["ab", "abcd"]) == [-2, -4]
+    from phi3v_recipe.errors import UserError
+
+    with pytest.raises(UserError, match="has no function"):
+        reward_functions(RecipeArguments(rewards=["my_rewards:longer"]))
+
+
+def grpo_args(tiny_dir, out, dataset, *extra):
+    return [
+        "--config", str(ROOT / "recipes/demo_grpo.yaml"), "--model_name_or_path", str(tiny_dir),
+        "--dataset", str(dataset), "--output_dir", str(out), "--max_rows", "24", "--max_steps", "2",
+        "--per_device_train_batch_size", "4", "--num_generations", "2", "--max_completion_length", "8",
+        "--save_strategy", "no", "--scored_evaluation", "false", "--report_to", "none",
+        "--dataloader_num_workers", "0", "--overwrite_output_dir", "true", "--logging_steps", "1", *extra,
+    ]  # fmt: skip
+
+
+def test_grpo_takes_steps_through_the_recipe_and_saves_its_adapter(tiny_dir, tmp_path):
+    from phi3v_recipe.synthetic import write_sample_set
+
+    dataset = write_sample_set(tmp_path / "data", rows=24, seed=0)
+    trainer = main(grpo_args(tiny_dir, tmp_path / "out", dataset, "--rewards", "metric", "format"))
+    logged = [entry for entry in trainer.state.log_history if "rewards/metric/mean" in entry]
+    assert len(logged) == 2 and all("rewards/format/mean" in entry for entry in logged)
+    assert trainer.state.global_step == 2
+    assert (tmp_path / "out" / "adapter_model.safetensors").is_file()
+
+
+def test_grpo_on_rows_with_two_images_and_the_accuracy_reward(tiny_dir, tmp_path):
+    from phi3v_recipe.synthetic import write_task
+
+    dataset = write_task("nlvr2", tmp_path / "data", rows=24, seed=0)
+    trainer = main(
+        grpo_args(
+            tiny_dir,
+            tmp_path / "out",
+            dataset,
+            "--data_format",
+            "texts",
+            "--metric",
+            "accuracy",
+            "--labels",
+            "True",
+            "False",
+            "--image_column",
+            "null",
+            "--id_column",
+            "id",
+        )  # fmt: skip
+    )
+    assert trainer.state.global_step == 2
+    assert all(0.0 <= e["rewards/metric/mean"] <= 1.0 for e in trainer.state.log_history if "rewards/metric/mean" in e)
