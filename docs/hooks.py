@@ -49,7 +49,7 @@ def table(fields, full_help: bool) -> str:
 
 
 def keys_markdown() -> str:
-    from trl import ModelConfig, SFTConfig
+    from trl import GRPOConfig, ModelConfig, SFTConfig
 
     from phi3v_recipe.arguments import DataArguments, RecipeArguments
     from phi3v_recipe.config import TYPES
@@ -61,6 +61,8 @@ def keys_markdown() -> str:
     model_names = {f.name for f in model}
     training = [f for f in dataclasses.fields(SFTConfig) if f.init and f.name not in ours | model_names]
     assert {f.name for f in data + run + model + training} == {f.name for t in TYPES for f in dataclasses.fields(t)}
+    listed = {f.name for f in data + run + model + training}
+    grpo = [f for f in dataclasses.fields(GRPOConfig) if f.init and f.name not in listed]
     return "\n\n".join(
         [
             "### The data (ours: `DataArguments`, `phi3v_recipe/arguments.py`)",
@@ -72,6 +74,9 @@ def keys_markdown() -> str:
             "### Training (TRL's `SFTConfig`, with transformers' `TrainingArguments`)",
             "Help shortened to its first sentences; `phi3v-recipe train --help` prints it in full.",
             table(training, full_help=False),
+            "### Reinforcement (TRL's `GRPOConfig`, with `stage: grpo`)",
+            "The keys `GRPOConfig` adds to the training keys above (an SFT recipe refuses them, by name).",
+            table(grpo, full_help=False),
         ]
     )
 

@@ -240,6 +240,14 @@ def build_grpo_trainer(model_args, recipe, args, processor, data, callbacks=()):
 
     from .reinforce import grpo_rows, reward_functions
 
+    pixels = processor.image_processor.model_input_names[0]
+    if pixels != "pixel_values":
+        raise UserError(
+            f"stage: grpo does not run on {family_of_processor(processor).NAME} yet: TRL 1.16's GRPOTrainer slices the "
+            f"images of a batch by the name pixel_values, and this model's are {pixels} (with an image_attention_mask "
+            "it does not slice). Use a Phi-3 or Phi-3.5-Vision model, or stage: sft."
+        )
+
     if recipe.sft_adapter is not None:
         from peft import PeftModel
 
@@ -252,6 +260,8 @@ def build_grpo_trainer(model_args, recipe, args, processor, data, callbacks=()):
         model, peft_config = model_and_lora(model_args, recipe, processor)
         if peft_config is None and not model_args.use_peft:
             print("Note: stage grpo without use_peft trains every weight (full fine-tuning).")
+    if getattr(model.config, "image_token_id", None) is None:  # TRL keeps sampling off it; Phi-4's config lacks it
+        model.config.image_token_id = processor.image_token_id
     trainer = GRPOTrainer(
         model=model,
         reward_funcs=reward_functions(recipe),

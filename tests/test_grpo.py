@@ -119,3 +119,14 @@ def test_grpo_on_rows_with_two_images_and_the_accuracy_reward(tiny_dir, tmp_path
     )
     assert trainer.state.global_step == 2
     assert all(0.0 <= e["rewards/metric/mean"] <= 1.0 for e in trainer.state.log_history if "rewards/metric/mean" in e)
+
+
+def test_grpo_on_phi4_multimodal_is_one_line_saying_why_not(tiny4_dir, tmp_path):
+    """TRL 1.16's GRPOTrainer slices a batch's images by the name pixel_values; Phi-4-multimodal's are
+    image_pixel_values, with an image_attention_mask: refused before the model loads, with the reason."""
+    from phi3v_recipe.errors import UserError
+    from phi3v_recipe.synthetic import write_sample_set
+
+    dataset = write_sample_set(tmp_path / "data", rows=24, seed=0)
+    with pytest.raises(UserError, match="does not run on phi4mm yet: .* image_pixel_values"):
+        main(grpo_args(tiny4_dir, tmp_path / "out", dataset, "--num_crops", "null", "--dynamic_hd", "1"))
