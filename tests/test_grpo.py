@@ -130,3 +130,35 @@ def test_grpo_on_phi4_multimodal_is_one_line_saying_why_not(tiny4_dir, tmp_path)
     dataset = write_sample_set(tmp_path / "data", rows=24, seed=0)
     with pytest.raises(UserError, match="does not run on phi4mm yet: .* image_pixel_values"):
         main(grpo_args(tiny4_dir, tmp_path / "out", dataset, "--num_crops", "null", "--dynamic_hd", "1"))
+
+
+def rewards_and_losses(out: Path, step: int) -> list[tuple]:
+    history = json.loads((out / f"checkpoint-{step}" / "trainer_state.json").read_text())["log_history"]
+    return [(e["step"], e["loss"], e["rewards/metric/mean"]) for e in history if "rewards/metric/mean" in e]
+
+
+@pytest.mark.slow
+def test_two_process_grpo_stopped_at_a_checkpoint_and_resumed_is_the_run_that_never_stopped(tiny_dir, tmp_path):
+    """GRPO under `accelerate launch` with two processes (generation and the loss split as TRL splits them): four
+    steps straight, against two steps, a checkpoint, and a resume to four: the same sampled answers' rewards and the
+    same losses at steps 3 and 4."""
+    from phi3v_recipe.synthetic import write_sample_set
+
+    from .conftest import free_port
+    from .test_train import clean_env, launch_two_processes
+
+    dataset = write_sample_set(tmp_path / "data", rows=40, seed=0)
+    env = clean_env(tmp_path)
+
+    def args(out, steps, *extra):
+        flags = grpo_args(tiny_dir, out, dataset, "--max_steps", str(steps), "--save_strategy", "steps")
+        return [*flags, "--save_steps", "2", "--overwrite_output_dir", "false", *extra]
+
+    straight = launch_two_processes(args(tmp_path / "straight", 4), env, free_port())
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    first = launch_two_processes(args(tmp_path / "resumed", 2), env, free_port())
+    assert first.returncode == 0, first.stderr[-3000:]
+    resumed = launch_two_processes(args(tmp_path / "resumed", 4, "--resume_from_checkpoint", "true"), env, free_port())
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Resuming from" in resumed.stdout
+    assert rewards_and_losses(tmp_path / "resumed", 4) == rewards_and_losses(tmp_path / "straight", 4)
