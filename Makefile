@@ -10,7 +10,7 @@ TORCH ?= torch==2.13.0
 TORCH_INDEX ?=
 RECIPES := $(sort $(basename $(notdir $(wildcard recipes/*.yaml))))
 
-.PHONY: setup test test-all test-oldest lint format tiny sample-data train smoke demo demo-phi4mm demo-learn docker-build docker-train docker-smoke bench bench-data bench-memory bench-phi4mm bench-errors app docs docs-serve slurm test-cluster demo-grpo
+.PHONY: setup test test-all test-oldest lint format tiny sample-data train smoke demo demo-phi4mm demo-learn docker-build docker-train docker-smoke bench bench-data bench-memory bench-phi4mm bench-errors app docs docs-serve slurm test-cluster demo-grpo demo-dpo
 
 setup: $(VENV)/.installed
 
@@ -147,6 +147,16 @@ demo-grpo: setup outputs/tiny-phi3v/config.json data/sample/burberry.csv
 	@test -f outputs/demo/model.safetensors || { echo "error: outputs/demo does not exist: run make demo first (GRPO starts from its SFT model)." >&2; exit 2; }
 	PHI3V_RESUME_COMMAND='make demo-grpo$(if $(ARGS), ARGS="$(ARGS)") RESUME=1' \
 		$(BIN)/python -m phi3v_recipe.train --config recipes/demo_grpo.yaml $(if $(RESUME),--resume_from_checkpoint true,--overwrite_output_dir true) $(ARGS)
+
+# DPO after the demo's SFT (run make demo first): pairs from the demo model's own samples (best against worst by the
+# metric), DPO with a new LoRA, then the scored evaluation beside the SFT model (the adapter off) (CPU, minutes).
+demo-dpo: setup outputs/tiny-phi3v/config.json data/sample/burberry.csv
+	@test -f outputs/demo/model.safetensors || { echo "error: outputs/demo does not exist: run make demo first (DPO starts from its SFT model)." >&2; exit 2; }
+	rm -rf outputs/demo-pairs
+	$(BIN)/phi3v-recipe pairs --config recipes/demo.yaml --adapter outputs/demo --out outputs/demo-pairs/pairs.jsonl --samples 4 --max_new_tokens 32
+	PHI3V_RESUME_COMMAND='make demo-dpo RESUME=1' \
+		$(BIN)/python -m phi3v_recipe.train --config recipes/demo_dpo.yaml $(if $(RESUME),--resume_from_checkpoint true,--overwrite_output_dir true) $(ARGS)
+	$(BIN)/phi3v-recipe evaluate --config recipes/demo.yaml --adapter outputs/demo-dpo
 
 # Full fine-tuning of the tiny model until the scored evaluation beats the trivial baselines (CPU, ~12 min).
 demo-learn: setup outputs/tiny-phi3v/config.json data/sample/burberry.csv

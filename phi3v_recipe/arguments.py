@@ -11,7 +11,7 @@ from .errors import UserError
 
 FORMATS = ("template", "qa", "messages", "conversations", "texts")
 METRICS = ("template", "exact_match", "anls", "accuracy")
-STAGES = ("sft", "grpo")
+STAGES = ("sft", "grpo", "dpo")
 BUILT_IN_REWARDS = ("metric", "format")
 DEFAULT_QUESTION = "What is shown in this image?"
 DEFAULT_ANSWER_TEMPLATE = "Product: {title}, Category: {category3_code}, Full Price: {full_price}"
@@ -178,13 +178,14 @@ class RecipeArguments(DataArguments):
         default="sft",
         metadata={
             "help": "sft: supervised fine-tuning on the answers (TRL's SFTTrainer); grpo: reinforcement on the task's "
-            "own metric (TRL's GRPOTrainer, its keys: num_generations, max_completion_length, temperature, beta, ...)."
+            "own metric (TRL's GRPOTrainer, its keys: num_generations, max_completion_length, temperature, beta, ...); "
+            "dpo: preference pairs (TRL's DPOTrainer; dataset: a pairs file, see phi3v-recipe pairs)."
         },
     )
     sft_adapter: str | None = field(
         default=None,
         metadata={
-            "help": "grpo: the SFT adapter (folder or Hub id) to train on from, on model_name_or_path as its base; "
+            "help": "grpo, dpo: the SFT adapter (folder or Hub id) to train on from, on model_name_or_path as its base; "
             "unset: a new LoRA on model_name_or_path (a base, or a merged or fully fine-tuned SFT model)."
         },
     )
@@ -215,4 +216,4 @@ class RecipeArguments(DataArguments):
                     "module:function (a Python function of your own)."
                 )
         if self.stage == "sft" and self.sft_adapter is not None:
-            raise UserError("sft_adapter is for stage: grpo (train on from an SFT adapter); unset it for SFT.")
+            raise UserError("sft_adapter is for stage: grpo or dpo (train on from an SFT adapter); unset it for SFT.")

@@ -24,6 +24,11 @@ COMMANDS = {
     "smoke": ("phi3v_recipe.smoke", [], "a recipe for 2 steps on the CPU: its tiny model and synthetic twin data"),
     "prepare": ("phi3v_recipe.prepare", [], "check a recipe's rows once, in parallel, for every later run"),
     "evaluate": ("phi3v_recipe.evaluate", [], "score an adapter on a recipe's eval split"),
+    "pairs": (
+        "phi3v_recipe.pairs",
+        [],
+        "preference pairs for stage: dpo, from a model's own samples scored by the metric",
+    ),
     "predict": ("phi3v_recipe.predict", [], "answer questions about images with an adapter (folder or Hub)"),
     "app": ("phi3v_recipe.app", [], "a web page to try an adapter beside its base model (needs .[app])"),
     "push": ("phi3v_recipe.hub", ["push"], "upload a trained output folder to the Hub (or retry an upload)"),

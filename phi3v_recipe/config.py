@@ -11,7 +11,7 @@ import functools
 from dataclasses import fields
 from pathlib import Path
 
-from trl import GRPOConfig, ModelConfig, SFTConfig, TrlParser
+from trl import DPOConfig, GRPOConfig, ModelConfig, SFTConfig, TrlParser
 
 from . import recipe_file
 from .arguments import RecipeArguments
@@ -19,7 +19,11 @@ from .errors import UserError
 from .hub import HUB_ID
 from .recipe_file import NULL, config_path
 
-TRAINING = {"sft": SFTConfig, "grpo": GRPOConfig}  # each stage's trainer configuration (recipe key `stage`)
+TRAINING = {
+    "sft": SFTConfig,
+    "grpo": GRPOConfig,
+    "dpo": DPOConfig,
+}  # each stage's trainer configuration (recipe key `stage`)
 TYPES = (RecipeArguments, SFTConfig, ModelConfig)  # what an SFT recipe (the default stage) is parsed into
 
 

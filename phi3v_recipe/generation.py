@@ -20,10 +20,11 @@ def generate_new_tokens(
     max_new_tokens: int,
     streamer=None,
     max_time: float | None = None,
+    sampling: dict | None = None,
 ):
     """Greedy continuations of a left-padded batch of conversations (each with its list of images): the new ids only.
     Each conversation ends with the turn to answer; the assistant's reply is generated, for at most ``max_time``
-    seconds when given."""
+    seconds when given; sampled with the ``sampling`` settings (do_sample, temperature, ...) when given."""
     tokenizer = processor.tokenizer
     prompts = [render(processor, messages, add_generation_prompt=True) for messages in conversations]
     inputs = processor(prompts, images, padding_side="left", return_tensors="pt").to(model.device)
@@ -33,7 +34,7 @@ def generate_new_tokens(
     out = model.generate(
         **inputs,
         max_new_tokens=max_new_tokens,
-        do_sample=False,
+        **(sampling or {"do_sample": False}),
         streamer=streamer,
         eos_token_id=stop_token_ids(tokenizer),
         pad_token_id=tokenizer.pad_token_id,

@@ -214,6 +214,8 @@ def build_trainer(model_args, recipe, args, processor, data, callbacks=()) -> "P
     args.accelerator_config.non_blocking = args.dataloader_pin_memory
     if recipe.stage == "grpo":
         return build_grpo_trainer(model_args, recipe, args, processor, data, callbacks)
+    if recipe.stage == "dpo":
+        return build_dpo_trainer(model_args, recipe, args, processor, data, callbacks)
     model, peft_config = model_and_lora(model_args, recipe, processor)
     trainer = Phi3VSFTTrainer(
         model=model,
@@ -248,18 +250,7 @@ def build_grpo_trainer(model_args, recipe, args, processor, data, callbacks=()):
             "it does not slice). Use a Phi-3 or Phi-3.5-Vision model, or stage: sft."
         )
 
-    if recipe.sft_adapter is not None:
-        from peft import PeftModel
-
-        from .predict import resolve
-
-        adapter_dir = resolve(recipe.sft_adapter, "SFT adapter", ("adapter_config.json",))  # before the model loads
-        model = PeftModel.from_pretrained(load_model(model_args, recipe, processor), adapter_dir, is_trainable=True)
-        peft_config = None
-    else:
-        model, peft_config = model_and_lora(model_args, recipe, processor)
-        if peft_config is None and not model_args.use_peft:
-            print("Note: stage grpo without use_peft trains every weight (full fine-tuning).")
+    model, peft_config = sft_adapter_or_lora(model_args, recipe, processor)
     if getattr(model.config, "image_token_id", None) is None:  # TRL keeps sampling off it; Phi-4's config lacks it
         model.config.image_token_id = processor.image_token_id
     trainer = GRPOTrainer(
@@ -273,6 +264,38 @@ def build_grpo_trainer(model_args, recipe, args, processor, data, callbacks=()):
     )
     keep_saved_modules_in_their_dtype(trainer.model)
     return trainer
+
+
+def build_dpo_trainer(model_args, recipe, args, processor, data, callbacks=()):
+    """TRL's DPOTrainer on the recipe's preference pairs (pairs.py): a new LoRA on model_name_or_path, or the SFT
+    adapter of ``sft_adapter`` trained on. The reference model is the same weights with the adapter off."""
+    from trl import DPOTrainer
+
+    model, peft_config = sft_adapter_or_lora(model_args, recipe, processor)
+    trainer = DPOTrainer(
+        model=model,
+        args=args,
+        train_dataset=data.train,
+        eval_dataset=data.eval,
+        processing_class=processor,
+        peft_config=peft_config,
+        callbacks=list(callbacks),
+    )
+    keep_saved_modules_in_their_dtype(trainer.model)
+    return trainer
+
+
+def sft_adapter_or_lora(model_args, recipe, processor):
+    """(model, LoRA config): the SFT adapter of ``sft_adapter`` made trainable (no new LoRA), else a new LoRA."""
+    if recipe.sft_adapter is None:
+        return model_and_lora(model_args, recipe, processor)
+    from peft import PeftModel
+
+    from .predict import resolve
+
+    adapter_dir = resolve(recipe.sft_adapter, "SFT adapter", ("adapter_config.json",))  # before the model loads
+    model = PeftModel.from_pretrained(load_model(model_args, recipe, processor), adapter_dir, is_trainable=True)
+    return model, None
 
 
 def model_and_lora(model_args, recipe, processor):
@@ -414,9 +437,14 @@ def main(argv: list[str] | None = None) -> SFTTrainer:
 
         processor = load_processor(model_args, recipe)
         with args.main_process_first(desc="preparing the data"):
-            data = prepare_data(
-                recipe, processor, getattr(args, "max_length", None), getattr(args, "dataset_num_proc", None)
-            )
+            if recipe.stage == "dpo":  # preference pairs, not answers: their own reader and checks
+                from .pairs import read_pairs
+
+                data = read_pairs(recipe)
+            else:
+                data = prepare_data(
+                    recipe, processor, getattr(args, "max_length", None), getattr(args, "dataset_num_proc", None)
+                )
         recipe = data.args  # the row format and columns settled from the source
         if args.process_index == 0:
             skipped_file = data.write_skipped(out / "skipped_rows.csv")
@@ -430,7 +458,7 @@ def main(argv: list[str] | None = None) -> SFTTrainer:
             )
 
         callbacks = []
-        if use_wandb and data.eval is not None and recipe.predictions_to_log:
+        if use_wandb and data.eval is not None and recipe.predictions_to_log and recipe.stage != "dpo":
             callbacks.append(
                 PredictionTableCallback(
                     processor, data.eval.select(range(min(recipe.predictions_to_log, len(data.eval)))).to_list()
@@ -482,7 +510,12 @@ def main(argv: list[str] | None = None) -> SFTTrainer:
             curve = write_reward_curve(trainer.state.log_history, out)
             if curve is not None:
                 print(f"Mean reward per logged step: {curve}")
-        if data.eval is not None and recipe.scored_evaluation and trainer.is_world_process_zero():
+        if recipe.stage == "dpo" and recipe.scored_evaluation and trainer.is_world_process_zero():
+            print(
+                "The scored evaluation needs the task's rows, not pairs: score this adapter with "
+                f"phi3v-recipe evaluate --config <the SFT recipe> --adapter {out}"
+            )
+        elif data.eval is not None and recipe.scored_evaluation and trainer.is_world_process_zero():
             if trainer.is_fsdp_enabled:  # generation needs every shard: score afterwards from the saved model
                 print(
                     f"Scored evaluation skipped under FSDP; run: python -m phi3v_recipe.evaluate --config {recipe_path}"
