@@ -49,7 +49,7 @@ def table(fields, full_help: bool) -> str:
 
 
 def keys_markdown() -> str:
-    from trl import GRPOConfig, ModelConfig, SFTConfig
+    from trl import DPOConfig, GRPOConfig, ModelConfig, SFTConfig
 
     from phi3v_recipe.arguments import DataArguments, RecipeArguments
     from phi3v_recipe.config import TYPES
@@ -63,6 +63,7 @@ def keys_markdown() -> str:
     assert {f.name for f in data + run + model + training} == {f.name for t in TYPES for f in dataclasses.fields(t)}
     listed = {f.name for f in data + run + model + training}
     grpo = [f for f in dataclasses.fields(GRPOConfig) if f.init and f.name not in listed]
+    dpo = [f for f in dataclasses.fields(DPOConfig) if f.init and f.name not in listed]
     return "\n\n".join(
         [
             "### The data (ours: `DataArguments`, `phi3v_recipe/arguments.py`)",
@@ -77,6 +78,9 @@ def keys_markdown() -> str:
             "### Reinforcement (TRL's `GRPOConfig`, with `stage: grpo`)",
             "The keys `GRPOConfig` adds to the training keys above (an SFT recipe refuses them, by name).",
             table(grpo, full_help=False),
+            "### Preferences (TRL's `DPOConfig`, with `stage: dpo`)",
+            "The keys `DPOConfig` adds to the training keys above.",
+            table(dpo, full_help=False),
         ]
     )
 

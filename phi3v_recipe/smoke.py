@@ -70,8 +70,8 @@ def smoke_recipe(path: Path) -> dict:
         raise UserError(f"{model} does not exist: make it with `make tiny` (or phi3v-recipe tiny {model}).")
     kept = {k: v for k, v in recipe.items() if k not in data_keys}
     smoke = kept | {k: v for k, v in twin.items() if k in data_keys} | SMOKE
-    if smoke.get("stage") == "grpo":  # a new LoRA on the tiny model: the recipe's SFT adapter is the real model's
-        smoke["sft_adapter"] = None
+    if smoke.get("sft_adapter"):  # a new LoRA on the tiny model stands in for the SFT adapter of the real model
+        smoke |= {"sft_adapter": None, "use_peft": True}
     return smoke | {"model_name_or_path": str(model), "output_dir": str(Path("outputs") / "smoke" / path.stem)}
 
 
