@@ -231,3 +231,41 @@ def test_dpo_takes_steps_on_pairs_built_from_the_models_own_samples(tiny_dir, tm
     assert trainer.state.global_step == 2
     assert any("rewards/margins" in entry for entry in trainer.state.log_history)
     assert (tmp_path / "dpo" / "adapter_model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_grpo_stops_on_sigterm_with_a_checkpoint_and_resumes_from_it(tiny_dir, tmp_path):
+    """As SFT does: the step ends, one checkpoint is written, exit 143 with the resume command; the resume runs."""
+    import signal
+    import subprocess
+    import sys
+
+    from phi3v_recipe.synthetic import write_sample_set
+
+    from .conftest import killed_after
+    from .test_train import clean_env
+
+    dataset = write_sample_set(tmp_path / "data", rows=24, seed=0)
+    out = tmp_path / "out"
+    args = grpo_args(tiny_dir, out, dataset, "--max_steps", "400", "--overwrite_output_dir", "false")
+    command = [sys.executable, "-m", "phi3v_recipe.train", *args]
+    run = subprocess.Popen(
+        command, cwd=ROOT, env=clean_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    with killed_after(run, 600):  # only a hang reaches it
+        lines = [run.stdout.readline()]
+        while lines[-1] and "rewards/metric/mean" not in lines[-1]:
+            lines.append(run.stdout.readline())
+        run.send_signal(signal.SIGTERM)
+        rest, _ = run.communicate(timeout=300)
+    output = "".join(lines) + rest
+    assert run.returncode == 128 + signal.SIGTERM, output[-3000:]
+    [checkpoint] = list(out.glob("checkpoint-*"))
+    step = int(checkpoint.name.split("-")[1])
+    assert f"Stopped on SIGTERM after step {step}." in output and "Traceback" not in output
+    resumed = subprocess.run(
+        [*command, "--resume_from_checkpoint", "true", "--max_steps", str(step + 1)],
+        cwd=ROOT, env=clean_env(tmp_path), capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"Resuming from {checkpoint}" in resumed.stdout
