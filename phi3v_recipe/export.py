@@ -26,6 +26,40 @@ PEFT_0_11_KEYS = {
 }  # fmt: skip
 
 
+INDEX = "model.safetensors.index.json"
+
+
+def save_in_shards(tensor_of, weight_map: dict[str, str], out: Path, progress=None) -> int:
+    """Write each tensor (``tensor_of(name)``) into the safetensors file ``weight_map`` names for it, shard by shard
+    (only one shard's tensors made at a time), with the index when there are several; the bytes written.
+    ``progress(nbytes)`` is told after each shard."""
+    from safetensors.torch import save_file
+
+    total, shards = 0, sorted(set(weight_map.values()))
+    for shard in shards:
+        part = {name: tensor_of(name).contiguous() for name in weight_map if weight_map[name] == shard}
+        save_file(part, out / shard, metadata={"format": "pt"})
+        size = sum(t.numel() * t.element_size() for t in part.values())
+        total += size
+        if progress is not None:
+            progress(size)
+        del part
+    if len(shards) > 1:
+        index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+        (out / INDEX).write_text(json.dumps(index, indent=2) + "\n")
+    return total
+
+
+def base_weight_map(base_dir: Path, names) -> dict[str, str] | None:
+    """The base's own shard of each tensor (its index's weight_map) when it is sharded and names exactly these
+    tensors; else None."""
+    index = base_dir / INDEX
+    if not index.is_file():
+        return None
+    weight_map = json.loads(index.read_text())["weight_map"]
+    return weight_map if set(weight_map) == set(names) else None
+
+
 def copy_base_files(base_dir: Path, out: Path, crops: tuple[str, int] | None, with_model_files: bool) -> None:
     """Copy the base's tokenizer and processor files into ``out`` (and, ``with_model_files``, its config.json,
     generation_config.json and remote code, leaving no other file than the weights) over what was saved there.

@@ -17,13 +17,13 @@ import shutil
 from pathlib import Path
 
 from .errors import UserError
+from .export import INDEX, save_in_shards
 from .files import follow_umask
 
 COPIED = (
     "config.json", "generation_config.json", "preprocessor_config.json", "processor_config.json",
     "special_tokens_map.json", "tokenizer.json", "tokenizer_config.json", "tokenizer.model", "added_tokens.json",
 )  # fmt: skip
-INDEX = "model.safetensors.index.json"
 MAX_SHARD_BYTES = 5 * 1000**3
 
 
@@ -76,7 +76,6 @@ def fill(name: str, shape, std: float, generator):
 def write_full_size(hub_dir: Path, out: Path, seed: int = 0, max_shard_bytes: int = MAX_SHARD_BYTES) -> Path:
     """Write the random checkpoint of ``hub_dir``'s model into ``out`` (see the module's docstring)."""
     import torch
-    from safetensors.torch import save_file
     from tqdm import tqdm
 
     from . import register
@@ -96,19 +95,10 @@ def write_full_size(hub_dir: Path, out: Path, seed: int = 0, max_shard_bytes: in
     generator = torch.Generator().manual_seed(seed)
     std = getattr(config, "initializer_range", 0.02)
     shards = sorted(set(plan.values()))
-    total = 0
+    ordered = {name: plan[name] for shard in shards for name in shapes if plan[name] == shard}  # filled in this order
     with tqdm(total=sum(2 * _numel(s) for s in shapes.values()), unit="B", unit_scale=True) as bar:
         bar.set_description("Writing random bf16 weights")
-        for shard in shards:
-            tensors = {name: fill(name, shapes[name], std, generator) for name in shapes if plan[name] == shard}
-            save_file(tensors, out / shard, metadata={"format": "pt"})
-            size = sum(t.numel() * t.element_size() for t in tensors.values())
-            total += size
-            bar.update(size)
-            del tensors
-        if len(shards) > 1:
-            index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(plan.items()))}
-            (out / INDEX).write_text(json.dumps(index, indent=2) + "\n")
+        total = save_in_shards(lambda name: fill(name, shapes[name], std, generator), ordered, out, bar.update)
         for name in COPIED:
             if (hub_dir / name).is_file():
                 shutil.copyfile(hub_dir / name, out / name)

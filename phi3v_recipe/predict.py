@@ -179,15 +179,22 @@ def merge(model, processor, out_dir: str) -> Path:
     """Fold the adapter into the base weights and save a plain Phi-3-Vision in the hub layout."""
     if not hasattr(model, "merge_and_unload"):
         raise UserError("The trained output is a fully fine-tuned model, not an adapter: there is nothing to merge.")
-    from .export import copy_base_files
+    from .export import base_weight_map, copy_base_files, save_in_shards
     from .families import family_of_processor
 
     family = family_of_processor(processor)
     merged = model.merge_and_unload()
-    merged.save_pretrained(out_dir)  # safetensors, the hub's parameter names
+    base_dir = Path(merged.config._name_or_path)  # the base's local folder or cache snapshot it was loaded from
+    state = merged.state_dict()
+    weight_map = base_weight_map(base_dir, state) if base_dir.is_dir() else None
+    if weight_map is not None:  # the base's shards and index, each tensor where the base has it, in its dtype
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        save_in_shards(state.__getitem__, weight_map, Path(out_dir))
+        merged.config.save_pretrained(out_dir)
+    else:
+        merged.save_pretrained(out_dir)  # safetensors, the hub's parameter names
     follow_umask(out_dir)
     processor.save_pretrained(out_dir)
-    base_dir = Path(merged.config._name_or_path)  # the base's local folder or cache snapshot it was loaded from
     if base_dir.is_dir():  # then the folder is the base's, with new weights
         copy_base_files(base_dir, Path(out_dir), family.crop_setting(processor), with_model_files=True)
         print(family.merged_note(base_dir))
@@ -298,7 +305,11 @@ def main(argv: list[str] | None = None) -> list[str]:
             break
         ask(question)
     if args.merge:
-        print(f"Merged model written to {merge(model, processor, args.merge)}")
+        import resource
+
+        written = merge(model, processor, args.merge)
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # KiB on Linux
+        print(f"Merged model written to {written} (peak memory of this process: {peak:.1f} GiB)")
     return answers
 
 

@@ -138,3 +138,81 @@ def test_a_full_size_checkpoint_is_written_in_a_minute_or_two_and_takes_a_lora_s
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert (tmp_path / "run" / "adapter_model.safetensors").is_file(), run.stdout[-2000:]
     print(run.stdout[-1500:])
+
+
+def test_a_merge_onto_a_sharded_base_is_the_bases_shards_and_index_with_new_weights(tiny_dir, tmp_path):
+    """A bf16 base in two shards (the tiny config with a hand-made index, as the hub's Phi-3-Vision has two), an
+    adapter with nonzero weights: the merge writes each tensor in the shard the base's index names, in bf16, with the
+    base's config.json byte for byte, and its logits are the base-with-adapter's."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from phi3v_recipe.predict import load_for_inference, merge
+
+    with safe_open(tiny_dir / "model.safetensors", "pt") as weights:
+        names = sorted(weights.keys())
+    weight_map = {name: f"model-0000{1 + (i % 2)}-of-00002.safetensors" for i, name in enumerate(names)}
+    hub = hub_folder_of(tiny_dir, tmp_path / "hub", {"metadata": {"total_size": 0}, "weight_map": weight_map})
+    config = json.loads((hub / "config.json").read_text())
+    (hub / "config.json").write_text(json.dumps(config | {"torch_dtype": "bfloat16"}))  # as the hub's says
+    base_dir = write_full_size(hub, tmp_path / "base")
+    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype="auto")
+    adapted = get_peft_model(base, LoraConfig(r=4, target_modules=["qkv_proj", "o_proj"], init_lora_weights=False))
+    adapted.save_pretrained(tmp_path / "adapter")
+    model, processor = load_for_inference(str(tmp_path / "adapter"))
+    ids = torch.tensor([[1, 100, 200, 300]])
+    with torch.no_grad():
+        expected = model(input_ids=ids).logits.float()
+    out = merge(model, processor, str(tmp_path / "merged"))
+    index = json.loads((out / INDEX).read_text())
+    assert index["weight_map"] == weight_map
+    assert sorted(p.name for p in out.glob("*.safetensors")) == sorted(set(weight_map.values()))
+    for shard in set(weight_map.values()):
+        with safe_open(out / shard, "pt") as weights:
+            assert all(weights.get_tensor(name).dtype == torch.bfloat16 for name in weights.keys())
+    assert (out / "config.json").read_bytes() == (base_dir / "config.json").read_bytes()
+    merged = AutoModelForCausalLM.from_pretrained(out, dtype="auto")
+    with torch.no_grad():
+        got = merged(input_ids=ids).logits.float()
+    assert torch.allclose(got, expected, atol=0.05, rtol=0.02), (got - expected).abs().max()
+    with torch.no_grad():
+        plain = AutoModelForCausalLM.from_pretrained(base_dir, dtype="auto")(input_ids=ids).logits.float()
+    assert (plain - got).abs().max() > 0.1  # the adapter changed the logits, and the merge kept the change
+
+
+@pytest.mark.slow
+def test_a_full_size_merge_is_the_hubs_two_shards_and_index_in_bf16(shared, tmp_path):
+    """The real size: a random full-size base written from the hub files, a LoRA adapter with nonzero weights on it
+    (made in its own process), then `predict --merge`: the hub's weight_map and shard files, bf16 (8.29 GB, not
+    16.6), and the peak memory printed."""
+    hub = shared / "hub" / "Phi-3-vision-128k-instruct"
+    base = write_full_size(hub, tmp_path / "base")
+    make_adapter = (
+        "import sys, phi3v_recipe\\n"
+        "from peft import LoraConfig, get_peft_model\\n"
+        "from transformers import AutoModelForCausalLM\\n"
+        "model = AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype='auto')\\n"
+        "get_peft_model(model, LoraConfig(r=8, target_modules=['qkv_proj', 'o_proj'], init_lora_weights=False))"
+        ".save_pretrained(sys.argv[2])\\n"
+    )
+    subprocess.run([sys.executable, "-c", make_adapter, str(base), str(tmp_path / "adapter")], check=True, timeout=900)
+    from PIL import Image
+
+    Image.new("RGB", (336, 336), "white").save(tmp_path / "white.png")
+    done = subprocess.run(
+        [
+            sys.executable, "-m", "phi3v_recipe.predict", "--adapter", str(tmp_path / "adapter"),
+            "--image", str(tmp_path / "white.png"), "--num_crops", "1", "--max_new_tokens", "1",
+            "--merge", str(tmp_path / "merged"),
+        ],
+        cwd=ROOT, capture_output=True, text=True, timeout=1800,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    print(done.stdout[-300:])
+    out = tmp_path / "merged"
+    hub_index = json.loads((hub / INDEX).read_text())
+    index = json.loads((out / INDEX).read_text())
+    assert index["weight_map"] == hub_index["weight_map"]
+    assert index["metadata"]["total_size"] == hub_index["metadata"]["total_size"]  # bf16: 8,293,242,880 bytes
+    assert sorted(p.name for p in out.glob("*.safetensors")) == sorted(set(hub_index["weight_map"].values()))
+    assert "peak memory of this process" in done.stdout
