@@ -188,12 +188,12 @@ def test_a_full_size_merge_is_the_hubs_two_shards_and_index_in_bf16(shared, tmp_
     hub = shared / "hub" / "Phi-3-vision-128k-instruct"
     base = write_full_size(hub, tmp_path / "base")
     make_adapter = (
-        "import sys, phi3v_recipe\\n"
-        "from peft import LoraConfig, get_peft_model\\n"
-        "from transformers import AutoModelForCausalLM\\n"
-        "model = AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype='auto')\\n"
+        "import sys, phi3v_recipe\n"
+        "from peft import LoraConfig, get_peft_model\n"
+        "from transformers import AutoModelForCausalLM\n"
+        "model = AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype='auto')\n"
         "get_peft_model(model, LoraConfig(r=8, target_modules=['qkv_proj', 'o_proj'], init_lora_weights=False))"
-        ".save_pretrained(sys.argv[2])\\n"
+        ".save_pretrained(sys.argv[2])\n"
     )
     subprocess.run([sys.executable, "-c", make_adapter, str(base), str(tmp_path / "adapter")], check=True, timeout=900)
     from PIL import Image
