@@ -206,9 +206,6 @@ class Phi3VSFTTrainer(SFTTrainer):
 
 def build_trainer(model_args, recipe, args, processor, data, callbacks=()) -> "Phi3VSFTTrainer":
     """The model (with its LoRA config) and the trainer over the prepared data: what every run trains with."""
-    # Our collator builds the batches from the raw rows: TRL must neither drop columns nor tokenize the dataset.
-    args.remove_unused_columns = False
-    args.dataset_kwargs = {"skip_prepare_dataset": True}
     # Batches come pinned from the DataLoader (dataloader_pin_memory, on by default): copy them to the GPU without
     # the host waiting for each copy.
     args.accelerator_config.non_blocking = args.dataloader_pin_memory
@@ -216,6 +213,9 @@ def build_trainer(model_args, recipe, args, processor, data, callbacks=()) -> "P
         return build_grpo_trainer(model_args, recipe, args, processor, data, callbacks)
     if recipe.stage == "dpo":
         return build_dpo_trainer(model_args, recipe, args, processor, data, callbacks)
+    # Our collator builds the batches from the raw rows: TRL must neither drop columns nor tokenize the dataset.
+    args.remove_unused_columns = False
+    args.dataset_kwargs = {"skip_prepare_dataset": True}
     model, peft_config = model_and_lora(model_args, recipe, processor)
     trainer = Phi3VSFTTrainer(
         model=model,
@@ -250,6 +250,7 @@ def build_grpo_trainer(model_args, recipe, args, processor, data, callbacks=()):
             "it does not slice). Use a Phi-3 or Phi-3.5-Vision model, or stage: sft."
         )
 
+    args.remove_unused_columns = False  # the rewards read the row's truth from its `row` column
     model, peft_config = sft_adapter_or_lora(model_args, recipe, processor)
     if getattr(model.config, "image_token_id", None) is None:  # TRL keeps sampling off it; Phi-4's config lacks it
         model.config.image_token_id = processor.image_token_id
