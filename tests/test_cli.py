@@ -210,7 +210,11 @@ def test_a_flag_error_names_the_command_as_it_was_typed(env, command, prog):
     assert first_error(result) == f"error: argument --rows: invalid int value: 'two' (see {prog} --help)."
 
 
-@pytest.mark.parametrize("recipe", ["burberry_qlora", "phi4mm_docvqa_lora", "burberry_grpo", "docvqa_grpo"])
+@pytest.mark.parametrize(
+    "recipe",
+    # A GRPO smoke run samples 8 answers of 64 tokens a photo: ~40 s here, so one GRPO recipe runs by default.
+    ["burberry_qlora", "phi4mm_docvqa_lora", "docvqa_grpo", pytest.param("burberry_grpo", marks=pytest.mark.slow)],
+)
 def test_a_smoke_run_takes_two_steps_of_a_gpu_recipe_on_its_tiny_model_and_twin_data(
     recipe, tiny_dir, tiny4_dir, tmp_path, env
 ):
