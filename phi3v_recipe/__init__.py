@@ -102,10 +102,15 @@ def _check_recipe_first() -> None:
         run(precheck, recipe_args(module.split(".")[-1], sys.argv[1:]))
 
 
+# Modules run with -m that check their arguments and files first and register phi3_v where they load a model
+# (predict.load_model, the family's load_processor), or use none (slurm): a mistake answers before transformers loads.
+LIGHT_MODULES = {"phi3v_recipe.slurm", "phi3v_recipe.evaluate", "phi3v_recipe.predict", "phi3v_recipe.app",
+                 "phi3v_recipe.pairs"}  # fmt: skip
+
+
 def _running_a_light_module() -> bool:
-    """``python -m phi3v_recipe.slurm`` uses no model: it starts without transformers (seconds sooner)."""
     command_line = sys.orig_argv
-    return "-m" in command_line[:-1] and command_line[command_line.index("-m") + 1] == "phi3v_recipe.slurm"
+    return "-m" in command_line[:-1] and command_line[command_line.index("-m") + 1] in LIGHT_MODULES
 
 
 _answer_module_help()
