@@ -278,6 +278,8 @@ def test_a_smoke_run_takes_two_steps_of_a_gpu_recipe_on_its_tiny_model_and_twin_
         ([CLI, "predict"], ["--adapter", "outputs/demo", "--image", "no-such.png"], "--image no-such.png: no such"),
         ([CLI, "predict"], ["--adapter", "{missing}", "--image", "{image}"], "no-such-run' is not a folder"),
         ([CLI, "app"], ["--adapter", "{missing}"], "no-such-run' is not a folder"),
+        (["-m", "phi3v_recipe.predict"], ["--adapter", "{missing}", "--image", "{image}"], "is not a folder"),
+        (["-m", "phi3v_recipe.evaluate"], ["--config", "recipes/demo.yaml", "--max_sample", "3"], "--max_samples?"),
     ],
 )
 def test_a_recipe_or_flag_mistake_is_said_before_torch_transformers_or_trl_are_imported(
