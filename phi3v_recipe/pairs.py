@@ -70,9 +70,7 @@ def pair_row(row: dict, image_column: str, root: Path, max_pixels: int, check_im
     from .data import BadRow
 
     images = row[image_column]
-    images = [images] if isinstance(images, str) else list(images or [])
-    if isinstance(row[image_column], str) and ";" in row[image_column]:  # a CSV cell of several paths
-        images = row[image_column].split(";")
+    images = images.split(";") if isinstance(images, str) else list(images or [])  # a CSV cell: ";" between paths
     if not images:
         raise BadRow("no image")
     paths = [str(path if Path(path).is_absolute() else root / path) for path in images]
