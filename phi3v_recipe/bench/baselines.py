@@ -3,6 +3,8 @@
 import json
 from pathlib import Path
 
+from ..flops import FROZEN_VISION
+
 MODES = [
     "official",
     "official-frozen",
@@ -14,9 +16,8 @@ MODES = [
     "ours-ckpt-2",
     "ours-no-ckpt",
 ]
-# The cookbook's LoRA modes: with --freeze_vision_model (LoRA on the language model and lm_head only: like for like with
-# ours), and at its scripts' per-device batch 1 with the batch reached by gradient accumulation.
-FROZEN_VISION = {"official-frozen", "official-frozen-bs1"}
+# The cookbook's LoRA modes at its scripts' per-device batch 1, with the batch reached by gradient accumulation (those with
+# --freeze_vision_model, LoRA on the language model and lm_head only: FROZEN_VISION, in phi3v_recipe/flops.py).
 PER_DEVICE_ONE = {"official-bs1", "official-frozen-bs1"}
 GUIDE_LENGTH = 512
 RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "burberry_lora.yaml"
