@@ -242,26 +242,17 @@ def test_head_share():
     )
 
 
-def test_memory_estimate_counts_what_a_full_size_layer_saves_and_each_policy_keeps():
+def test_the_memory_bench_counts_a_full_size_layer_as_the_formula_does_and_orders_the_policies(tmp_path):
     from phi3v_recipe.bench import memory
 
-    per_token, quadratic = memory.saved_bytes_per_token(0.0)
-    with_dropout, _ = memory.saved_bytes_per_token(0.05)
-    d, inter = 3072, 8192
-    # At least the bf16 inputs of the four projections and the MLP's wide activations; less than 64 hidden widths.
-    assert 2 * (d + d + d + inter + 2 * inter) < per_token < 64 * 2 * d
-    assert abs(quadratic) < 0.01 * per_token  # the CPU's SDPA kernel here keeps no T x T probabilities
-    # lora_dropout keeps a dropped-out copy of every adapted matrix's input (in fp32 for PEFT's fp32 adapters)
-    assert with_dropout - per_token >= 2 * (d + d + d + inter)
-    counts = memory.full_size_counts()
-    assert counts["layers"] == 32 and 4.1e9 < counts["params"] < 4.3e9
-    rows = {
-        policy: memory.estimate(counts, per_token, 4, 2000, 20, 17, every) for policy, every in memory.POLICIES.items()
-    }
-    assert rows["off"]["activations"] == pytest.approx(4 * 2000 * 32 * per_token / memory.GIB)
-    assert rows["all"]["activations"] == pytest.approx(4 * 2000 * (32 * 2 * d + per_token) / memory.GIB)
-    assert rows["off"]["total"] > rows["every 4th"]["total"] > rows["every 2nd"]["total"] > rows["all"]["total"]
-    assert {r["weights"] for r in rows.values()} == {counts["params"] * 2 / memory.GIB}
+    results = memory.main(["--batches", "1,4", "--out", str(tmp_path / "memory.json")])
+    assert results["layer_bytes_per_token"]["counted"] == results["layer_bytes_per_token"]["formula"]
+    rows = {(r["batch_size"], r["checkpointing"]): r for r in results["rows"]}
+    for batch in (1, 4):
+        totals = [rows[batch, policy]["total"] for policy in ("off", "every 4th", "every 2nd", "all")]
+        assert totals == sorted(totals, reverse=True) and len(set(totals)) == 4
+    assert rows[4, "off"]["activations"] > 3.5 * rows[1, "off"]["activations"]
+    assert {r["weights"] for r in rows.values()} == {7.7}  # 4.15B parameters in bf16
 
 
 def test_the_data_preparation_bench_compares_both_ways_on_the_same_rows(tmp_path):

@@ -119,9 +119,14 @@ class Phi3VImageEmbedding(nn.Module):
         crops = torch.cat([pixels[: 1 + h * w] for pixels, (h, w) in zip(pixel_values, grids)])
         vision = self.img_processor.vision_model
         crops = crops.to(dtype=vision.embeddings.patch_embedding.weight.dtype)
-        selected, hidden_states, attentions = vision(
-            crops, self.feature_layer, output_hidden_states, output_attentions
-        )
+        # A frozen CLIP needs no autograd: nothing below it trains. With activation checkpointing on, each of its
+        # layers would otherwise record its input for a backward pass that never comes (freed at once, but counted
+        # by saved-tensor hooks: bench/step_memory.py's count of a step then depended on what else held them).
+        trains = torch.is_grad_enabled() and any(p.requires_grad for p in vision.parameters())
+        with torch.set_grad_enabled(trains):
+            selected, hidden_states, attentions = vision(
+                crops, self.feature_layer, output_hidden_states, output_attentions
+            )
         merged = self._merge_2x2(selected[:, 1:])  # drop CLS
         tokens, counts, start = [], [], 0
         for h, w in grids:

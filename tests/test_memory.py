@@ -1,0 +1,86 @@
+"""The memory estimate (phi3v_recipe/memory.py) against steps counted exactly: on the tiny model here, and the
+full-size numbers recorded in MEASURED (bench/step_memory.py on the CPU, with the commit that measured them)."""
+
+from pathlib import Path
+
+import pytest
+
+from phi3v_recipe.memory import MEASURED, Shape, checkpointed_layers, layer_bytes_per_token, shape_of, step_memory
+
+ROOT = Path(__file__).resolve().parents[1]
+PHI3V_FULL = Shape(**MEASURED["shape"])
+
+
+def saved_by_formula(s: Shape, rows: int, tokens: int, every, rank: int = 64) -> int:
+    """What the model's forward saves for the backward pass (memory.step_memory's activations, less the layer the
+    backward pass rebuilds)."""
+    parts = step_memory(s, batch=rows, tokens=tokens, answer=0, crops=0, every=every, rank=rank)
+    rebuilt = rows * tokens * layer_bytes_per_token(s, rank) if checkpointed_layers(s.layers, every) else 0
+    return parts["activations"] - rebuilt
+
+
+def test_the_shape_of_the_real_config_is_the_recorded_one():
+    from phi3v_recipe.phi3_v import Phi3VConfig
+
+    assert shape_of(Phi3VConfig()) == PHI3V_FULL
+    assert PHI3V_FULL.params == 4_146_621_440  # the hub index's 8,293,242,880 bf16 bytes
+
+
+@pytest.mark.parametrize("step", MEASURED["steps"], ids=lambda s: f"batch{s['rows']}-every{s['every']}")
+def test_the_estimate_is_within_10_percent_of_each_full_size_step_measured(step):
+    """Saved activations: the formula to the byte (give or take the labelled positions' int64 index, 8 bytes each)
+    where the CPU's attention kernel kept no T x T probabilities; the trainable state to the byte; the peak (no GPU
+    margin: the CPU has none) within 10%."""
+    parts = step_memory(
+        PHI3V_FULL,
+        batch=step["rows"],
+        tokens=step["tokens"],
+        answer=step["answer"],
+        crops=step["crops"],
+        every=step["every"],
+        rank=64,
+    )
+    formula = saved_by_formula(PHI3V_FULL, step["rows"], step["tokens"], step["every"])
+    if step["saved_attention_probs"] == 0:
+        assert step["saved"] == pytest.approx(formula, rel=0.002)
+    assert parts["trainable_state"] == step["trainable"]
+    assert parts["weights"] == pytest.approx(step["weights"], abs=10_000)  # the rotary buffers: 5,000 bytes
+    counted = parts["total"] - parts["margin"]
+    assert counted == pytest.approx(step["peak"], rel=0.10), (counted / 2**30, step["peak"] / 2**30)
+
+
+@pytest.mark.parametrize("rows,every", [(1, 1), (2, 1), (1, 2), (1, None)])
+def test_the_saved_activations_of_a_tiny_step_are_the_formulas(rows, every, tiny_dir, tmp_path, monkeypatch):
+    """The recipe's own step (build_trainer, two optimiser steps, bf16 autocast) on the tiny model, counted by
+    autograd's hooks: the formula to the byte with every layer checkpointed (the recipes' policy), within 1% with
+    a layer or more kept whole; the trainable state to the byte."""
+    from transformers import AutoConfig
+
+    from phi3v_recipe.bench.step_memory import measure
+    from phi3v_recipe.synthetic import write_sample_set
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "outputs").mkdir()
+    (tmp_path / "outputs" / "tiny-phi3v").symlink_to(tiny_dir)
+    write_sample_set(tmp_path / "data" / "sample", rows=8, seed=0)
+    step = measure(ROOT / "recipes" / "burberry_lora.yaml", str(tiny_dir), rows, every)
+    s = shape_of(AutoConfig.from_pretrained(tiny_dir))
+    formula = saved_by_formula(s, step["rows"], step["tokens"], every)
+    assert step["saved_attention_probs"] == 0
+    if every == 1:
+        assert 0 <= step["saved"] - formula <= 8 * step["rows"] * step["answer"]
+    else:
+        assert step["saved"] == pytest.approx(formula, rel=0.01)
+    assert step["trainable"] == 16 * 64 * s.lora_width
+
+
+def test_checkpointing_and_quantization_and_sharding_move_the_parts_they_should():
+    args = dict(batch=4, tokens=2500, answer=20, crops=17, rank=64)
+    whole, every_2nd, none = (step_memory(PHI3V_FULL, every=e, **args) for e in (1, 2, None))
+    assert whole["activations"] < every_2nd["activations"] < none["activations"]
+    assert whole["weights"] == none["weights"] and whole["trainable_state"] == none["trainable_state"]
+    four_bit = step_memory(PHI3V_FULL, every=1, quantized=True, **args)
+    assert four_bit["weights"] < 0.4 * whole["weights"] and four_bit["trainable_state"] == whole["trainable_state"] / 2
+    full_1, full_8 = (step_memory(PHI3V_FULL, every=1, full=True, gpus=g, **args) for g in (1, 8))
+    assert full_1["trainable_state"] == pytest.approx(8 * full_8["trainable_state"])
+    assert full_1["trainable_state"] == 12 * (PHI3V_FULL.params - PHI3V_FULL.vision_params)
