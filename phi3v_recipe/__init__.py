@@ -105,7 +105,7 @@ def _check_recipe_first() -> None:
 # Modules run with -m that check their arguments and files first and register phi3_v where they load a model
 # (predict.load_model, the family's load_processor), or use none (slurm): a mistake answers before transformers loads.
 LIGHT_MODULES = {"phi3v_recipe.slurm", "phi3v_recipe.evaluate", "phi3v_recipe.predict", "phi3v_recipe.app",
-                 "phi3v_recipe.pairs"}  # fmt: skip
+                 "phi3v_recipe.pairs", "phi3v_recipe.plan"}  # fmt: skip
 
 
 def _running_a_light_module() -> bool:

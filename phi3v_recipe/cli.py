@@ -1,7 +1,7 @@
 """The ``phi3v-recipe`` command: one entry point for the pipeline, as ``trl`` and ``accelerate`` have.
 
     phi3v-recipe train --config recipes/demo.yaml [--learning_rate 1e-4 ...]
-    phi3v-recipe prepare | evaluate | predict | push | download | sample-data | tiny | bench | app ...
+    phi3v-recipe prepare | plan | evaluate | predict | push | download | sample-data | tiny | bench | app ...
 
 Each subcommand is the ``python -m phi3v_recipe.<module>`` of the same name with the same flags. ``--help`` answers
 before any heavy import; user errors print one line (``--debug`` or ``PHI3V_DEBUG=1`` shows the traceback).
@@ -23,6 +23,11 @@ COMMANDS = {
     ),
     "smoke": ("phi3v_recipe.smoke", [], "a recipe for 2 steps on the CPU: its tiny model and synthetic twin data"),
     "prepare": ("phi3v_recipe.prepare", [], "check a recipe's rows once, in parallel, for every later run"),
+    "plan": (
+        "phi3v_recipe.plan",
+        [],
+        "whether a recipe fits a GPU and how long its rows take, before renting one (--config ... [--gpu H100])",
+    ),
     "evaluate": ("phi3v_recipe.evaluate", [], "score an adapter on a recipe's eval split"),
     "pairs": (
         "phi3v_recipe.pairs",
