@@ -10,7 +10,7 @@ TORCH ?= torch==2.13.0
 TORCH_INDEX ?=
 RECIPES := $(sort $(basename $(notdir $(wildcard recipes/*.yaml))))
 
-.PHONY: setup test test-all test-oldest lint format tiny sample-data train smoke demo demo-phi4mm demo-learn docker-build docker-train docker-smoke bench bench-data bench-memory bench-phi4mm bench-errors app docs docs-serve slurm test-cluster demo-grpo demo-dpo
+.PHONY: setup test test-all test-oldest lint format tiny sample-data train smoke demo demo-phi4mm demo-learn docker-build docker-train docker-smoke bench bench-data bench-memory bench-fullsize bench-phi4mm bench-errors app docs docs-serve slurm test-cluster demo-grpo demo-dpo
 
 setup: $(VENV)/.installed
 
@@ -179,6 +179,13 @@ bench-data: setup
 # GPU memory of a full-size LoRA step, estimated per batch size and activation checkpointing policy (seconds, CPU).
 bench-memory: setup
 	$(BIN)/python -m phi3v_recipe.bench.memory --out outputs/bench-memory.json $(ARGS)
+
+# The real size on the CPU: a random full-size Phi-3-Vision written from the hub's files, the training step's memory
+# counted beside the estimate, numerics (~30 min, ~22 GiB of memory). HUB_DIR: a folder with the model's config.json
+# and model.safetensors.index.json (huggingface-cli download microsoft/Phi-3-vision-128k-instruct --include "*.json").
+bench-fullsize: setup
+	@test -n "$(HUB_DIR)" || { echo "error: set HUB_DIR to the hub files of Phi-3-vision-128k-instruct (config.json, index)"; exit 2; }
+	$(BIN)/python -m phi3v_recipe.bench.fullsize --hub_dir $(HUB_DIR) --out outputs/bench-fullsize.json $(ARGS)
 
 # Time to a user error through each entry point, beside the full parse after the heavy imports (~3 min, CPU).
 bench-errors: setup

@@ -150,7 +150,10 @@ NOT_RUN_HERE = {
     r"^make (demo-learn|bench|bench-data|bench-phi4mm|bench-errors)(\s|$)": "minutes to tens of minutes on the CPU; "
     "tests/test_learning.py, tests/test_bench.py and tests/test_phi4mm.py run them, tests/test_cli.py the errors' imports",
     r"your-hf-name": "needs the Hub: a pushed repo, a token and the network",
-    r"burberry_(lora|full_fsdp)|train RECIPE=burberry_": "the real Phi-3-Vision (8 GB download) on a GPU",
+    r"^(?!phi3v-recipe plan).*(burberry_(lora|full_fsdp)|train RECIPE=burberry_)": "the real Phi-3-Vision (8 GB "
+    "download) on a GPU",
+    r"^make bench-fullsize": "the real model's hub files and ~30 min at ~22 GiB; tests/test_fullsize.py and "
+    "tests/test_memory.py run its parts",
     r"^sky ": "needs SkyPilot and a cloud account; tests/test_cluster.py loads the task with SkyPilot's own loader",
     r"^make docs-serve": "serves until stopped; the docs build is tested by test_the_docs_build_strict_...",
     r"docker": "needs docker and an NVIDIA GPU; tests/test_container.py builds the image",
