@@ -10,7 +10,7 @@ TORCH ?= torch==2.13.0
 TORCH_INDEX ?=
 RECIPES := $(sort $(basename $(notdir $(wildcard recipes/*.yaml))))
 
-.PHONY: setup test test-all test-oldest lint format tiny sample-data train smoke demo demo-phi4mm demo-learn docker-build docker-train docker-smoke bench bench-data bench-memory bench-fullsize bench-phi4mm bench-errors app docs docs-serve slurm test-cluster demo-grpo demo-dpo
+.PHONY: setup test test-all test-oldest lint format tiny sample-data train smoke demo demo-phi4mm demo-learn docker-build docker-train docker-smoke bench bench-data bench-memory bench-fullsize gpu-check bench-phi4mm bench-errors app docs docs-serve slurm test-cluster demo-grpo demo-dpo
 
 setup: $(VENV)/.installed
 
@@ -186,6 +186,11 @@ bench-memory: setup
 bench-fullsize: setup
 	@test -n "$(HUB_DIR)" || { echo "error: set HUB_DIR to the hub files of Phi-3-vision-128k-instruct (config.json, index)"; exit 2; }
 	$(BIN)/python -m phi3v_recipe.bench.fullsize --hub_dir $(HUB_DIR) --out outputs/bench-fullsize.json $(ARGS)
+
+# One GPU command (make gpu-check on a lent or rented GPU, a few minutes): the full-size step, ours beside the cookbook's,
+# its peak memory beside plan's estimate, numerics, a training run with resume (needs TRL). On a CPU: the tiny model.
+gpu-check:
+	$(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON)) -m phi3v_recipe.bench.gpu --out outputs/gpu-check.json $(ARGS)
 
 # Time to a user error through each entry point, beside the full parse after the heavy imports (~3 min, CPU).
 bench-errors: setup

@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 import yaml
 from accelerate import PartialState
 from transformers import AutoModelForCausalLM, TrainerCallback
@@ -29,13 +28,14 @@ from transformers.utils import is_flash_attn_2_available
 from trl import SFTTrainer, get_peft_config, get_quantization_config
 
 from . import export, hub, runs
-from .collator import IGNORE_INDEX, VisionSFTCollator
+from .collator import VisionSFTCollator
 from .config import CLIP_LINEARS, no_gpu, parse_recipe
 from .data import prepare_data
 from .errors import SaidByProcessZero, UserError, fresh_line, run, signals_held, stopped_by, unloadable_model
 from .evaluate import evaluate
 from .families import crops_of, family_of, family_of_model, family_of_processor
 from .files import follow_umask, full_disk_is_one_line
+from .loss import labelled_positions_loss
 from .recipe_file import config_path
 from .tracking import PredictionTableCallback, configure_wandb
 
@@ -102,23 +102,6 @@ def load_model(model_args, recipe, processor):
     model.config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.eos_token_id = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|end|>")]
     return model
-
-
-def labelled_positions_loss(model, inputs: dict, num_items_in_batch=None):
-    """Next-token cross-entropy with the LM head applied only where some row of the batch has a label.
-
-    The positions go to the model's forward as ``logits_to_keep``, so the call stays one forward of the (possibly
-    DDP-wrapped) model. Returns the loss (summed over labelled tokens, divided by ``num_items_in_batch`` when given,
-    else by their count) and the fp32 logits and targets of the labelled tokens, for metrics."""
-    targets = inputs["labels"][:, 1:]  # the label of position p is the token at p + 1
-    positions = (targets != IGNORE_INDEX).any(0).nonzero().squeeze(1)
-    model_inputs = {k: v for k, v in inputs.items() if k != "labels"}
-    logits = model(**model_inputs, logits_to_keep=positions, use_cache=False).logits.float()
-    targets = targets[:, positions]
-    mask = targets != IGNORE_INDEX
-    logits, targets = logits[mask], targets[mask]
-    denominator = mask.sum().clamp(min=1) if num_items_in_batch is None else num_items_in_batch
-    return F.cross_entropy(logits, targets, reduction="sum") / denominator, logits.detach(), targets
 
 
 class Phi3VSFTTrainer(SFTTrainer):

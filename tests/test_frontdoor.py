@@ -154,6 +154,7 @@ NOT_RUN_HERE = {
     "download) on a GPU",
     r"^make bench-fullsize": "the real model's hub files and ~30 min at ~22 GiB; tests/test_fullsize.py and "
     "tests/test_memory.py run its parts",
+    r"^make gpu-check": "minutes on a GPU; tests/test_gpu_check.py runs it at tiny size on the CPU",
     r"^sky ": "needs SkyPilot and a cloud account; tests/test_cluster.py loads the task with SkyPilot's own loader",
     r"^make docs-serve": "serves until stopped; the docs build is tested by test_the_docs_build_strict_...",
     r"docker": "needs docker and an NVIDIA GPU; tests/test_container.py builds the image",
