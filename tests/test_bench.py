@@ -202,6 +202,8 @@ def test_the_bench_runs_every_mode_in_fresh_processes(tmp_path):
         assert len(run["step_seconds"]) == 2 and run["samples_per_s_median_step"] > 0
         assert run["main_peak_mb"] > 100 and run["tree_peak_pss_mb"] > 100  # the child's own figures
         assert run["train_loss"] == run["train_loss"]  # trained (a number, not NaN)
+        # CPU seconds per sample, the process tree's: at most the wall time x the cores (1 thread + its workers)
+        assert 0 < run["cpu_s_per_sample"] <= 4 / run["samples_per_s_wall"]
     assert runs["guide"]["batch_size"] == 1 and runs["ours"]["batch_size"] == 2
     assert runs["ours"]["trainable_params"] == runs["trl"]["trainable_params"]  # the same LoRA
     assert runs["ours"]["trainable_params"] == runs["ours-no-ckpt"]["trainable_params"]
@@ -219,7 +221,8 @@ def test_the_bench_runs_every_mode_in_fresh_processes(tmp_path):
             1,
             2,
         )
-    assert "samples_per_s_median_step" in results["vs_official"]["ours / official-frozen"]["2"]
+    assert "cpu_s_per_sample" in results["vs_official"]["ours / official-frozen-bs1"]["2"]
+    assert list(results["vs_official"])[0] == "ours / official-frozen-bs1"  # the cookbook scripts' batch leads
     assert {r["mode"] for r in results["flops_full_size"]} == set(baselines.MODES)
 
 

@@ -12,7 +12,8 @@ Points:
   trainable state and the peak, beside ``phi3v_recipe.memory``'s estimate of the same step (without the GPU
   margin, which a CPU has not).
 - numerics: one image prompt (num_crops 4): the logits of bf16 with SDPA against fp32 with eager attention on the same
-  weights (relative error, top-1 agreement), and 16 greedy tokens with the KV cache against without it.
+  weights (relative error, top-1 agreement), and in each, 16 greedy tokens with the KV cache against the choices
+  without it (``bench/gpu.py``'s ``greedy_check``).
 """
 
 import json
@@ -83,7 +84,7 @@ def point_memory(model: Path) -> list[dict]:
 
 
 def point_numerics(model: Path) -> dict:
-    """bf16 SDPA vs fp32 eager logits on one image prompt; greedy with and without the KV cache (bf16)."""
+    """bf16 SDPA vs fp32 eager logits on one image prompt; greedy with the KV cache against without, in each."""
     import gc
 
     import torch
@@ -93,6 +94,7 @@ def point_numerics(model: Path) -> dict:
     from .. import register
     from ..conversation import conversation, render
     from ..families.phi3v import load_processor
+    from .gpu import greedy_check
 
     register()
     processor = load_processor(model, None, 4)
@@ -107,15 +109,7 @@ def point_numerics(model: Path) -> dict:
         loaded = AutoModelForCausalLM.from_pretrained(model, dtype=dtype, attn_implementation=attention).eval()
         with torch.no_grad():
             logits[attention] = loaded(**inputs).logits[0].float()
-            if attention == "sdpa":
-                greedy = {}
-                for cache in (True, False):
-                    start = time.perf_counter()
-                    out = loaded.generate(**inputs, max_new_tokens=16, do_sample=False, use_cache=cache)
-                    greedy[cache] = out[0, inputs["input_ids"].shape[1] :].tolist()
-                    results[f"greedy_seconds_cache_{cache}"] = round(time.perf_counter() - start, 1)
-                results["greedy_cache_equals_no_cache"] = greedy[True] == greedy[False]
-                results["greedy_tokens"] = greedy[True]
+            results |= {f"{k}_{attention}": v for k, v in greedy_check(loaded, dict(inputs)).items()}
         del loaded
         gc.collect()
     low, high = logits["sdpa"], logits["eager"]

@@ -21,6 +21,7 @@ def step_timer(cuda: bool):
         """Times between consecutive step ends: each step's data wait, forward, backward and optimiser step."""
 
         marks: list[float] = []
+        cpu: list[float] = []  # CPU seconds of this process and its DataLoader workers, at the same marks
 
         def on_train_begin(self, args, state, control, **kwargs):
             if cuda:
@@ -28,7 +29,7 @@ def step_timer(cuda: bool):
 
                 torch.cuda.synchronize()
                 torch.cuda.reset_peak_memory_stats()
-            self.marks = [time.perf_counter()]
+            self.marks, self.cpu = [time.perf_counter()], [tree_cpu_seconds()]
 
         def on_step_end(self, args, state, control, **kwargs):
             if cuda:
@@ -36,8 +37,25 @@ def step_timer(cuda: bool):
 
                 torch.cuda.synchronize()
             self.marks.append(time.perf_counter())
+            self.cpu.append(tree_cpu_seconds())
 
     return StepTimer()
+
+
+def tree_cpu_seconds() -> float:
+    """User + system CPU seconds of this process and its live children (DataLoader workers): unlike wall time, what
+    other work on a busy machine takes does not count in it."""
+    import psutil
+
+    me = psutil.Process()
+    total = 0.0
+    for process in [me, *me.children(recursive=True)]:
+        try:
+            times = process.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
 
 
 def status_mb(field: str) -> float:
@@ -65,6 +83,7 @@ def run_mode(spec: dict) -> dict:
     trainer.add_callback(timer)
     output = trainer.train()
     steps = [b - a for a, b in zip(timer.marks, timer.marks[1:])][spec["warmup"] :]
+    cpu = timer.cpu[-1] - timer.cpu[spec["warmup"]]
     batch = 1 if spec["mode"] == "guide" else spec["batch_size"]
     result = {
         "mode": spec["mode"],
@@ -72,6 +91,7 @@ def run_mode(spec: dict) -> dict:
         "step_seconds": steps,
         "samples_per_s_median_step": batch / statistics.median(steps),
         "samples_per_s_wall": batch * len(steps) / sum(steps),
+        "cpu_s_per_sample": cpu / (batch * len(steps)),
         "main_peak_mb": vm_hwm_mb(),
         "per_device_batch": trainer.args.per_device_train_batch_size,
         "gradient_accumulation_steps": trainer.args.gradient_accumulation_steps,
