@@ -2,7 +2,7 @@
 GPUs a step's time is planned on. Used by ``phi3v-recipe plan`` and the benches (``bench/flops.py``)."""
 
 # The cookbook's LoRA modes that freeze the vision model (``--freeze_vision_model``): see ``bench/baselines.py``.
-FROZEN_VISION = {"official-frozen", "official-frozen-bs1"}
+FROZEN_VISION = {"official-frozen", "official-frozen-bs1", "official-frozen-bs1-nohead"}
 
 
 def model_shapes(config) -> dict:
@@ -108,7 +108,9 @@ def mode_flops(
         parts["decoder"] = 4 * shapes["decoder_linear"] * tokens + 6 * shapes["lora_decoder"] * tokens
         parts["attention"] = 3 * attention_forward
         if mode.startswith("official"):  # full logits at every position; LoRA on the head
-            parts["head"] = 4 * shapes["head"] * tokens + 6 * shapes["lora_head"] * tokens
+            parts["head"] = 4 * shapes["head"] * tokens + 6 * shapes["lora_head"] * tokens * (
+                not mode.endswith("nohead")
+            )
             if (
                 mode in FROZEN_VISION
             ):  # --freeze_vision_model: no LoRA in CLIP or the projection, no gradient through them

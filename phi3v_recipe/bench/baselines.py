@@ -10,6 +10,7 @@ MODES = [
     "official-frozen",
     "official-frozen-bs1",
     "official-bs1",
+    "official-frozen-bs1-nohead",
     "guide",
     "trl",
     "ours",
@@ -18,7 +19,7 @@ MODES = [
 ]
 # The cookbook's LoRA modes at its scripts' per-device batch 1, with the batch reached by gradient accumulation (those with
 # --freeze_vision_model, LoRA on the language model and lm_head only: FROZEN_VISION, in phi3v_recipe/flops.py).
-PER_DEVICE_ONE = {"official-bs1", "official-frozen-bs1"}
+PER_DEVICE_ONE = {"official-bs1", "official-frozen-bs1", "official-frozen-bs1-nohead"}
 GUIDE_LENGTH = 512
 RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "burberry_lora.yaml"
 # Phi-4-multimodal (python -m phi3v_recipe.bench.phi4mm): Microsoft's sample_finetune_vision.py restated, at its
@@ -192,10 +193,10 @@ class OfficialCollator:
         }
 
 
-def official_lora_targets(model, freeze_vision_model: bool = False) -> list[str]:
-    """``create_lora_config``'s targets as module names: the decoder's qkv/o/gate_up/down and ``lm_head``; unless
-    ``--freeze_vision_model``, also CLIP's q/k/v/out_proj and fc1/fc2 in the layers that run (the cookbook deletes the
-    others) and the image projection."""
+def official_lora_targets(model, freeze_vision_model: bool = False, head: bool = True) -> list[str]:
+    """``create_lora_config``'s targets as module names: the decoder's qkv/o/gate_up/down and ``lm_head`` (``head``);
+    unless ``--freeze_vision_model``, also CLIP's q/k/v/out_proj and fc1/fc2 in the layers that run (the cookbook
+    deletes the others) and the image projection."""
     import torch
 
     embedding = model.model.vision_embed_tokens
@@ -206,7 +207,9 @@ def official_lora_targets(model, freeze_vision_model: bool = False) -> list[str]
             continue
         leaf = name.rsplit(".", 1)[-1]
         in_vision = ".vision_embed_tokens." in f".{name}"
-        if name == "lm_head" or (not in_vision and leaf in ("qkv_proj", "o_proj", "down_proj", "gate_up_proj")):
+        if (name == "lm_head" and head) or (
+            not in_vision and leaf in ("qkv_proj", "o_proj", "down_proj", "gate_up_proj")
+        ):
             names.append(name)
         elif (
             in_vision
@@ -227,7 +230,9 @@ def official_trainer(spec: dict):
         r=64,
         lora_alpha=128,
         lora_dropout=0.0,
-        target_modules=official_lora_targets(model, spec["mode"] in FROZEN_VISION),
+        target_modules=official_lora_targets(
+            model, spec["mode"] in FROZEN_VISION, not spec["mode"].endswith("nohead")
+        ),
         init_lora_weights="gaussian",
     )
     model = get_peft_model(model, lora)
@@ -392,6 +397,7 @@ BUILDERS = {
     "official-frozen": official_trainer,
     "official-frozen-bs1": official_trainer,
     "official-bs1": official_trainer,
+    "official-frozen-bs1-nohead": official_trainer,
     "guide": guide_trainer,
     "trl": trl_trainer,
     "ours": ours_trainer,
