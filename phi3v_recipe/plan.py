@@ -137,18 +137,17 @@ def data_recipe(recipe, recipe_path: Path):
     """(recipe, source note): the recipe itself when its data is on this machine, else with its synthetic twin's
     data keys (``smoke.TWINS``)."""
     from .arguments import DataArguments
-    from .recipe_file import read_recipe
-    from .smoke import TWINS
+    from .smoke import twin_data
 
     if recipe.dataset and Path(recipe.dataset).expanduser().exists():
         return recipe, f"the recipe's rows ({recipe.dataset})"
-    twin = recipe_path.stem if recipe_path.stem.startswith("demo") else TWINS.get(recipe_path.stem)
-    if twin is None:
+    found = twin_data(recipe_path)
+    if found is None:
         raise UserError(
             f"{recipe.dataset!r} is not on this machine and {recipe_path} has no synthetic twin: give --dataset a local "
             "copy (a CSV, an image folder or a saved dataset) to plan on its rows."
         )
-    keys = read_recipe(str(recipe_path.with_name(f"{twin}.yaml")), None)
+    twin, keys = found
     data = {  # every data key the twin's (or its default): none of the real source's keys stays
         f.name: keys.get(f.name, f.default if f.default_factory is dataclasses.MISSING else f.default_factory())
         for f in dataclasses.fields(DataArguments)

@@ -51,25 +51,35 @@ SMOKE = {
 }
 
 
+def twin_data(path: Path) -> tuple[str, dict] | None:
+    """(name, data keys) of the synthetic twin of the recipe at ``path`` (a demo recipe is its own), or None."""
+    name = path.stem if path.stem.startswith("demo") else TWINS.get(path.stem)
+    if name is None:
+        return None
+    twin = read_recipe(str(path.with_name(f"{name}.yaml")), None)
+    return name, {
+        key: value for key, value in twin.items() if key in {f.name for f in dataclasses.fields(DataArguments)}
+    }
+
+
 def smoke_recipe(path: Path) -> dict:
     """The recipe at ``path`` with its twin's data keys, its family's tiny model and the smoke run's settings."""
     from .families import BY_NAME, FAMILIES
 
     recipe = read_recipe(str(path), None)  # its keys are checked by the run's own parse
-    twin_name = path.stem if path.stem.startswith("demo") else TWINS.get(path.stem)
-    if twin_name is None:
+    twin = twin_data(path)
+    if twin is None:
         raise UserError(
             f"{path} has no synthetic twin (smoke runs the shipped recipes: {', '.join(TWINS)}). For a recipe of "
             "yours: phi3v-recipe train --config ... --max_steps 2 --scored_evaluation false --max_rows 40."
         )
-    twin = read_recipe(str(path.with_name(f"{twin_name}.yaml")), None)
     data_keys = {f.name for f in dataclasses.fields(DataArguments)}
     family = next((f for f in FAMILIES.values() if recipe.get(f.CROP_KEY) is not None), BY_NAME["phi3v"])
     model = Path("outputs") / f"tiny-{family.NAME}"
     if not (model / "config.json").is_file():
         raise UserError(f"{model} does not exist: make it with `make tiny` (or phi3v-recipe tiny {model}).")
     kept = {k: v for k, v in recipe.items() if k not in data_keys}
-    smoke = kept | {k: v for k, v in twin.items() if k in data_keys} | SMOKE
+    smoke = kept | twin[1] | SMOKE
     if smoke.get("sft_adapter"):  # a new LoRA on the tiny model stands in for the SFT adapter of the real model
         smoke |= {"sft_adapter": None, "use_peft": True}
     return smoke | {"model_name_or_path": str(model), "output_dir": str(Path("outputs") / "smoke" / path.stem)}
