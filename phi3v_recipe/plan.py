@@ -109,6 +109,9 @@ def model_config(family, folder: Path | None):
     if folder is not None:
         from transformers import AutoConfig
 
+        from . import register
+
+        register()
         return AutoConfig.from_pretrained(folder)
     if family.NAME == "phi3v":
         from .phi3_v import Phi3VConfig
@@ -221,6 +224,11 @@ def at_crops(
         images.append(new)
         vision.append(sum(crop_count(image_processor, s, crops) for s in sizes))
     return lengths, images, vision
+
+
+def data_args_train_rows(rows: Rows, recipe) -> list[int]:
+    """The rows an epoch trains on: all read rows less the eval split's share."""
+    return rows.lengths[: round(len(rows.lengths) * (1 - (recipe.eval_fraction or 0)))]
 
 
 def grouped(lengths: list[int], batch: int) -> list[list[int]]:
@@ -379,11 +387,17 @@ def make_plan(argv: list[str]) -> dict:
             "max": lengths[-1],
         },
         "answer_tokens_median": statistics.median(rows.answers),
-        "training": "full fine-tuning (FSDP)" if full else ("QLoRA" if base.quantized else "LoRA"),
+        "training": ("full fine-tuning" + (" sharded with FSDP" if own.num_gpus > 1 else ""))
+        if full
+        else ("QLoRA" if base.quantized else "LoRA"),
         "mfu": MFU,
         "plan": result,
         "hardware": hardware_line(planner, base),
     }
+    if source.startswith("the recipe's rows"):  # the real set: its epoch, at the recipe's epochs
+        rows_per_epoch = len(data_args_train_rows(rows, recipe))
+        plan["epoch_minutes"] = [round(m * rows_per_epoch / 1000, 1) for m in result["minutes_per_1000_rows"]]
+        plan["epochs"] = args.num_train_epochs
     crop_steps = (8, 4, 1) if family.NAME == "phi3v" else (16, 9, 4, 1)
     plan["alternatives"] = [] if result["fits"] else alternatives(planner, base, own.gpu, full, crop_steps)
     return plan
@@ -398,6 +412,10 @@ def hardware_line(planner: Planner, base: Setting) -> str:
     return f"{gpus}, {size} GB+" if size else f"{gpus}, more than {SIZES_GB[-1]} GB"
 
 
+def count(params: int) -> str:
+    return f"{params / 1e9:.2f}B" if params >= 1e9 else f"{params / 1e6:.1f}M"
+
+
 def render(plan: dict) -> str:
     r = plan["plan"]
     setting = Setting(**r["setting"])
@@ -405,7 +423,7 @@ def render(plan: dict) -> str:
     tokens = plan["row_tokens"]
     lines = [
         f"Plan: {plan['recipe']} on {plan['num_gpus']} x {plan['gpu']} ({r['gpu_memory_gib']} GiB each)",
-        f"Model: {plan['model']} ({plan['family']}, {plan['params'] / 1e9:.2f}B parameters"
+        f"Model: {plan['model']} ({plan['family']}, {count(plan['params'])} parameters"
         + ("" if plan["model_here"] else ", not on this machine: shapes from its config's values")
         + f"); {plan['training']}",
         f"Rows: {r['rows']} from {plan['rows_from']}",
@@ -424,6 +442,11 @@ def render(plan: dict) -> str:
         f"{plan['mfu'][1]:.0%}-{plan['mfu'][0]:.0%} MFU (assumed; no GPU run has measured it)",
         f"Verdict: {'fits' if r['fits'] else 'does not fit'} ({memory['total']:.1f} of {r['gpu_memory_gib']} GiB)",
     ]
+    if "epoch_minutes" in plan:
+        low, high = plan["epoch_minutes"]
+        lines.insert(
+            -1, f"  an epoch of these rows: {low:,.1f}-{high:,.1f} min; {plan['epochs']:g} epochs in the recipe"
+        )
     if not r["fits"]:
         if plan["alternatives"]:
             lines.append("Nearest settings that fit:")

@@ -119,3 +119,14 @@ def test_json_is_the_plan_and_mistakes_are_one_line_errors(workdir):
         )
     with pytest.raises(UserError, match="stage: grpo .* is not modelled yet"):
         make_plan(["--config", str(ROOT / "recipes/burberry_grpo.yaml")])
+
+
+def test_a_recipe_whose_model_and_rows_are_here_is_planned_on_them_with_its_epoch(workdir):
+    """demo.yaml: the tiny model's own config and processor, the synthetic set's own rows (40 here): no twin, and the
+    time of an epoch of them."""
+    command = [sys.executable, "-m", "phi3v_recipe.plan", "--config", str(ROOT / "recipes/demo.yaml"), "--gpu", "L4"]
+    done = subprocess.run(command, cwd=workdir, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Rows: 40 from the recipe's rows (data/sample/burberry.csv)" in done.stdout
+    assert "the model's own processor" in done.stdout and "not on this machine" not in done.stdout
+    assert "an epoch of these rows: " in done.stdout and "Verdict: fits" in done.stdout
