@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 BARE = "import sys\nfor name in ('trl', 'datasets', 'bitsandbytes', 'wandb'):\n    sys.modules[name] = None\n"
 
@@ -39,6 +41,7 @@ def test_gpu_check_runs_every_part_at_tiny_size_without_trl_datasets_bitsandbyte
     assert "1. Training steps, tiny model on CPU" in done.stdout
 
 
+@pytest.mark.slow  # two training runs (~30 s); resuming itself is tested in the default tier by test_reliability
 def test_gpu_checks_training_part_trains_two_steps_and_resumes_to_three(tmp_path):
     from phi3v_recipe.bench.gpu import part_training
 
