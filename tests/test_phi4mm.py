@@ -346,7 +346,7 @@ def test_the_bench_restates_the_sample_on_the_rows_ours_trains(tiny4_dir, tmp_pa
         assert torch.equal(sample[key], ours[key])
 
 
-@pytest.mark.slow  # three fresh training processes (about a minute): make test-all runs it
+@pytest.mark.slow  # four fresh training processes (about a minute): make test-all runs it
 def test_the_phi4mm_bench_runs_every_mode(tmp_path):
     from phi3v_recipe.bench.phi4mm import main
 
@@ -369,10 +369,19 @@ def test_the_phi4mm_bench_runs_every_mode(tmp_path):
         ]
     )
     rows = {row["mode"]: row for row in results["training"]}
-    assert set(rows) == {"phi4mm-sample", "phi4mm-sample-batched", "phi4mm-ours"}
+    assert set(rows) == {"phi4mm-sample", "phi4mm-sample-batched", "phi4mm-ours", "phi4mm-ours-shipped"}
+    runs = {run["mode"]: run for run in results["runs"]}
+    assert (
+        runs["phi4mm-ours-shipped"]["per_device_batch"],
+        runs["phi4mm-ours-shipped"]["gradient_accumulation_steps"],
+    ) == (1, 2)
     # the sample leaves the never-reached SigLIP layer, post-layernorm and pooling head trainable; ours freezes them
     assert rows["phi4mm-sample"]["trainable_params"] - rows["phi4mm-ours"]["trainable_params"] == 17120
-    assert set(results["vs_sample"]) == {"phi4mm-sample", "phi4mm-sample-batched"}
+    assert set(results["vs_sample"]) == {
+        f"{ours} / {sample}"
+        for ours in ("phi4mm-ours", "phi4mm-ours-shipped")
+        for sample in ("phi4mm-sample", "phi4mm-sample-batched")
+    }
 
 
 @pytest.mark.parametrize("twin", sorted(TWINS))
