@@ -62,6 +62,7 @@ class Rows:
     answers: list[int]
     image_sizes: list[list[tuple[int, int]]]
     source: str
+    train_rows: int  # the rows an epoch trains on (the eval split's are read too, for their lengths)
 
 
 def parse(argv: list[str]):
@@ -168,8 +169,7 @@ def read_rows(recipe, processor, max_length, source: str) -> Rows:
     from .data import prepare_data
 
     data = prepare_data(recipe, processor, max_length, None)
-    rows = data.train if data.eval is None else data.train.to_list() + data.eval.to_list()
-    rows = list(rows)
+    rows = data.train.to_list() + ([] if data.eval is None else data.eval.to_list())
     sizes = []
     for row in rows:
         row_sizes = []
@@ -182,7 +182,7 @@ def read_rows(recipe, processor, max_length, source: str) -> Rows:
         sum(len(tokenizer(text_of(m), add_special_tokens=False).input_ids) + 2 for m in row["messages"][1::2])
         for row in rows
     ]  # each assistant turn, with its <|end|> and the closing token
-    return Rows([row["length"] for row in rows], answers, sizes, source)
+    return Rows([row["length"] for row in rows], answers, sizes, source, len(data.train))
 
 
 def image_tokens(image_processor, size: tuple[int, int], crops: int) -> int:
@@ -224,11 +224,6 @@ def at_crops(
         images.append(new)
         vision.append(sum(crop_count(image_processor, s, crops) for s in sizes))
     return lengths, images, vision
-
-
-def data_args_train_rows(rows: Rows, recipe) -> list[int]:
-    """The rows an epoch trains on: all read rows less the eval split's share."""
-    return rows.lengths[: round(len(rows.lengths) * (1 - (recipe.eval_fraction or 0)))]
 
 
 def grouped(lengths: list[int], batch: int) -> list[list[int]]:
@@ -395,8 +390,7 @@ def make_plan(argv: list[str]) -> dict:
         "hardware": hardware_line(planner, base),
     }
     if source.startswith("the recipe's rows"):  # the real set: its epoch, at the recipe's epochs
-        rows_per_epoch = len(data_args_train_rows(rows, recipe))
-        plan["epoch_minutes"] = [round(m * rows_per_epoch / 1000, 1) for m in result["minutes_per_1000_rows"]]
+        plan["epoch_minutes"] = [round(m * rows.train_rows / 1000, 1) for m in result["minutes_per_1000_rows"]]
         plan["epochs"] = args.num_train_epochs
     crop_steps = (8, 4, 1) if family.NAME == "phi3v" else (16, 9, 4, 1)
     plan["alternatives"] = [] if result["fits"] else alternatives(planner, base, own.gpu, full, crop_steps)

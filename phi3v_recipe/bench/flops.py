@@ -1,8 +1,9 @@
 """The benches' FLOPs tables: each mode's FLOPs per sample for these rows (the formula: ``phi3v_recipe/flops.py``)."""
 
 from ..flops import FLOPS_FORMULA, mode_flops, model_shapes  # noqa: F401 (the benches and their tests read them here)
+from ..plan import grouped
 from .baselines import GUIDE_LENGTH, PER_DEVICE_ONE
-from .micro import grouped_batches, random_batches
+from .micro import random_batches
 
 
 def analytic_table(shapes: dict, stats: list[dict], batch_size: int, gpu: bool = True) -> list[dict]:
@@ -23,7 +24,7 @@ def analytic_table(shapes: dict, stats: list[dict], batch_size: int, gpu: bool =
         "official-frozen": padded(random_batches(n, batch_size)),
         "guide": (GUIDE_LENGTH, GUIDE_LENGTH**2),
         "trl": padded(random_batches(n, batch_size)),
-        "ours": padded(grouped_batches(lengths, batch_size)),
+        "ours": padded(grouped(lengths, batch_size)),
     }
     layouts["ours-no-ckpt"] = layouts["ours-ckpt-2"] = layouts["ours"]
     layouts |= dict.fromkeys(PER_DEVICE_ONE, real_tokens)  # per-device batch 1: no padding

@@ -5,6 +5,8 @@ import statistics
 import time
 from pathlib import Path
 
+from ..plan import grouped
+
 CROP = 336
 
 
@@ -101,15 +103,6 @@ def random_batches(n: int, batch_size: int) -> list[list[int]]:
     return [order[i : i + batch_size] for i in range(0, n, batch_size)]
 
 
-def grouped_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
-    """Batches as the length-grouped sampler of ``train_sampling_strategy: group_by_length`` makes them."""
-    import torch
-    from transformers.trainer_pt_utils import LengthGroupedSampler
-
-    order = list(LengthGroupedSampler(batch_size, lengths=lengths, generator=torch.Generator().manual_seed(0)))
-    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-
-
 def bench_padding(lengths: list[int], batch_size: int) -> list[dict]:
     return [
         {
@@ -118,7 +111,7 @@ def bench_padding(lengths: list[int], batch_size: int) -> list[dict]:
         },
         {
             "padding": "longest in batch + length grouping (ours)",
-            "padded_share": padded_share(lengths, grouped_batches(lengths, batch_size)),
+            "padded_share": padded_share(lengths, grouped(lengths, batch_size)),
         },
     ]
 
