@@ -225,14 +225,6 @@ def build_grpo_trainer(model_args, recipe, args, processor, data, callbacks=()):
 
     from .reinforce import grpo_rows, reward_functions
 
-    pixels = processor.image_processor.model_input_names[0]
-    if pixels != "pixel_values":
-        raise UserError(
-            f"stage: grpo does not run on {family_of_processor(processor).NAME} yet: TRL 1.16's GRPOTrainer slices the "
-            f"images of a batch by the name pixel_values, and this model's are {pixels} (with an image_attention_mask "
-            "it does not slice). Use a Phi-3 or Phi-3.5-Vision model, or stage: sft."
-        )
-
     args.remove_unused_columns = False  # the rewards read the row's truth from its `row` column
     model, peft_config = sft_adapter_or_lora(model_args, recipe, processor)
     if getattr(model.config, "image_token_id", None) is None:  # TRL keeps sampling off it; Phi-4's config lacks it
@@ -242,7 +234,7 @@ def build_grpo_trainer(model_args, recipe, args, processor, data, callbacks=()):
         reward_funcs=reward_functions(recipe),
         args=args,
         train_dataset=grpo_rows(data.train, recipe),
-        processing_class=processor,
+        processing_class=family_of_processor(processor).for_grpo(model, processor),
         peft_config=peft_config,
         callbacks=list(callbacks),
     )

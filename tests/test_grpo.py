@@ -122,15 +122,50 @@ def test_grpo_on_rows_with_two_images_and_the_accuracy_reward(tiny_dir, tmp_path
     assert all(0.0 <= e["rewards/metric/mean"] <= 1.0 for e in trainer.state.log_history if "rewards/metric/mean" in e)
 
 
-def test_grpo_on_phi4_multimodal_is_one_line_saying_why_not(tiny4_dir, tmp_path):
-    """TRL 1.16's GRPOTrainer slices a batch's images by the name pixel_values; Phi-4-multimodal's are
-    image_pixel_values, with an image_attention_mask: refused before the model loads, with the reason."""
-    from phi3v_recipe.errors import UserError
+def test_phi4_images_reach_the_model_packed_as_grpo_carries_them_exactly_as_unpacked(tiny4_dir):
+    """TRL 1.16's GRPOTrainer carries a batch's images only as pixel_values (one entry per image) and image_sizes:
+    Phi-4's crops and crop masks go packed in one tensor, and the model reads them back as its own inputs."""
+    import torch
+    from PIL import Image
+
+    from phi3v_recipe.families import phi4mm
+
+    processor = phi4mm.load_processor(tiny4_dir, crops=4)
+    images = [Image.new("RGB", (500, 300), "navy"), Image.new("RGB", (100, 700), "red"), Image.new("RGB", (60, 60))]
+    texts = ["<|user|><|image|>What?<|end|><|assistant|>", "<|user|><|image|><|image|>Which?<|end|><|assistant|>"]
+    model = phi4mm_model(tiny4_dir)
+    plain = processor(text=texts, images=images, return_tensors="pt")
+    packed = phi4mm.for_grpo(model, processor)(text=texts, images=images, return_tensors="pt")
+    assert set(packed) == {"input_ids", "attention_mask", "pixel_values", "image_sizes"}
+    assert packed["pixel_values"].shape[:3] == (3, plain["image_pixel_values"].shape[1], 4)  # one entry per image
+    assert plain["image_attention_mask"].min() == 0  # the crops of the small images are masked in part
+    back = phi4mm.unpacked(dict(packed), model.config.vision_config.patch_size)
+    assert torch.equal(back["image_pixel_values"], plain["image_pixel_values"])
+    assert torch.equal(back["image_attention_mask"], plain["image_attention_mask"])
+    with torch.no_grad():
+        assert torch.equal(model(**packed).logits, model(**plain).logits)
+        greedy = {"max_new_tokens": 3, "do_sample": False}
+        assert torch.equal(model.generate(**packed, **greedy), model.generate(**plain, **greedy))
+
+
+def phi4mm_model(path):
+    from transformers import Phi4MultimodalForCausalLM
+
+    return Phi4MultimodalForCausalLM.from_pretrained(path).eval()
+
+
+@pytest.mark.slow
+def test_grpo_on_phi4_multimodal_takes_steps_and_saves_its_vision_lora(tiny4_dir, tmp_path):
+    """GRPO on the other family: its own vision LoRA trained on, images packed as TRL carries them (~2 min here)."""
     from phi3v_recipe.synthetic import write_sample_set
 
-    dataset = write_sample_set(tmp_path / "data", rows=24, seed=0)
-    with pytest.raises(UserError, match="does not run on phi4mm yet: .* image_pixel_values"):
-        main(grpo_args(tiny4_dir, tmp_path / "out", dataset, "--num_crops", "null", "--dynamic_hd", "1"))
+    dataset = write_sample_set(tmp_path / "data", rows=8, seed=0)
+    args = grpo_args(tiny4_dir, tmp_path / "out", dataset, "--num_crops", "null", "--dynamic_hd", "1")
+    args += ["--per_device_train_batch_size", "2", "--max_completion_length", "4"]
+    trainer = main(args)
+    assert trainer.state.global_step == 2
+    assert all(0.0 <= e["rewards/metric/mean"] <= 1.0 for e in trainer.state.log_history if "rewards/metric/mean" in e)
+    assert (tmp_path / "out" / "adapter_model.safetensors").is_file()
 
 
 def rewards_and_losses(out: Path, step: int) -> list[tuple]:
@@ -187,6 +222,7 @@ def test_a_pairs_file_is_checked_row_by_row_and_bad_rows_are_skipped_with_the_re
         {"images": ["a.png"], "prompt": "What is it?", "chosen": "", "rejected": "y"},
         {"images": ["a.png"], "prompt": "What is it?", "chosen": "same", "rejected": "same"},
         {"images": ["a.png", "a.png"], "prompt": "Compare.", "chosen": "Equal.", "rejected": "Different."},
+        {"images": [], "prompt": "Say hi.", "chosen": "Hi.", "rejected": "No."},  # every stage trains on images
     ]
     (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     data = read_pairs(RecipeArguments(dataset=str(tmp_path / "pairs.jsonl"), eval_fraction=0))
@@ -195,6 +231,7 @@ def test_a_pairs_file_is_checked_row_by_row_and_bad_rows_are_skipped_with_the_re
         "chosen equals rejected",
         "empty chosen",
         "missing image file",
+        "no image",
     ]
     two = data.train[1]
     assert len(two["images"]) == 2 and two["images"][0].size == (40, 30)

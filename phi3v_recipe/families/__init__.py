@@ -10,6 +10,7 @@ A family module says, for its models:
 - ``LORA_TARGETS``, ``QUANTIZATION_SKIP``, ``unused_modules(model)`` (frozen: they never reach the loss) and
   ``peft_model(model, model_args, path, revision)`` (the adapter a LoRA run trains, or None for TRL's, built from the
   recipe's LoRA keys), ``vision_tower(model)`` (``freeze_vision_tower``);
+- ``for_grpo(model, processor)``: the processor TRL's ``GRPOTrainer`` is given, the model made to read its images;
 - ``as_shipped(model)``: a context in which a model with a trained adapter answers as its base checkpoint ships (the
   "base model" column of every evaluation and the app);
 - ``merged_note(base_dir)`` and ``card_usage(...)``: where a merged model loads, and the model card's usage code;

@@ -54,6 +54,11 @@ def batch_images(examples: list[dict]) -> dict:
     }
 
 
+def for_grpo(model, processor):
+    """The processor TRL's GRPOTrainer is given: this one, whose ``pixel_values`` and ``image_sizes`` TRL handles."""
+    return processor
+
+
 def vision_tower(model) -> torch.nn.Module:
     return model.model.vision_embed_tokens.img_processor
 

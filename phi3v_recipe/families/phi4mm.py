@@ -157,6 +157,44 @@ def batch_images(examples: list[dict]) -> dict:
     }
 
 
+def for_grpo(model, processor):
+    """The processor TRL's GRPOTrainer is given, and ``model`` made to read the images it passes. TRL 1.16 carries a
+    batch's images only under the names it knows: ``pixel_values`` (split, shuffled and sliced one entry per image,
+    beside ``image_sizes``); it drops other names and reads no ``image_attention_mask``. So the images go to it as
+    one ``pixel_values`` entry per image, the crop masks a fourth channel of the crops (each mask cell over its
+    patch), and the model turns them back into Phi-4's inputs as a forward (a hook) or ``generate`` receives them."""
+    patch = model.config.vision_config.patch_size
+    causal_lm = next(module for module in model.modules() if type(module).__name__ == "Phi4MultimodalForCausalLM")
+    causal_lm.register_forward_pre_hook(lambda _, args, kwargs: (args, unpacked(kwargs, patch)), with_kwargs=True)
+    generate = causal_lm.generate  # PEFT's generate calls the model's; generate checks its inputs' names first
+    causal_lm.generate = lambda *args, **kwargs: generate(*args, **unpacked(kwargs, patch))
+    return PackedImagesProcessor(processor.image_processor, processor.audio_processor, processor.tokenizer,
+                                 chat_template=processor.chat_template)  # fmt: skip
+
+
+class PackedImagesProcessor(Phi4MMProcessor):
+    """The processor, with each image's pixels and crop mask packed in one ``pixel_values`` entry (``for_grpo``)."""
+
+    def __call__(self, text=None, images=None, **kwargs):
+        inputs = super().__call__(text=text, images=images, **kwargs)
+        if "image_pixel_values" in inputs:
+            pixels, mask = inputs.pop("image_pixel_values"), inputs.pop("image_attention_mask")
+            patch = pixels.shape[-1] // mask.shape[-1]
+            cells = mask.repeat_interleave(patch, -2).repeat_interleave(patch, -1).unsqueeze(2).to(pixels.dtype)
+            inputs["pixel_values"] = torch.cat([pixels, cells], dim=2)  # (images, crops, 3 + 1, side, side)
+        return inputs
+
+
+def unpacked(kwargs: dict, patch: int) -> dict:
+    """A forward's keyword arguments with a packed ``pixel_values`` back as ``image_pixel_values`` and
+    ``image_attention_mask`` (``for_grpo``)."""
+    if kwargs.get("pixel_values") is None:
+        kwargs.pop("pixel_values", None)
+        return kwargs
+    packed = kwargs.pop("pixel_values")
+    return kwargs | {"image_pixel_values": packed[:, :, :3], "image_attention_mask": packed[:, :, 3, ::patch, ::patch]}
+
+
 def vision_tower(model) -> torch.nn.Module:
     return model.model.embed_tokens_extend.image_embed.img_processor
 
