@@ -25,7 +25,12 @@ heads of width e), LoRA rank r on the four projections (lora_dropout 0), bf16:
 - the trained parameters: fp32 weight, gradient and AdamW's two moments (16 bytes each; bf16 for QLoRA's adapter,
   which TRL casts to bf16: 8 bytes); full fine-tuning under FSDP: fp32 weights, gradients and moments sharded over
   the GPUs, plus one gathered bf16 layer;
-- QLoRA's 4-bit decoder weights: 0.5 bytes a weight plus the double-quantised block scales.
+- QLoRA's 4-bit decoder weights: 0.5 bytes a weight plus the double-quantised block scales;
+- after SFT (``stage: grpo``): generation first holds the KV cache of the generation batch (keys and values of every
+  layer, 4 k e bytes per token and layer in bf16) and, while the prompts are read, one layer's MLP transients over
+  them (6 I bytes per token); it is freed before the training passes: the peak takes the larger of it and the step's
+  activations and logits (not checked against a measurement; the cache's size is, against transformers' cache). ``stage: dpo`` is a step over chosen and rejected rows (twice the batch).
+  The reference passes (adapter off, no gradient) hold one layer's transients at a time: not counted.
 
 Not in the measurement (a GPU's share, added as ``margin``): the CUDA context (about 0.5 GiB with torch 2.x on
 Hopper, by NVIDIA's and PyTorch's figures; our GPU runs have not measured it) and the caching allocator's
@@ -92,11 +97,13 @@ def step_memory(
     full: bool = False,
     gpus: int = 1,
     dropout: float = 0.0,
+    generation: float = 0.0,
 ) -> dict[str, float]:
     """Bytes per GPU at the peak of a training step, by part (see the module). ``tokens``: per row, padded;
     ``answer``: labelled tokens per row; ``every``: checkpoint every n-th decoder layer (None: off);
     ``trained_whole``: parameters trained beside the LoRA (a family's saved modules); ``full``: full fine-tuning of
-    the language model, sharded over ``gpus`` (FSDP)."""
+    the language model, sharded over ``gpus`` (FSDP); ``generation``: bytes held while generating, before the
+    step's activations (GRPO's KV cache, ``kv_cache``)."""
     d = s.hidden
     per_token = layer_bytes_per_token(s, rank, dropout)
     kept = checkpointed_layers(s.layers, every)
@@ -131,10 +138,23 @@ def step_memory(
         "logits": batch * answer * s.vocab * 14,
         "vision": vision,
     }
-    counted = sum(parts.values())
+    if generation:
+        parts["generation"] = generation
+    counted = sum(parts.values()) - min(generation, parts["activations"] + parts["logits"])  # one, then the other
     parts["margin"] = CUDA_CONTEXT + FRAGMENTATION * counted
     parts["total"] = counted + parts["margin"]
     return parts
+
+
+def kv_cache(s: Shape, rows: int, tokens: float, dtype_bytes: int = 2) -> float:
+    """Bytes of the KV cache of ``rows`` sequences of ``tokens``: a key and a value per layer and key/value head."""
+    return rows * tokens * s.layers * 2 * s.kv_heads * s.head_dim * dtype_bytes
+
+
+def generation_memory(s: Shape, rows: int, tokens: float) -> float:
+    """Bytes generating ``rows`` answers to ``tokens`` long sequences holds at its peak, beyond the weights: the KV
+    cache, and one layer's MLP transients (gate_up's output and the activation) while the prompts are read."""
+    return kv_cache(s, rows, tokens) + rows * tokens * 6 * s.intermediate if rows else 0.0
 
 
 def shape_of(config, rank_targets=None) -> Shape:

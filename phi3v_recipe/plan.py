@@ -54,6 +54,50 @@ class Setting:
         return ", ".join(parts + (["4-bit base"] if self.quantized else []) + [f"{self.gpus} GPU(s)"])
 
 
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """What a step of the recipe's stage holds beyond SFT's: ``sequences`` per row (DPO: chosen and rejected) and
+    the rows generated at once per row of the batch (GRPO: ``steps_per_generation``; their KV cache)."""
+
+    name: str
+    sequences: int = 1
+    generated: int = 0
+    groups: int = 1  # a batch's generation rows come in groups of num_generations
+    rank: int | None = None  # the SFT adapter's LoRA rank when it is trained on (``sft_adapter``)
+
+    @classmethod
+    def of(cls, recipe, args) -> "Stage":
+        rank = adapter_rank(recipe.sft_adapter)
+        if recipe.stage == "dpo":
+            return cls(recipe.stage, sequences=2, rank=rank)
+        if recipe.stage == "grpo":
+            generated = args.steps_per_generation or args.gradient_accumulation_steps
+            return cls(recipe.stage, generated=generated, groups=args.num_generations, rank=rank)
+        return cls(recipe.stage)
+
+    def allows(self, batch: int) -> bool:
+        """Whether TRL takes this per-GPU batch: GRPO's generation batch is whole groups of completions."""
+        return batch * max(self.generated, 1) % self.groups == 0
+
+
+def rank_note(recipe, stage: Stage, rank: int) -> str:
+    """Where the LoRA rank comes from, when an SFT adapter is trained on."""
+    if recipe.sft_adapter is None:
+        return ""
+    if stage.rank is not None:
+        return f" (the SFT adapter's, rank {rank})"
+    return (
+        f" (rank {rank}: lora_r stands in for the rank of the SFT adapter {recipe.sft_adapter}, not on this machine)"
+    )
+
+
+def adapter_rank(adapter) -> int | None:
+    """The LoRA rank of an SFT adapter folder on this machine (None: no adapter, or not here: the recipe's lora_r
+    stands in)."""
+    config = Path(str(adapter)).expanduser() / "adapter_config.json" if adapter else None
+    return json.loads(config.read_text())["r"] if config is not None and config.is_file() else None
+
+
 @dataclasses.dataclass
 class Rows:
     """The rows' sizes at the recipe's crop setting, and what is needed to recount them at another."""
@@ -185,6 +229,32 @@ def read_rows(recipe, processor, max_length, source: str) -> Rows:
     return Rows([row["length"] for row in rows], answers, sizes, source, len(data.train))
 
 
+def read_pair_rows(recipe, processor, source: str) -> Rows:
+    """A pairs file's rows (``stage: dpo``), each at its prompt and longer answer: DPO trains on both."""
+    import datasets
+    from PIL import Image
+
+    from .conversation import conversation_length, text_of
+    from .pairs import read_pairs
+
+    data = read_pairs(recipe)
+    lengths, answers, sizes = [], [], []
+    for split in (data.train, data.eval):
+        if split is None:
+            continue
+        for row in split.cast_column("images", datasets.Sequence(datasets.Image(decode=False))):
+            row_sizes = []
+            for image in row["images"]:
+                with Image.open(image["path"]) as opened:  # the header only: no pixels are decoded
+                    row_sizes.append(opened.size)
+            sizes.append(row_sizes)
+            turns = [row["chosen"], row["rejected"]]
+            lengths.append(max(conversation_length(processor, row["prompt"] + turn, row_sizes) for turn in turns))
+            tokenizer = processor.tokenizer
+            answers.append(max(len(tokenizer(text_of(t[0]), add_special_tokens=False).input_ids) + 2 for t in turns))
+    return Rows(lengths, answers, sizes, source, len(data.train))
+
+
 def image_tokens(image_processor, size: tuple[int, int], crops: int) -> int:
     return image_processor.num_image_tokens(*size, crops)
 
@@ -238,13 +308,15 @@ def grouped(lengths: list[int], batch: int) -> list[list[int]]:
 class Planner:
     """Memory and time of a setting, for the recipe's rows and model."""
 
-    def __init__(self, family, config, rows: Rows, image_processor, model_args, base: Setting, full: bool):
+    def __init__(
+        self, family, config, rows: Rows, image_processor, model_args, base: Setting, full: bool, stage=Stage("sft")
+    ):
         from .memory import shape_of
 
         self.family, self.config, self.rows, self.image_processor = family, config, rows, image_processor
-        self.model_args, self.base, self.full = model_args, base, full
+        self.model_args, self.base, self.full, self.stage = model_args, base, full, stage
         self.shape = shape_of(config)
-        self.rank = PHI4MM_VISION_LORA_RANK if family.NAME == "phi4mm" else model_args.lora_r
+        self.rank = PHI4MM_VISION_LORA_RANK if family.NAME == "phi4mm" else stage.rank or model_args.lora_r
         self.trained_whole = self.shape.vision_params if family.NAME == "phi4mm" else 0
         self._counts = {}
 
@@ -256,16 +328,17 @@ class Planner:
     def evaluate(self, setting: Setting, gpu: str, largest: bool = False) -> dict:
         """Memory and time of ``setting`` on ``gpu`` for these rows (``largest``: with every image at its most
         tokens)."""
-        from .memory import step_memory
+        from .memory import generation_memory, step_memory
 
         lengths, images, vision = self.counts(setting.crops, largest)
         batches = grouped(lengths, setting.batch)
         worst = max(batches, key=lambda b: max(lengths[i] for i in b))
         padded = [max(lengths[i] for i in b) for b in batches for _ in b]
+        longest = max(lengths[i] for i in worst)
         parts = step_memory(
             self.shape,
-            batch=len(worst),
-            tokens=max(lengths[i] for i in worst),
+            batch=len(worst) * self.stage.sequences,
+            tokens=longest,
             answer=max(self.rows.answers[i] for i in worst),
             crops=max(vision[i] for i in worst),
             every=setting.every,
@@ -275,9 +348,10 @@ class Planner:
             full=self.full,
             gpus=setting.gpus if self.full else 1,
             dropout=self.model_args.lora_dropout,
+            generation=generation_memory(self.shape, setting.batch * self.stage.generated, longest),
         )
         n = len(lengths)
-        flops = self.flops_per_row(setting, padded, images, vision)
+        flops = self.stage.sequences * self.flops_per_row(setting, padded, images, vision)
         peak, shown = GPUS[gpu][0], GPUS[gpu][1] * 2**20
         minutes = [1000 * flops / (setting.gpus * peak * mfu) / 60 for mfu in reversed(MFU)]
         return {
@@ -286,7 +360,7 @@ class Planner:
             "fits": parts["total"] <= shown,
             "gpu_memory_gib": round(shown / GIB, 1),
             "padding": round(1 - sum(lengths) / sum(padded), 4),
-            "longest_batch": {"rows": len(worst), "tokens": max(lengths[i] for i in worst)},
+            "longest_batch": {"rows": len(worst) * self.stage.sequences, "tokens": longest},
             "tflop_per_row": round(flops / 1e12, 2),
             "minutes_per_1000_rows": [round(m, 1) for m in minutes],
             "rows": n,
@@ -320,7 +394,7 @@ def alternatives(planner: Planner, base: Setting, gpu: str, full: bool, crop_ste
     found = []
     for batch, every, crop, quant, count in itertools.product(batches, policies, crops, quantized, gpus):
         setting = Setting(batch, every, crop, quant, count)
-        if setting == base:
+        if setting == base or not planner.stage.allows(setting.batch):
             continue
         result = planner.evaluate(setting, gpu)
         if result["fits"]:
@@ -342,26 +416,32 @@ def make_plan(argv: list[str]) -> dict:
     recipe_path = Path(config_path(rest))
     # Nothing trains here: the GPU-only checks of the training arguments (bf16 needs a GPU) are not the plan's.
     recipe, args, model_args = parse_recipe([*rest, "--use_cpu", "true", "--bf16", "false"])
-    if recipe.stage != "sft":
-        raise UserError(
-            f"{recipe_path}: plan models supervised fine-tuning steps; stage: {recipe.stage} (its generations, "
-            "reference passes and pairs) is not modelled yet. Plan its SFT recipe for the model's share."
-        )
     family = next((f for f in FAMILIES.values() if getattr(recipe, f.CROP_KEY) is not None), BY_NAME["phi3v"])
     crops = crops_of(family, recipe)
     folder = local_model(model_args)
     config = model_config(family, folder)
     processor, tokens_note = processor_for(family, folder, crops)
     crops = crops or family.crop_setting(processor)[1]
-    data_args, source = data_recipe(recipe, recipe_path)
-    rows = read_rows(data_args, processor, getattr(args, "max_length", None), source)
+    if recipe.stage == "dpo":
+        if not Path(recipe.dataset).expanduser().exists():
+            raise UserError(f"{recipe.dataset!r} is not on this machine: give --dataset a pairs file to plan on it.")
+        rows = read_pair_rows(recipe, processor, f"the recipe's pairs ({recipe.dataset})")
+    else:
+        data_args, source = data_recipe(recipe, recipe_path)
+        max_length = None if recipe.stage == "grpo" else getattr(args, "max_length", None)
+        rows = read_rows(data_args, processor, max_length, source)
+        if recipe.stage == "grpo":  # each row's prompt, answered by max_completion_length tokens
+            completion = args.max_completion_length
+            rows.lengths = [n - a + completion for n, a in zip(rows.lengths, rows.answers)]
+            rows.answers = [completion] * len(rows.answers)
     if not rows.lengths:
-        raise UserError(f"{source}: no rows left after the checks; nothing to plan.")
+        raise UserError(f"{rows.source}: no rows left after the checks; nothing to plan.")
     kwargs = dict(args.activation_checkpointing_kwargs or {})
     every = kwargs.get("every_n_layers", 1) if args.activation_checkpointing else None
-    full = not model_args.use_peft
+    full = not model_args.use_peft and recipe.sft_adapter is None  # an SFT adapter trains on as LoRA
     base = Setting(args.per_device_train_batch_size, every, crops, bool(model_args.load_in_4bit), own.num_gpus)
-    planner = Planner(family, config, rows, processor.image_processor, model_args, base, full)
+    stage = Stage.of(recipe, args)
+    planner = Planner(family, config, rows, processor.image_processor, model_args, base, full, stage)
     result = planner.evaluate(base, own.gpu)
     lengths = sorted(rows.lengths)
     plan = {
@@ -373,7 +453,7 @@ def make_plan(argv: list[str]) -> dict:
         "gpu": own.gpu,
         "num_gpus": own.num_gpus,
         "crop_key": family.CROP_KEY,
-        "rows_from": source,
+        "rows_from": rows.source,
         "tokens_note": tokens_note,
         "row_tokens": {
             "min": lengths[0],
@@ -382,14 +462,15 @@ def make_plan(argv: list[str]) -> dict:
             "max": lengths[-1],
         },
         "answer_tokens_median": statistics.median(rows.answers),
+        "stage": dataclasses.asdict(stage),
         "training": ("full fine-tuning" + (" sharded with FSDP" if own.num_gpus > 1 else ""))
         if full
-        else ("QLoRA" if base.quantized else "LoRA"),
+        else ("QLoRA" if base.quantized else "LoRA") + rank_note(recipe, stage, planner.rank),
         "mfu": MFU,
         "plan": result,
         "hardware": hardware_line(planner, base),
     }
-    if source.startswith("the recipe's rows"):  # the real set: its epoch, at the recipe's epochs
+    if rows.source.startswith("the recipe's"):  # the real set: its epoch, at the recipe's epochs
         plan["epoch_minutes"] = [round(m * rows.train_rows / 1000, 1) for m in result["minutes_per_1000_rows"]]
         plan["epochs"] = args.num_train_epochs
     crop_steps = (8, 4, 1) if family.NAME == "phi3v" else (16, 9, 4, 1)
@@ -408,6 +489,19 @@ def hardware_line(planner: Planner, base: Setting) -> str:
 
 def count(params: int) -> str:
     return f"{params / 1e9:.2f}B" if params >= 1e9 else f"{params / 1e6:.1f}M"
+
+
+STAGE_NOTES = {
+    "grpo": (
+        "  (GRPO: a row is a prompt with a completion of max_completion_length tokens; generation holds the KV cache",
+        "  of batch x steps_per_generation rows before the training passes, whose activations it does not meet)",
+    ),
+    "dpo": ("  (DPO: each pair is two rows, chosen and rejected, at the longer answer)",),
+}
+TIME_NOTES = {
+    "grpo": " of the training passes (generation and the reference pass not counted)",
+    "dpo": " of the chosen and rejected passes (the reference pass not counted)",
+}
 
 
 def render(plan: dict) -> str:
@@ -431,9 +525,11 @@ def render(plan: dict) -> str:
         + " | ".join(f"{k.replace('_', ' ')} {v:.2f}" for k, v in memory.items() if k != "total")
         + f" | total {memory['total']:.2f}",
         "  (margin: the CUDA context, 0.5 GiB, and 10% for the allocator; phi3v_recipe/memory.py)",
+        *STAGE_NOTES.get(plan["stage"]["name"], ()),
         f"FLOPs: {r['tflop_per_row']:.1f} TFLOP per row; 1,000 rows in {r['minutes_per_1000_rows'][0]:.1f}-"
         f"{r['minutes_per_1000_rows'][1]:.1f} min on {plan['num_gpus']} x {plan['gpu']} at "
-        f"{plan['mfu'][1]:.0%}-{plan['mfu'][0]:.0%} MFU (assumed; no GPU run has measured it)",
+        f"{plan['mfu'][1]:.0%}-{plan['mfu'][0]:.0%} MFU (assumed; no GPU run has measured it)"
+        + TIME_NOTES.get(plan["stage"]["name"], ""),
         f"Verdict: {'fits' if r['fits'] else 'does not fit'} ({memory['total']:.1f} of {r['gpu_memory_gib']} GiB)",
     ]
     if "epoch_minutes" in plan:

@@ -84,3 +84,19 @@ def test_checkpointing_and_quantization_and_sharding_move_the_parts_they_should(
     full_1, full_8 = (step_memory(PHI3V_FULL, every=1, full=True, gpus=g, **args) for g in (1, 8))
     assert full_1["trainable_state"] == pytest.approx(8 * full_8["trainable_state"])
     assert full_1["trainable_state"] == 12 * (PHI3V_FULL.params - PHI3V_FULL.vision_params)
+
+
+def test_the_kv_cache_counted_is_the_one_transformers_generate_holds(tiny_dir):
+    """GRPO's generation term: keys and values of every layer, per token and key/value head (the tiny model in
+    fp32: 4 bytes each)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from phi3v_recipe.memory import kv_cache
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir).eval()
+    ids = torch.randint(3, 100, (3, 7))
+    out = model.generate(ids, max_new_tokens=5, min_new_tokens=5, do_sample=False, return_dict_in_generate=True)
+    cache = out.past_key_values
+    held = sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers)
+    assert held == kv_cache(shape_of(model.config), rows=3, tokens=7 + 5 - 1, dtype_bytes=4)

@@ -1,4 +1,4 @@
-"""`phi3v-recipe plan`: every shipped SFT recipe planned offline in seconds, its hardware line in the README and in
+"""`phi3v-recipe plan`: every shipped GPU recipe planned offline in seconds, its hardware line in the README and in
 the recipe's header taken from it, the verdict and its alternatives, and the one-line mistakes."""
 
 import json
@@ -54,7 +54,6 @@ def plans(workdir):
             ["--num_gpus", str(FSDP_GPUS)] if "fsdp" in name else []
         ))
         for name in readme_hardware()
-        if not name.endswith("_grpo")
     }  # fmt: skip
 
 
@@ -117,8 +116,45 @@ def test_json_is_the_plan_and_mistakes_are_one_line_errors(workdir):
         assert failed.returncode != 0 and message in failed.stderr and len(failed.stderr.strip().splitlines()) == 1, (
             failed.stderr
         )
-    with pytest.raises(UserError, match="stage: grpo .* is not modelled yet"):
-        make_plan(["--config", str(ROOT / "recipes/burberry_grpo.yaml")])
+    with pytest.raises(UserError, match="is not on this machine: give --dataset a pairs file"):
+        make_plan(["--config", str(ROOT / "recipes/demo_dpo.yaml"), "--dataset", "nowhere/pairs.jsonl"])
+
+
+def test_grpo_holds_the_kv_cache_of_one_generation_and_trains_the_sft_adapters_lora(workdir):
+    """burberry_grpo: the SFT adapter trains on as LoRA (not full fine-tuning); a row is the prompt with a whole
+    completion; the generation batch (batch x accumulation steps) writes its KV cache before the training passes."""
+    plan = make_plan(["--config", str(ROOT / "recipes/burberry_grpo.yaml")])
+    sft = make_plan(["--config", str(ROOT / "recipes/burberry_lora.yaml"), "--per_device_train_batch_size", "8"])
+    memory = plan["plan"]["memory_gib"]
+    assert (
+        plan["training"].startswith("LoRA (rank 16: lora_r stands in")
+        and memory["weights"] == sft["plan"]["memory_gib"]["weights"]
+    )
+    assert plan["stage"] == {"name": "grpo", "sequences": 1, "generated": 4, "groups": 8, "rank": None}
+    assert memory["generation"] > memory["activations"] + memory["logits"]  # 32 prompts' cache outweighs 8 rows'
+    counted = memory["total"] - memory["margin"]
+    assert counted == pytest.approx(
+        memory["weights"] + memory["trainable_state"] + memory["vision"] + memory["generation"], abs=0.02
+    )  # the cache and the activations are not held together
+    assert plan["answer_tokens_median"] == 64  # max_completion_length
+    assert all(a["setting"]["batch"] * 4 % 8 == 0 for a in plan["alternatives"])  # whole groups of 8 answers
+
+
+def test_dpo_plans_a_pairs_file_at_twice_the_batch(workdir, tmp_path):
+    """demo_dpo on a pairs file: each pair is two rows (chosen and rejected) at the longer answer."""
+    from PIL import Image
+
+    Image.new("RGB", (640, 480), "navy").save(tmp_path / "a.png")
+    rows = [
+        {"images": ["a.png"], "prompt": "What colour?", "chosen": "Navy " * 30, "rejected": "Red."},
+        {"images": ["a.png", "a.png"], "prompt": "Same?", "chosen": "Yes.", "rejected": "No."},
+    ]
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    args = ["--config", str(ROOT / "recipes/demo_dpo.yaml"), "--dataset", str(tmp_path / "pairs.jsonl")]
+    plan = make_plan([*args, "--model_name_or_path", "outputs/tiny-phi3v", "--per_device_train_batch_size", "2"])
+    assert plan["plan"]["longest_batch"]["rows"] == 4 and "generation" not in plan["plan"]["memory_gib"]
+    assert plan["rows_from"].startswith("the recipe's pairs") and plan["plan"]["rows"] == 2
+    assert plan["row_tokens"]["max"] > plan["row_tokens"]["min"] > 30  # two images against one long answer
 
 
 def test_a_recipe_whose_model_and_rows_are_here_is_planned_on_them_with_its_epoch(workdir):
