@@ -35,7 +35,7 @@ from .errors import SaidByProcessZero, UserError, fresh_line, run, signals_held,
 from .evaluate import evaluate
 from .families import crops_of, family_of, family_of_model, family_of_processor
 from .files import follow_umask, full_disk_is_one_line
-from .loss import labelled_positions_loss
+from .loss import fused_head_at_labelled_positions, labelled_positions_loss
 from .recipe_file import config_path
 from .tracking import PredictionTableCallback, configure_wandb
 
@@ -389,6 +389,16 @@ def check_device(args, recipe_path: str) -> None:
         raise no_gpu(recipe_path)
 
 
+def read_data(recipe, processor, args):
+    """The recipe's rows, checked and split: answers to train on, or (``stage: dpo``) preference pairs, which have
+    their own reader and checks."""
+    if recipe.stage == "dpo":
+        from .pairs import read_pairs
+
+        return read_pairs(recipe)
+    return prepare_data(recipe, processor, getattr(args, "max_length", None), getattr(args, "dataset_num_proc", None))
+
+
 def main(argv: list[str] | None = None) -> SFTTrainer:
     argv = list(sys.argv[1:] if argv is None else argv)
     recipe, args, model_args = parse_recipe(argv)
@@ -413,14 +423,7 @@ def main(argv: list[str] | None = None) -> SFTTrainer:
 
         processor = load_processor(model_args, recipe)
         with args.main_process_first(desc="preparing the data"):
-            if recipe.stage == "dpo":  # preference pairs, not answers: their own reader and checks
-                from .pairs import read_pairs
-
-                data = read_pairs(recipe)
-            else:
-                data = prepare_data(
-                    recipe, processor, getattr(args, "max_length", None), getattr(args, "dataset_num_proc", None)
-                )
+            data = read_data(recipe, processor, args)
         recipe = data.args  # the row format and columns settled from the source
         if args.process_index == 0:
             skipped_file = data.write_skipped(out / "skipped_rows.csv")
@@ -454,7 +457,7 @@ def main(argv: list[str] | None = None) -> SFTTrainer:
         stop = StopOnSignal()
         trainer.add_callback(stop)
         logging_services = outlive_logging_services(trainer, stop)
-        with stop.listening():
+        with stop.listening(), fused_head_at_labelled_positions():
             train_result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
         if stop.signal is not None:  # stopped early with a checkpoint: no evaluation, save or push
             for service in logging_services:

@@ -329,3 +329,39 @@ def test_dpo_on_phi4_multimodal_continues_its_vision_lora(tiny4_dir, tmp_path):
     )  # fmt: skip
     assert trainer.state.global_step == 1
     assert (tmp_path / "dpo" / "adapter_model.safetensors").is_file()
+
+
+def test_trls_fused_head_at_labelled_positions_only_gives_the_same_log_probabilities_on_the_cpu(tiny_dir, monkeypatch):
+    """GRPO and DPO train through TRL's fused LM head, which on the CPU projects every position unless told to keep
+    the labelled ones (as it does on a GPU): the same log-probabilities, and gradients, either way."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    from trl.trainer import utils
+    from trl.trainer.utils import add_fused_lm_head
+
+    from phi3v_recipe.loss import fused_head_at_labelled_positions
+
+    projected = []  # the positions each call sends through the head
+    head = utils._ChunkedLogProbFunction
+    monkeypatch.setattr(utils, "_ChunkedLogProbFunction", type("Spy", (), {"apply": staticmethod(
+        lambda hidden, *rest: projected.append(hidden.shape[0]) or head.apply(hidden, *rest)
+    )}))  # fmt: skip
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir)
+    add_fused_lm_head(model)
+    ids = torch.randint(3, 1000, (2, 40))
+    labels = ids.masked_fill(torch.arange(40) < 30, -100)  # the last 10 tokens are the completion
+
+    def log_probs_and_grad():
+        model.zero_grad()
+        out = model(input_ids=ids, labels=labels, fused_lm_head=True)
+        out.log_probs.sum().backward()
+        return out.log_probs.detach(), model.lm_head.weight.grad.clone()
+
+    every, every_grad = log_probs_and_grad()
+    with fused_head_at_labelled_positions():
+        kept, kept_grad = log_probs_and_grad()
+    assert projected == [2 * 39, 2 * 10]  # every position, then the labelled ones only
+    assert (every[:, :29] == 0).all() and (every[:, 29:] != 0).all()  # zero off the labels, either way
+    torch.testing.assert_close(kept, every)
+    torch.testing.assert_close(kept_grad, every_grad)

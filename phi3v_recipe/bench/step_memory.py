@@ -1,7 +1,7 @@
 """The memory of one real training step, counted exactly, on the CPU: what a recipe's step holds, part by part.
 
     python -m phi3v_recipe.bench.step_memory --config recipes/burberry_lora.yaml --model DIR [--batch 1]
-        [--every N | --no_checkpointing] [--out step.json]
+        [--every N | --no_checkpointing] [--set KEY=VALUE ...] [--out step.json]
 
 The step is the recipe's own: ``phi3v_recipe.train.build_trainer`` and ``trainer.train()`` for two optimiser steps
 with the recipe's LoRA, num_crops, dtype and checkpointing, on the CPU (``use_cpu``) under bf16 autocast as the GPU
@@ -15,6 +15,10 @@ as every later step does. Counted:
   probabilities (SDPA's math kernel on the CPU keeps them; a GPU's flash / memory-efficient kernels do not) apart;
 - peak: the most bytes held at once over the two steps (forward, backward, optimiser), from the allocator's own
   events (``torch.profiler`` with ``profile_memory``), on top of the weights and trainable bytes held before them.
+
+The stages after SFT run too (``stage: grpo``: one generation of the batch's completions a step, ``num_generations``
+= the batch; ``stage: dpo``), their fused LM head projecting only the labelled positions, as on a GPU
+(``train.main`` runs every stage so).
 
 Not counted: the CUDA context and the caching allocator's fragmentation (a GPU's share: see ``phi3v_recipe.memory``).
 """
@@ -44,6 +48,8 @@ def step_overrides(recipe_path: Path, model: str, batch: int, out_dir: str, ever
         "eval_fraction": 0.0,
         "train_sampling_strategy": "sequential",
     }
+    if recipe.get("stage") == "grpo":  # the batch's completions answer one prompt; one generation a step
+        recipe |= {"num_generations": batch, "gradient_accumulation_steps": 1, "steps_per_generation": 1}
     if every is None:
         recipe |= {"activation_checkpointing": False}
     else:
@@ -103,28 +109,29 @@ def peak_of(profiler) -> int:
     return peak
 
 
-def measure(recipe_path: Path, model: str, batch: int, every: int | None) -> dict:
-    """One step of the recipe on ``model`` at ``batch`` rows, its memory by part (bytes) and its batch's shape."""
+def measure(recipe_path: Path, model: str, batch: int, every: int | None, overrides: dict | None = None) -> dict:
+    """One step of the recipe on ``model`` at ``batch`` rows, its memory by part (bytes) and its batch's shape;
+    ``overrides``: recipe keys set over the recipe's."""
     import torch
     import yaml
 
     from ..config import parse_recipe
-    from ..data import prepare_data
-    from ..train import build_trainer, load_processor
+    from ..loss import fused_head_at_labelled_positions as labelled_positions
+    from ..train import build_trainer, load_processor, read_data
 
     scratch = Path(tempfile.mkdtemp(prefix="step-memory-"))
-    recipe = step_overrides(recipe_path, model, batch, str(scratch / "run"), every)
+    recipe = step_overrides(recipe_path, model, batch, str(scratch / "run"), every) | (overrides or {})
     (scratch / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
     recipe, args, model_args = parse_recipe(["--config", str(scratch / "recipe.yaml")])
     processor = load_processor(model_args, recipe)
-    data = prepare_data(recipe, processor, args.max_length, None)
+    data = read_data(recipe, processor, args)
     trainer = build_trainer(model_args, recipe, args, processor, data)
     shapes = {}
     collate = trainer.data_collator
 
     def recording(rows):
         batch_ = collate(rows)
-        if not shapes:
+        if not shapes and "labels" in batch_:  # an SFT batch (GRPO's rows are prompts, DPO's pairs)
             labels = batch_["labels"]
             pixels = next(v for k, v in batch_.items() if "pixel_values" in k)
             shapes.update(
@@ -146,7 +153,7 @@ def measure(recipe_path: Path, model: str, batch: int, every: int | None) -> dic
     before = sum(p.numel() * p.element_size() for p in trained)
     activities = [torch.profiler.ProfilerActivity.CPU]
     with torch.profiler.profile(activities=activities, profile_memory=True) as profiler:
-        with torch.autograd.graph.saved_tensors_hooks(saved.pack, lambda tensor: tensor):
+        with torch.autograd.graph.saved_tensors_hooks(saved.pack, lambda tensor: tensor), labelled_positions():
             trainer.train()
     forward_done.remove(), forward_start.remove()
     optimiser = sum(
@@ -178,8 +185,12 @@ def main(argv=None) -> dict:
     parser.add_argument("--every", type=int, default=1, help="checkpoint every N-th decoder layer (1: all)")
     parser.add_argument("--no_checkpointing", action="store_true")
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="recipe keys over the recipe's")
     args = parser.parse_args(argv)
-    result = measure(args.config, args.model, args.batch, None if args.no_checkpointing else args.every)
+    import yaml
+
+    overrides = {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in args.set)}
+    result = measure(args.config, args.model, args.batch, None if args.no_checkpointing else args.every, overrides)
     print(json.dumps(result))
     if args.out:
         args.out.write_text(json.dumps(result))
