@@ -191,39 +191,47 @@ def test_vm_hwm_is_the_measured_process_own_peak():
     assert 400 < peak < 2000
 
 
-def test_the_bench_runs_every_mode_in_fresh_processes(tmp_path):
+def run_bench(tmp_path, modes: list[str]) -> tuple[dict, dict]:
     out = tmp_path / "bench.json"
     args = ["--rows", "8", "--steps", "2", "--warmup", "1", "--repeats", "1", "--batch_size", "2", "--timeout", "300"]
-    bench.main([*args, "--skip", "preprocessing,pipes", "--out", str(out), "--device", "cpu", "--threads", "1"])
+    args += ["--modes", ",".join(modes), "--skip", "preprocessing,pipes", "--out", str(out)]
+    bench.main([*args, "--device", "cpu", "--threads", "1"])
     results = json.loads(out.read_text())
     runs = {r["mode"]: r for r in results["training_runs"]}
-    assert set(runs) == set(baselines.MODES)
+    assert set(runs) == set(modes)
     for run in runs.values():
         assert len(run["step_seconds"]) == 2 and run["samples_per_s_median_step"] > 0
         assert run["main_peak_mb"] > 100 and run["tree_peak_pss_mb"] > 100  # the child's own figures
         assert run["train_loss"] == run["train_loss"]  # trained (a number, not NaN)
         # CPU seconds per sample, the process tree's: at most the wall time x the cores (1 thread + its workers)
         assert 0 < run["cpu_s_per_sample"] <= 4 / run["samples_per_s_wall"]
-    assert runs["guide"]["batch_size"] == 1 and runs["ours"]["batch_size"] == 2
+    assert {r["mode"] for r in results["flops_full_size"]} == set(baselines.MODES)  # every mode, counted
+    return runs, results
+
+
+def test_the_bench_runs_ours_beside_the_cookbooks_lora_in_fresh_processes(tmp_path):
+    """The default tier's bench: ours, TRL's own collator and the cookbook's LoRA (as its scripts run it, per-device
+    batch 1, and batched), each in its own process; every mode runs in the slow tier (make test-all)."""
+    runs, results = run_bench(tmp_path, ["official", "official-frozen-bs1", "trl", "ours"])
     assert runs["ours"]["trainable_params"] == runs["trl"]["trainable_params"]  # the same LoRA
-    assert runs["ours"]["trainable_params"] == runs["ours-no-ckpt"]["trainable_params"]
     assert runs["official"]["trainable_params"] > runs["ours"]["trainable_params"]  # r 64 on head and CLIP too
+    bs1 = runs["official-frozen-bs1"]
+    assert (bs1["batch_size"], bs1["per_device_batch"], bs1["gradient_accumulation_steps"]) == (2, 1, 2)
+    assert "cpu_s_per_sample" in results["vs_official"]["ours / official-frozen-bs1"]["2"]
+    assert list(results["vs_official"])[0] == "ours / official-frozen-bs1"  # the cookbook scripts' batch leads
+
+
+@pytest.mark.slow
+def test_the_bench_runs_every_mode_in_fresh_processes(tmp_path):
+    runs, _ = run_bench(tmp_path, baselines.MODES)
+    assert runs["guide"]["batch_size"] == 1 and runs["ours"]["batch_size"] == 2
+    assert runs["ours"]["trainable_params"] == runs["ours-no-ckpt"]["trainable_params"]
     assert runs["official-frozen"]["trainable_params"] > runs["ours"]["trainable_params"]  # + lm_head
     assert runs["official-frozen"]["trainable_params"] < runs["official"]["trainable_params"]
     assert runs["official-bs1"]["trainable_params"] == runs["official"]["trainable_params"]
     for mode in ("official-bs1", "official-frozen-bs1"):  # per-device 1 x 2 accumulated: the same rows per step
-        assert (
-            runs[mode]["batch_size"],
-            runs[mode]["per_device_batch"],
-            runs[mode]["gradient_accumulation_steps"],
-        ) == (
-            2,
-            1,
-            2,
-        )
-    assert "cpu_s_per_sample" in results["vs_official"]["ours / official-frozen-bs1"]["2"]
-    assert list(results["vs_official"])[0] == "ours / official-frozen-bs1"  # the cookbook scripts' batch leads
-    assert {r["mode"] for r in results["flops_full_size"]} == set(baselines.MODES)
+        run = runs[mode]
+        assert (run["batch_size"], run["per_device_batch"], run["gradient_accumulation_steps"]) == (2, 1, 2)
 
 
 def test_a_bench_run_removes_its_scratch_folder_when_it_exits(tmp_path):
