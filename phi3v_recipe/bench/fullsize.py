@@ -14,6 +14,8 @@ Points:
 - numerics: one image prompt (num_crops 4): the logits of bf16 with SDPA against fp32 with eager attention on the same
   weights (relative error, top-1 agreement), and in each, 16 greedy tokens with the KV cache against the choices
   without it (``bench/gpu.py``'s ``greedy_check``).
+- numerics-long (asked for by name; ~30 minutes here): the same past 4,096 tokens (two images at num_crops 16), where
+  LongRoPE's long factors apply; its greedy check in bf16 only.
 """
 
 import json
@@ -83,8 +85,10 @@ def point_memory(model: Path) -> list[dict]:
     return rows
 
 
-def point_numerics(model: Path) -> dict:
-    """bf16 SDPA vs fp32 eager logits on one image prompt; greedy with the KV cache against without, in each."""
+def point_numerics(model: Path, long: bool = False) -> dict:
+    """bf16 SDPA vs fp32 eager logits on one image prompt; greedy with the KV cache against without, in each.
+    ``long``: two images at num_crops 16, past original_max_position_embeddings (4,096), where LongRoPE's long
+    factors apply; its greedy check in bf16 only (fp32 here: a prompt's forward is ~35 TFLOP, 15 minutes)."""
     import gc
 
     import torch
@@ -97,19 +101,23 @@ def point_numerics(model: Path) -> dict:
     from .gpu import greedy_check
 
     register()
-    processor = load_processor(model, None, 4)
-    image = Image.new("RGB", (672, 448), "white")
-    for i in range(0, 672, 48):  # some structure, so that the crops differ
-        image.paste((i % 255, 80, 200 - i % 200), (i, 0, i + 24, 448))
-    text = render(processor, conversation("What is shown in this image?", 1), add_generation_prompt=True)
-    inputs = processor(text=text, images=[image], return_tensors="pt")
+    processor = load_processor(model, None, 16 if long else 4)
+    width, height = (1344, 1344) if long else (672, 448)  # long: 16 crops an image (4 x 4 of 336)
+    image = Image.new("RGB", (width, height), "white")
+    for i in range(0, width, 48):  # some structure, so that the crops differ
+        image.paste((i % 255, 80, 200 - i % 200), (i, 0, i + 24, height))
+    images = [image, image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)] if long else [image]
+    question = "Are these the same?" if long else "What is shown in this image?"
+    text = render(processor, conversation(question, len(images)), add_generation_prompt=True)
+    inputs = processor(text=text, images=images, return_tensors="pt")
     results = {"prompt_tokens": int(inputs["input_ids"].shape[1])}
     logits = {}
     for dtype, attention in ((torch.bfloat16, "sdpa"), (torch.float32, "eager")):
         loaded = AutoModelForCausalLM.from_pretrained(model, dtype=dtype, attn_implementation=attention).eval()
         with torch.no_grad():
             logits[attention] = loaded(**inputs).logits[0].float()
-            results |= {f"{k}_{attention}": v for k, v in greedy_check(loaded, dict(inputs)).items()}
+            if not (long and dtype == torch.float32):
+                results |= {f"{k}_{attention}": v for k, v in greedy_check(loaded, dict(inputs)).items()}
         del loaded
         gc.collect()
     low, high = logits["sdpa"], logits["eager"]
@@ -122,7 +130,7 @@ def main(argv=None) -> dict:
     parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--hub_dir", type=Path, help="the hub files of Phi-3-vision-128k-instruct (config, index)")
     parser.add_argument("--model", type=Path, help="a full-size checkpoint already written (skips the write)")
-    parser.add_argument("--points", default="write,memory,numerics")
+    parser.add_argument("--points", default="write,memory,numerics", help="and numerics-long (~30 min here)")
     parser.add_argument("--out", default="outputs/bench-fullsize.json")
     args = parser.parse_args(argv)
     points = set(args.points.split(","))
@@ -143,6 +151,9 @@ def main(argv=None) -> dict:
     if "numerics" in points:
         results["numerics"] = point_numerics(model)
         print("\n5. Numerics at full size\n" + table([results["numerics"]], list(results["numerics"])))
+    if "numerics-long" in points:  # not in the default points: ~30 minutes here
+        results["numerics_long"] = point_numerics(model, long=True)
+        print("\n5. Numerics past 4,096 tokens\n" + table([results["numerics_long"]], list(results["numerics_long"])))
     write_results(args.out, results)
     return results
 
