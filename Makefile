@@ -10,7 +10,7 @@ TORCH ?= torch==2.13.0
 TORCH_INDEX ?=
 RECIPES := $(sort $(basename $(notdir $(wildcard recipes/*.yaml))))
 
-.PHONY: setup test test-all test-oldest lint format tiny sample-data train smoke demo demo-phi4mm demo-learn docker-build docker-train docker-smoke bench bench-data bench-memory bench-fullsize gpu-check bench-phi4mm bench-errors app docs docs-serve slurm test-cluster demo-grpo demo-dpo
+.PHONY: setup test test-all test-oldest lint format tiny sample-data train smoke demo demo-phi4mm demo-learn docker-build docker-train docker-smoke bench bench-data bench-memory bench-fullsize gpu-check gpu-wheels bench-phi4mm bench-errors app docs docs-serve slurm test-cluster demo-grpo demo-dpo
 
 setup: $(VENV)/.installed
 
@@ -191,6 +191,17 @@ bench-fullsize: setup
 # its peak memory beside plan's estimate, numerics, a training run with resume (needs TRL). On a CPU: the tiny model.
 gpu-check:
 	$(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON)) -m phi3v_recipe.bench.gpu --out outputs/gpu-check.json $(ARGS)
+
+# The wheels a lent GPU machine lacks for gpu-check's training part (it has torch, transformers, peft, pandas, pyarrow;
+# not TRL or datasets; older transformers), for its Python (PYVER, default 3.12), into .whl/ (git-ignored: carry it):
+# python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && PYTHONPATH=/tmp/site make gpu-check
+PYVER ?= 3.12
+GPU_WHEELS = trl datasets dill multiprocess transformers peft accelerate
+gpu-wheels: setup
+	$(BIN)/pip download --quiet --no-deps --only-binary=:all: --python-version $(PYVER) --implementation cp \
+		--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
+		$$($(BIN)/python -c "import importlib.metadata as m; print(' '.join(f'{n}=={m.version(n)}' for n in '$(GPU_WHEELS)'.split()))")
+	du -sh .whl
 
 # Time to a user error through each entry point, beside the full parse after the heavy imports (~3 min, CPU).
 bench-errors: setup

@@ -75,22 +75,31 @@ def fill(name: str, shape, std: float, generator):
 
 def write_full_size(hub_dir: Path, out: Path, seed: int = 0, max_shard_bytes: int = MAX_SHARD_BYTES) -> Path:
     """Write the random checkpoint of ``hub_dir``'s model into ``out`` (see the module's docstring)."""
-    import torch
-    from tqdm import tqdm
-
     from . import register
     from .phi3_v import Phi3VConfig, Phi3VForCausalLM
 
     register()
     if not (hub_dir / "config.json").is_file():
         raise UserError(f"--hub_dir {hub_dir} has no config.json: give the folder of a hub checkpoint's files.")
+    index_file = hub_dir / INDEX
+    index = json.loads(index_file.read_text()) if index_file.is_file() else None
+    config = Phi3VConfig.from_pretrained(hub_dir)
+    write_random(config, Phi3VForCausalLM, out, seed, index, max_shard_bytes, copy_from=hub_dir)
+    return out
+
+
+def write_random(config, model_class, out: Path, seed: int = 0, index: dict | None = None,
+                 max_shard_bytes: int = MAX_SHARD_BYTES, copy_from: Path | None = None) -> int:  # fmt: skip
+    """``config``'s model with random bf16 weights in ``out``, in ``index``'s shards (else by size), with the
+    ``COPIED`` files of ``copy_from`` (else ``config.json`` written); returns the parameter count."""
+    import torch
+    from tqdm import tqdm
+
     if out.exists() and any(out.iterdir()):
         raise UserError(f"{out} is not empty: write the checkpoint into a new or empty folder.")
-    config = Phi3VConfig.from_pretrained(hub_dir)
     with torch.device("meta"):
-        shapes = {name: tuple(t.shape) for name, t in Phi3VForCausalLM(config).state_dict().items()}
-    index_file = hub_dir / INDEX
-    plan = shard_plan(shapes, json.loads(index_file.read_text()) if index_file.is_file() else None, max_shard_bytes)
+        shapes = {name: tuple(t.shape) for name, t in model_class(config).state_dict().items()}
+    plan = shard_plan(shapes, index, max_shard_bytes)
     out.mkdir(parents=True, exist_ok=True)
     generator = torch.Generator().manual_seed(seed)
     std = getattr(config, "initializer_range", 0.02)
@@ -99,10 +108,14 @@ def write_full_size(hub_dir: Path, out: Path, seed: int = 0, max_shard_bytes: in
     with tqdm(total=sum(2 * _numel(s) for s in shapes.values()), unit="B", unit_scale=True) as bar:
         bar.set_description("Writing random bf16 weights")
         total = save_in_shards(lambda name: fill(name, shapes[name], std, generator), ordered, out, bar.update)
+    if copy_from is not None:
         for name in COPIED:
-            if (hub_dir / name).is_file():
-                shutil.copyfile(hub_dir / name, out / name)
+            if (copy_from / name).is_file():
+                shutil.copyfile(copy_from / name, out / name)
+    else:
+        config.save_pretrained(out)  # its dtype: bf16, as the weights
     follow_umask(out)
-    print(f"Wrote a random full-size {config.model_type} ({sum(map(_numel, shapes.values())):,} parameters, bf16, "
+    params = sum(map(_numel, shapes.values()))
+    print(f"Wrote a random full-size {config.model_type} ({params:,} parameters, bf16, "
           f"{total / 1e9:.2f} GB in {len(shards)} shard(s)) to {out}")  # fmt: skip
-    return out
+    return params

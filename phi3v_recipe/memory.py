@@ -21,16 +21,18 @@ heads of width e), LoRA rank r on the four projections (lora_dropout 0), bf16:
 - the frozen vision tower runs without autograd (no saved activations): its transient peak is one layer's widest
   tensors over all crops; a vision tower that trains (Phi-4-multimodal's) keeps each layer's input when
   checkpointed, else about 24 d_v + 6 I_v bytes per patch per layer (a ViT layer counted as a decoder layer is;
-  not checked against a measurement);
+  checked only in a step of 2 crops, where it is small: ``MEASURED_PHI4MM_2_LAYERS``);
 - the trained parameters: fp32 weight, gradient and AdamW's two moments (16 bytes each; bf16 for QLoRA's adapter,
-  which TRL casts to bf16: 8 bytes); full fine-tuning under FSDP: fp32 weights, gradients and moments sharded over
+  which TRL casts to bf16: 8 bytes; a module trained whole, Phi-4-multimodal's image embedding less its parts that
+  never reach the loss, in fp32 like an adapter: ``train.train_saved_modules_in_fp32``); full fine-tuning under FSDP: fp32 weights, gradients and moments sharded over
   the GPUs, plus one gathered bf16 layer;
 - QLoRA's 4-bit decoder weights: 0.5 bytes a weight plus the double-quantised block scales;
 - after SFT (``stage: grpo``): generation first holds the KV cache of the generation batch (keys and values of every
   layer, 4 k e bytes per token and layer in bf16) and, while the prompts are read, one layer's MLP transients over
   them (6 I bytes per token); it is freed before the training passes: the peak takes the larger of it and the step's
-  activations and logits (not checked against a measurement; the cache's size is, against transformers' cache). ``stage: dpo`` is a step over chosen and rejected rows (twice the batch).
-  The reference passes (adapter off, no gradient) hold one layer's transients at a time: not counted.
+  activations and logits (the cache's size checked against transformers' cache; a GRPO step of a scaled-down model
+  against the formula in docs/after-sft.md). ``stage: dpo`` is a step over chosen and rejected rows (twice the
+  batch). The reference passes (adapter off, no gradient) hold one layer's transients at a time: not counted.
 
 Not in the measurement (a GPU's share, added as ``margin``): the CUDA context (about 0.5 GiB with torch 2.x on
 Hopper, by NVIDIA's and PyTorch's figures; our GPU runs have not measured it) and the caching allocator's
@@ -64,6 +66,7 @@ class Shape:
     vision_intermediate: int
     vision_tokens: int  # per crop
     vision_layers: int
+    vision_unused: int = 0  # the vision parameters that never reach the loss (frozen even where the tower trains)
 
 
 def layer_bytes_per_token(s: Shape, rank: int, dropout: float = 0.0) -> int:
@@ -178,12 +181,16 @@ def shape_of(config, rank_targets=None) -> Shape:
     )
     text = config.get_text_config()
     vision_config = getattr(config, "vision_config", None)
+    from .families import family_of_model
+
     if model.config.model_type == "phi3_v":
         vision = model.model.vision_embed_tokens
         vision_tokens = (vision_config.image_size // vision_config.patch_size) ** 2 + 1
     else:
         vision = model.model.embed_tokens_extend.image_embed
         vision_tokens = (vision_config.image_size // vision_config.patch_size) ** 2
+    inside = {id(p) for p in vision.parameters()}
+    unused = {id(p): p.numel() for m in family_of_model(model).unused_modules(model) for p in m.parameters()}
     heads = text.num_attention_heads
     return Shape(
         params=sum(p.numel() for p in model.parameters()),
@@ -201,6 +208,7 @@ def shape_of(config, rank_targets=None) -> Shape:
         vision_intermediate=vision_config.intermediate_size,
         vision_tokens=vision_tokens,
         vision_layers=vision_config.num_hidden_layers,
+        vision_unused=sum(n for key, n in unused.items() if key in inside),
     )
 
 
@@ -213,7 +221,7 @@ MEASURED: dict = {
         "params": 4146621440, "vocab": 32064, "hidden": 3072, "intermediate": 8192, "layers": 32, "heads": 32,
         "kv_heads": 32, "head_dim": 96, "decoder_linear": 3623878656, "lora_width": 1572864,
         "vision_params": 325541888, "vision_hidden": 1024, "vision_intermediate": 4096, "vision_tokens": 577,
-        "vision_layers": 24,
+        "vision_layers": 24, "vision_unused": 12598272,
     },
     "steps": [
         {"rows": 1, "tokens": 2556, "answer": 29.0, "crops": 17.0, "every": 1, "weights": 8293247880,
@@ -225,4 +233,15 @@ MEASURED: dict = {
         {"rows": 1, "tokens": 2556, "answer": 29.0, "crops": 17.0, "every": None, "weights": 8293247880,
          "trainable": 1610612736, "saved": 12148127464, "saved_attention_probs": 0, "peak": 21927927974},
     ],
+}  # fmt: skip
+
+
+# Phi-4-multimodal at full width cut to 2 decoder layers (``phi3v-recipe tiny DIR --family phi4mm --size full
+# --layers 2``: the real SigLIP tower, which trains, the real embeddings and head), recipes/phi4mm_burberry_lora.yaml's
+# step at batch 1 (its twin's 574-token row, 2 crops, the vision LoRA of rank 256 and the image embedding trained in
+# fp32), counted the same way on 2026-12-07 with the code of the commit that added this record; bytes.
+MEASURED_PHI4MM_2_LAYERS: dict = {
+    "layers": 2,
+    "step": {"rows": 1, "tokens": 574, "answer": 19.0, "crops": 2.0, "every": 1, "weights": 4792664768,
+             "trainable": 6942022144, "saved": 304197792, "saved_attention_probs": 2408448, "peak": 11850154392},
 }  # fmt: skip

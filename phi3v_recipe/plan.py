@@ -317,7 +317,7 @@ class Planner:
         self.model_args, self.base, self.full, self.stage = model_args, base, full, stage
         self.shape = shape_of(config)
         self.rank = PHI4MM_VISION_LORA_RANK if family.NAME == "phi4mm" else stage.rank or model_args.lora_r
-        self.trained_whole = self.shape.vision_params if family.NAME == "phi4mm" else 0
+        self.trained_whole = self.shape.vision_params - self.shape.vision_unused if family.NAME == "phi4mm" else 0
         self._counts = {}
 
     def counts(self, crops: int, largest: bool = False):

@@ -223,16 +223,20 @@ def main(argv: list[str] | None = None) -> None:
         "--size", choices=("tiny", "full"), default="tiny", help="full: the model of --hub_dir's config, full size"
     )
     parser.add_argument(
-        "--hub_dir", default=None, help="with --size full: a hub checkpoint's files (config.json, ...)"
+        "--hub_dir", default=None, help="with --size full: a hub checkpoint's files (config.json, ...; phi3v)"
     )
+    parser.add_argument("--layers", type=int, default=None, help="with --size full --family phi4mm: decoder layers")
     args = parser.parse_args(argv)
+    if args.size == "full" and args.family == "phi4mm":  # its config is transformers' (the hub's values)
+        from .families.phi4mm import write_full_size
+
+        write_full_size(Path(args.out_dir), CORPUS, seed=args.seed, layers=args.layers)
+        return
     if args.size == "full":
         from .fullsize import write_full_size
 
-        if args.hub_dir is None or args.family != "phi3v":
-            raise UserError(
-                "--size full needs --hub_dir (the hub files of a Phi-3/3.5-Vision); phi4mm is not done yet."
-            )
+        if args.hub_dir is None:
+            raise UserError("--size full needs --hub_dir: the hub files of a Phi-3/3.5-Vision (config.json, index).")
         write_full_size(Path(args.hub_dir), Path(args.out_dir), seed=args.seed)
         return
     from .families import by_name

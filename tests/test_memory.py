@@ -100,3 +100,21 @@ def test_the_kv_cache_counted_is_the_one_transformers_generate_holds(tiny_dir):
     cache = out.past_key_values
     held = sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers)
     assert held == kv_cache(shape_of(model.config), rows=3, tokens=7 + 5 - 1, dtype_bytes=4)
+
+
+def test_the_estimate_holds_a_scaled_down_phi4_multimodal_step_whose_vision_tower_trains():
+    """Phi-4-multimodal's step (memory.MEASURED_PHI4MM_2_LAYERS): the trained state to the byte (the LoRA and the
+    image embedding's trained parameters, 16 bytes each), the peak within 10%, the estimate above it."""
+    from transformers import Phi4MultimodalConfig
+
+    from phi3v_recipe.memory import MEASURED_PHI4MM_2_LAYERS
+    from phi3v_recipe.plan import PHI4MM_VISION_LORA_RANK
+
+    step = MEASURED_PHI4MM_2_LAYERS["step"]
+    shape = shape_of(Phi4MultimodalConfig(num_hidden_layers=MEASURED_PHI4MM_2_LAYERS["layers"]))
+    parts = step_memory(
+        shape, batch=step["rows"], tokens=step["tokens"], answer=step["answer"], crops=step["crops"],
+        every=step["every"], rank=PHI4MM_VISION_LORA_RANK, trained_whole=shape.vision_params - shape.vision_unused,
+    )  # fmt: skip
+    assert parts["trainable_state"] == step["trainable"]
+    assert 1.0 <= (parts["total"] - parts["margin"]) / step["peak"] <= 1.10

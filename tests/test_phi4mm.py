@@ -131,6 +131,44 @@ def test_a_batch_pads_crop_slots_and_feeds_the_model(tiny4_dir, tmp_path):
     )
 
 
+def test_a_bf16_models_image_embedding_trains_in_fp32_so_that_every_weight_moves(tiny4_dir, tmp_path):
+    """In bf16, AdamW's step at the recipe's learning rate is under half a bf16 step of most weights: they would
+    never change. The trained copy of the image embedding is fp32 (autocast computes in bf16); the original module
+    keeps the model's bf16. SigLIP's pooling head, whose output nothing reads, is not run."""
+    from phi3v_recipe.train import train_saved_modules_in_fp32
+
+    processor = phi4mm.load_processor(tiny4_dir, crops=4)
+    photo(900, 700, seed=0).save(tmp_path / "a.png")
+    batch = VisionSFTCollator(processor)(
+        [{"images": [str(tmp_path / "a.png")], "messages": conversation("What?", 1, "A")}]
+    )
+
+    def moved(fp32: bool) -> float:
+        model = phi4mm.peft_model(
+            AutoModelForCausalLM.from_pretrained(tiny4_dir, dtype=torch.bfloat16), None, tiny4_dir
+        )
+        phi4mm.skip_unused(model.get_base_model())
+        if fp32:
+            train_saved_modules_in_fp32(model)
+        copy = dict(model.named_parameters())
+        trained = {n: p for n, p in copy.items() if p.requires_grad and "modules_to_save" in n}
+        assert {p.dtype for n, p in copy.items() if "modules_to_save" in n} == {
+            torch.float32 if fp32 else torch.bfloat16
+        }
+        assert {p.dtype for n, p in copy.items() if "original_module" in n} == {torch.bfloat16}
+        before = {n: p.detach().clone() for n, p in trained.items()}
+        optimizer = torch.optim.AdamW(trained.values(), lr=4e-5, betas=(0.9, 0.95), eps=1e-7, weight_decay=0.01)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            model(**batch).loss.backward()
+        optimizer.step()
+        with_grad = [n for n, p in trained.items() if p.grad is not None and p.grad.abs().sum() > 0]
+        changed = sum(int((trained[n] != before[n]).sum()) for n in with_grad)
+        return changed / sum(trained[n].numel() for n in with_grad)
+
+    assert moved(fp32=True) > 0.99
+    assert moved(fp32=False) < 0.9  # the bf16 copy: many weights never move
+
+
 def test_demo_twin_trains_the_vision_lora_evaluates_against_the_shipped_model_predicts_and_merges(tiny4_dir, tmp_path):
     from phi3v_recipe.evaluate import main as evaluate
     from phi3v_recipe.predict import main as predict
@@ -409,7 +447,7 @@ def test_each_task_twin_trains_phi4mm_and_scores_with_its_metric(twin, tiny4_dir
 
 def test_qlora_trains_the_vision_lora_and_the_image_embedding_in_their_dtypes(tiny4_dir, tmp_path):
     """A 4-bit NF4 base (the image embedding and head kept out of 4-bit): TRL casts a quantized model's trainable
-    parameters to bf16 for LoRA; the image embedding trained beside it stays in its module's dtype."""
+    parameters to bf16 for LoRA; the image embedding trained beside it trains in fp32."""
     from phi3v_recipe.synthetic.burberry import write_sample_set
     from phi3v_recipe.train import main as train
 

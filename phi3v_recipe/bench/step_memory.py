@@ -24,7 +24,6 @@ Not counted: the CUDA context and the caching allocator's fragmentation (a GPU's
 """
 
 import json
-import sys
 import tempfile
 import weakref
 from pathlib import Path
@@ -198,4 +197,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    sys.exit(run(main))
+    run(main)

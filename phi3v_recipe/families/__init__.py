@@ -7,7 +7,8 @@ A family module says, for its models:
   processor, at a given number of crops per image (the recipe key ``num_crops`` or ``dynamic_hd``);
 - ``batch_images(examples)``: how the image inputs of several examples (the image processor's
   ``model_input_names``) make one batch;
-- ``LORA_TARGETS``, ``QUANTIZATION_SKIP``, ``unused_modules(model)`` (frozen: they never reach the loss) and
+- ``LORA_TARGETS``, ``QUANTIZATION_SKIP``, ``unused_modules(model)`` (frozen: they never reach the loss),
+  ``skip_unused(model)`` (the unused modules not run, where running them costs) and
   ``peft_model(model, model_args, path, revision)`` (the adapter a LoRA run trains, or None for TRL's, built from the
   recipe's LoRA keys), ``vision_tower(model)`` (``freeze_vision_tower``);
 - ``for_grpo(model, processor)``: the processor TRL's ``GRPOTrainer`` is given, the model made to read its images;

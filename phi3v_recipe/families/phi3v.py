@@ -68,6 +68,10 @@ def unused_modules(model) -> list[torch.nn.Module]:
     return model.model.vision_embed_tokens.unused_modules()
 
 
+def skip_unused(model) -> None:
+    """Nothing to skip: the native model's vision tower stops at its feature layer."""
+
+
 def peft_model(model, model_args, path, revision=None):
     """None: a LoRA run takes TRL's own adapter, from the recipe's LoRA keys."""
     return None

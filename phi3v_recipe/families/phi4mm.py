@@ -5,7 +5,7 @@
   weights: the model's vision LoRA ships beside it, as a PEFT adapter in ``vision-lora/``.
 - **Trainable parts**, as Microsoft's ``sample_finetune_vision.py``: the vision LoRA (continued from the one in
   ``vision-lora/``, its rank and targets) and the whole image embedding (SigLIP tower and projection) as a saved
-  module. The SigLIP layer past the feature layer, its pooling head and the audio encoder never reach the loss: they
+  module, trained in fp32 (``train.train_saved_modules_in_fp32``). The SigLIP layer past the feature layer, its pooling head and the audio encoder never reach the loss: they
   are frozen (the sample leaves them trainable and turns on ``ddp_find_unused_parameters``; they get no gradient
   either way).
 - **Prompt**: ``<|user|>`` + images (``<|image|>`` each) + text + ``<|end|>``, then ``<|assistant|>`` + answer +
@@ -17,6 +17,7 @@
 
 import contextlib
 import json
+import re
 from pathlib import Path
 
 import torch
@@ -207,6 +208,14 @@ def unused_modules(model) -> list[torch.nn.Module]:
     layers = tower.encoder.layers
     past = list(layers)[len(layers) + embed.image_embed.layer_idx + 1 :]
     return [*past, tower.post_layernorm, tower.head, embed.audio_embed]
+
+
+def skip_unused(model) -> None:
+    """Not run: SigLIP's pooling head, whose output nothing reads (the image embedding takes a hidden layer). Under
+    autograd its attention's input projection (a [1024, crops, 1152] input, seq-first) is computed by torch.matmul
+    as a batched product over a copy of the weight expanded 1,024 times: 5.4 GB made and dropped in every training
+    forward, whatever the crops (measured on the CPU; the same code path on a GPU). Its weights stay in the model."""
+    model.model.embed_tokens_extend.image_embed.img_processor.head.forward = lambda *args, **kwargs: None
 
 
 def adapter_folder(path, revision=None) -> Path:
@@ -439,3 +448,54 @@ def write_tiny(out: Path, corpus: str, seed: int = 0, crops: int = 2) -> None:
             if "lora_" in name:
                 param.normal_(0.0, 0.05)
     lora.save_pretrained(out / ADAPTER_FOLDER)
+
+
+def write_full_size(out: Path, corpus: str, seed: int = 0, layers: int | None = None, crops: int = 36) -> None:
+    """A random Phi-4-multimodal at the real size, offline: transformers' ``Phi4MultimodalConfig`` (its defaults are
+    the hub checkpoint's at revision ``refs/pr/70``: 32 layers of 3,072, a 200,064-word vocabulary, a 27-layer SigLIP
+    tower, the audio encoder), bf16 weights filled once from the meta device (``fullsize.write_random``), and a
+    random vision LoRA of the hub's rank (256) in ``vision-lora/``. The hub's tokenizer is not here: the tiny one
+    stands in (its ids are the hub's special ids). ``layers``: fewer decoder layers (a scaled-down model, every other
+    size real)."""
+    import torch
+    from peft import LoraConfig
+    from safetensors.torch import save_file
+    from transformers import Phi4MultimodalConfig, Phi4MultimodalForCausalLM
+
+    from ..files import follow_umask
+    from ..fullsize import write_random
+
+    config = Phi4MultimodalConfig(eos_token_id=[SPECIAL_IDS["<|endoftext|>"], SPECIAL_IDS["<|end|>"]])
+    if layers is not None:
+        config.num_hidden_layers = layers
+    config.architectures = ["Phi4MultimodalForCausalLM"]
+    config.dtype = torch.bfloat16
+    write_random(config, Phi4MultimodalForCausalLM, out, seed)
+    tokenizer = build_tokenizer(corpus)
+    Phi4MMProcessor(
+        Phi4MMImageProcessor(dynamic_hd=crops),
+        Phi4MultimodalFeatureExtractor(),
+        tokenizer,
+        chat_template=CHAT_TEMPLATE,
+    ).save_pretrained(out)
+    with torch.device("meta"):
+        linears = {
+            name: module
+            for name, module in Phi4MultimodalForCausalLM(config).named_modules()
+            if isinstance(module, torch.nn.Linear) and re.fullmatch(LORA_TARGETS, name)
+        }
+    generator = torch.Generator().manual_seed(seed + 1)
+    rank = 256
+    weights = {}
+    for name, module in linears.items():  # PEFT's names; A random, B small: an adapter that does something
+        prefix = f"base_model.model.{name}"
+        weights[f"{prefix}.lora_A.weight"] = torch.empty(rank, module.in_features, dtype=torch.bfloat16).normal_(
+            0.0, 0.02, generator=generator
+        )
+        weights[f"{prefix}.lora_B.weight"] = torch.empty(module.out_features, rank, dtype=torch.bfloat16).normal_(
+            0.0, 0.002, generator=generator
+        )
+    folder = out / ADAPTER_FOLDER
+    LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules=LORA_TARGETS).save_pretrained(folder)
+    save_file(weights, folder / "adapter_model.safetensors")
+    follow_umask(out)
