@@ -14,8 +14,8 @@ Points:
 - numerics: one image prompt (num_crops 4): the logits of bf16 with SDPA against fp32 with eager attention on the same
   weights (relative error, top-1 agreement), and in each, 16 greedy tokens with the KV cache against the choices
   without it (``bench/gpu.py``'s ``greedy_check``).
-- numerics-long (asked for by name; ~30 minutes here): the same past 4,096 tokens (two images at num_crops 16), where
-  LongRoPE's long factors apply; its greedy check in bf16 only.
+- numerics-long (asked for by name; ~30 minutes here): the logits of the same past 4,096 tokens (two images at
+  num_crops 16), where LongRoPE's long factors apply.
 """
 
 import json
@@ -88,7 +88,7 @@ def point_memory(model: Path) -> list[dict]:
 def point_numerics(model: Path, long: bool = False) -> dict:
     """bf16 SDPA vs fp32 eager logits on one image prompt; greedy with the KV cache against without, in each.
     ``long``: two images at num_crops 16, past original_max_position_embeddings (4,096), where LongRoPE's long
-    factors apply; its greedy check in bf16 only (fp32 here: a prompt's forward is ~35 TFLOP, 15 minutes)."""
+    factors apply; the logits only (an fp32 forward of it is ~50 TFLOP: over 20 minutes here)."""
     import gc
 
     import torch
@@ -116,7 +116,7 @@ def point_numerics(model: Path, long: bool = False) -> dict:
         loaded = AutoModelForCausalLM.from_pretrained(model, dtype=dtype, attn_implementation=attention).eval()
         with torch.no_grad():
             logits[attention] = loaded(**inputs).logits[0].float()
-            if not (long and dtype == torch.float32):
+            if not long:
                 results |= {f"{k}_{attention}": v for k, v in greedy_check(loaded, dict(inputs)).items()}
         del loaded
         gc.collect()
