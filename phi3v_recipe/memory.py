@@ -32,7 +32,9 @@ heads of width e), LoRA rank r on the four projections (lora_dropout 0), bf16:
   them (6 I bytes per token); it is freed before the training passes: the peak takes the larger of it and the step's
   activations and logits (the cache's size checked against transformers' cache; a GRPO step of a scaled-down model
   against the formula in docs/after-sft.md). ``stage: dpo`` is a step over chosen and rejected rows (twice the
-  batch). The reference passes (adapter off, no gradient) hold one layer's transients at a time: not counted.
+  batch), whose reference pass (adapter off, no gradient) runs while the step's activations are held: its vision
+  transient is counted again (checked against a DPO step of a scaled-down model in docs/after-sft.md); GRPO's
+  reference pass runs before the training passes.
 
 Not in the measurement (a GPU's share, added as ``margin``): the CUDA context (about 0.5 GiB with torch 2.x on
 Hopper, by NVIDIA's and PyTorch's figures; our GPU runs have not measured it) and the caching allocator's
@@ -101,12 +103,14 @@ def step_memory(
     gpus: int = 1,
     dropout: float = 0.0,
     generation: float = 0.0,
+    reference: bool = False,
 ) -> dict[str, float]:
     """Bytes per GPU at the peak of a training step, by part (see the module). ``tokens``: per row, padded;
     ``answer``: labelled tokens per row; ``every``: checkpoint every n-th decoder layer (None: off);
     ``trained_whole``: parameters trained beside the LoRA (a family's saved modules); ``full``: full fine-tuning of
     the language model, sharded over ``gpus`` (FSDP); ``generation``: bytes held while generating, before the
-    step's activations (GRPO's KV cache, ``kv_cache``)."""
+    step's activations (GRPO's KV cache, ``kv_cache``); ``reference``: a reference pass runs while the step's
+    activations are held (DPO's), its vision tower's transient beside them."""
     d = s.hidden
     per_token = layer_bytes_per_token(s, rank, dropout)
     kept = checkpointed_layers(s.layers, every)
@@ -134,6 +138,8 @@ def step_memory(
         vision = patches * (s.vision_layers * 2 * s.vision_hidden + per_patch if kept else s.vision_layers * per_patch)
     else:  # frozen: no autograd, one layer's widest tensors live at a time
         vision = patches * (s.vision_hidden * 2 * 3 + s.vision_intermediate * 2)
+    if reference:  # the reference pass reads the images again while the policy's activations are held
+        vision *= 2
     parts = {
         "weights": weights,
         "trainable_state": state,
@@ -244,4 +250,18 @@ MEASURED_PHI4MM_2_LAYERS: dict = {
     "layers": 2,
     "step": {"rows": 1, "tokens": 574, "answer": 19.0, "crops": 2.0, "every": 1, "weights": 4792664768,
              "trainable": 6942022144, "saved": 304197792, "saved_attention_probs": 2408448, "peak": 11850154392},
+}  # fmt: skip
+
+
+# The stages side by side on Phi-3-Vision at full width cut to 4 decoder layers, batch 2 (DPO: 2 pairs, 4 rows),
+# num_crops 4, LoRA r 64, every layer checkpointed, the same two twin photos (docs/after-sft.md), counted the same way
+# on 2026-12-07; bytes. GRPO's tokens are the prompt's 776 and max_completion_length (64), DPO's the prompt's and the
+# longer answer's.
+MEASURED_STAGES_4_LAYERS: dict = {
+    "layers": 4,
+    "steps": [
+        {"stage": "sft", "rows": 2, "tokens": 804, "answer": 28.5, "crops": 5.0, "peak": 2569591480},
+        {"stage": "grpo", "rows": 2, "tokens": 840, "answer": 64, "crops": 5.0, "generated": 2, "peak": 2733144918},
+        {"stage": "dpo", "rows": 4, "tokens": 805, "answer": 29, "crops": 5.0, "peak": 3178632312},
+    ],
 }  # fmt: skip

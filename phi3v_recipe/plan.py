@@ -349,6 +349,7 @@ class Planner:
             gpus=setting.gpus if self.full else 1,
             dropout=self.model_args.lora_dropout,
             generation=generation_memory(self.shape, setting.batch * self.stage.generated, longest),
+            reference=self.stage.name == "dpo",
         )
         n = len(lengths)
         flops = self.stage.sequences * self.flops_per_row(setting, padded, images, vision)

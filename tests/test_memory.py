@@ -5,7 +5,15 @@ from pathlib import Path
 
 import pytest
 
-from phi3v_recipe.memory import MEASURED, Shape, checkpointed_layers, layer_bytes_per_token, shape_of, step_memory
+from phi3v_recipe.memory import (
+    MEASURED,
+    MEASURED_STAGES_4_LAYERS,
+    Shape,
+    checkpointed_layers,
+    layer_bytes_per_token,
+    shape_of,
+    step_memory,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 PHI3V_FULL = Shape(**MEASURED["shape"])
@@ -118,3 +126,19 @@ def test_the_estimate_holds_a_scaled_down_phi4_multimodal_step_whose_vision_towe
     )  # fmt: skip
     assert parts["trainable_state"] == step["trainable"]
     assert 1.0 <= (parts["total"] - parts["margin"]) / step["peak"] <= 1.10
+
+
+@pytest.mark.parametrize("step", MEASURED_STAGES_4_LAYERS["steps"], ids=lambda s: s["stage"])
+def test_the_estimate_of_each_stage_is_within_10_percent_of_its_step_measured_on_a_4_layer_model(step):
+    """SFT, GRPO (its generation's KV cache before the training passes) and DPO (chosen and rejected rows, the
+    reference pass's vision beside the activations) on the same photos (memory.MEASURED_STAGES_4_LAYERS)."""
+    from phi3v_recipe.memory import generation_memory
+    from phi3v_recipe.phi3_v import Phi3VConfig
+
+    shape = shape_of(Phi3VConfig(num_hidden_layers=MEASURED_STAGES_4_LAYERS["layers"]))
+    parts = step_memory(
+        shape, batch=step["rows"], tokens=step["tokens"], answer=step["answer"], crops=step["crops"], every=1,
+        rank=64, generation=generation_memory(shape, step.get("generated", 0), step["tokens"]),
+        reference=step["stage"] == "dpo",
+    )  # fmt: skip
+    assert 0.9 <= (parts["total"] - parts["margin"]) / step["peak"] <= 1.1
