@@ -154,9 +154,8 @@ def phi4mm_model(path):
     return Phi4MultimodalForCausalLM.from_pretrained(path).eval()
 
 
-@pytest.mark.slow
 def test_grpo_on_phi4_multimodal_takes_steps_and_saves_its_vision_lora(tiny4_dir, tmp_path):
-    """GRPO on the other family: its own vision LoRA trained on, images packed as TRL carries them (~2 min here)."""
+    """GRPO on the other family: its own vision LoRA trained on, images packed as TRL carries them."""
     from phi3v_recipe.synthetic import write_sample_set
 
     dataset = write_sample_set(tmp_path / "data", rows=8, seed=0)
@@ -308,9 +307,8 @@ def test_grpo_stops_on_sigterm_with_a_checkpoint_and_resumes_from_it(tiny_dir, t
     assert f"Resuming from {checkpoint}" in resumed.stdout
 
 
-@pytest.mark.slow
 def test_dpo_on_phi4_multimodal_continues_its_vision_lora(tiny4_dir, tmp_path):
-    """The other family takes DPO as it is (its own vision LoRA trained on; ~45 s a step here: a 200k-word head)."""
+    """The other family takes DPO as it is (its own vision LoRA trained on)."""
     from PIL import Image
 
     Image.new("RGB", (64, 48), "navy").save(tmp_path / "a.png")
