@@ -88,19 +88,17 @@ def point_memory(model: Path) -> list[dict]:
 def point_numerics(model: Path, long: bool = False) -> dict:
     """bf16 SDPA vs fp32 eager logits on one image prompt; greedy with the KV cache against without, in each.
     ``long``: two images at num_crops 16, past original_max_position_embeddings (4,096), where LongRoPE's long
-    factors apply; the logits only (an fp32 forward of it is ~50 TFLOP: over 20 minutes here)."""
-    import gc
+    factors apply; the logits only (an fp32 forward of it is ~50 TFLOP: over 20 minutes here). Each precision runs
+    in a process of its own: the full-size bf16 and fp32 models (8.3 and 16.6 GB) do not share 24 GiB well, and a
+    process does not always hand freed memory back."""
+    import multiprocessing
 
     import torch
     from PIL import Image
-    from transformers import AutoModelForCausalLM
 
-    from .. import register
     from ..conversation import conversation, render
     from ..families.phi3v import load_processor
-    from .gpu import greedy_check
 
-    register()
     processor = load_processor(model, None, 16 if long else 4)
     width, height = (1344, 1344) if long else (672, 448)  # long: 16 crops an image (4 x 4 of 336)
     image = Image.new("RGB", (width, height), "white")
@@ -111,19 +109,42 @@ def point_numerics(model: Path, long: bool = False) -> dict:
     text = render(processor, conversation(question, len(images)), add_generation_prompt=True)
     inputs = processor(text=text, images=images, return_tensors="pt")
     results = {"prompt_tokens": int(inputs["input_ids"].shape[1])}
+    scratch = Path(tempfile.mkdtemp(prefix="numerics-"))
+    torch.save(dict(inputs), scratch / "inputs.pt")
     logits = {}
-    for dtype, attention in ((torch.bfloat16, "sdpa"), (torch.float32, "eager")):
-        loaded = AutoModelForCausalLM.from_pretrained(model, dtype=dtype, attn_implementation=attention).eval()
-        with torch.no_grad():
-            logits[attention] = loaded(**inputs).logits[0].float()
-            if not long:
-                results |= {f"{k}_{attention}": v for k, v in greedy_check(loaded, dict(inputs)).items()}
-        del loaded
-        gc.collect()
+    for dtype, attention in (("bfloat16", "sdpa"), ("float32", "eager")):
+        child = multiprocessing.get_context("spawn").Process(
+            target=one_precision, args=(str(model), dtype, attention, str(scratch), not long)
+        )
+        child.start()
+        child.join()
+        if child.exitcode != 0:
+            raise RuntimeError(f"the {dtype} forward stopped with exit code {child.exitcode}")
+        out = torch.load(scratch / f"{attention}.pt")
+        logits[attention] = out.pop("logits")
+        results |= {f"{k}_{attention}": v for k, v in out.items()}
     low, high = logits["sdpa"], logits["eager"]
     results["relative_logit_error"] = float((low - high).norm() / high.norm())
     results["top1_agreement"] = float((low.argmax(-1) == high.argmax(-1)).float().mean())
     return results
+
+
+def one_precision(model: str, dtype: str, attention: str, scratch: str, greedy: bool) -> None:
+    """In a child process: the prompt's logits (and the greedy check) in one precision, saved to scratch."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from .. import register
+    from .gpu import greedy_check
+
+    register()
+    inputs = torch.load(Path(scratch) / "inputs.pt")
+    loaded = AutoModelForCausalLM.from_pretrained(model, dtype=getattr(torch, dtype), attn_implementation=attention)
+    with torch.no_grad():
+        out = {"logits": loaded.eval()(**inputs).logits[0].float()}
+        if greedy:
+            out |= greedy_check(loaded, dict(inputs))
+    torch.save(out, Path(scratch) / f"{attention}.pt")
 
 
 def main(argv=None) -> dict:
