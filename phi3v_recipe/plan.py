@@ -35,7 +35,6 @@ GPUS = {
 }
 MFU = (0.30, 0.50)  # the model-FLOPs utilisation a time is given for: assumed, not measured (no GPU run of ours yet)
 SIZES_GB = (16, 24, 40, 48, 80, 141)  # the memory sizes GPUs are sold in: the recipes' hardware lines
-PHI4MM_VISION_LORA_RANK = 256  # the hub checkpoint's vision-lora/adapter_config.json
 
 
 @dataclasses.dataclass(frozen=True)
@@ -316,7 +315,7 @@ class Planner:
         self.family, self.config, self.rows, self.image_processor = family, config, rows, image_processor
         self.model_args, self.base, self.full, self.stage = model_args, base, full, stage
         self.shape = shape_of(config)
-        self.rank = PHI4MM_VISION_LORA_RANK if family.NAME == "phi4mm" else stage.rank or model_args.lora_r
+        self.rank = family.VISION_LORA_RANK if family.NAME == "phi4mm" else stage.rank or model_args.lora_r
         self.trained_whole = self.shape.vision_params - self.shape.vision_unused if family.NAME == "phi4mm" else 0
         self._counts = {}
 

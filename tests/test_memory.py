@@ -115,14 +115,14 @@ def test_the_estimate_holds_a_scaled_down_phi4_multimodal_step_whose_vision_towe
     image embedding's trained parameters, 16 bytes each), the peak within 10%, the estimate above it."""
     from transformers import Phi4MultimodalConfig
 
+    from phi3v_recipe.families.phi4mm import VISION_LORA_RANK
     from phi3v_recipe.memory import MEASURED_PHI4MM_2_LAYERS
-    from phi3v_recipe.plan import PHI4MM_VISION_LORA_RANK
 
     step = MEASURED_PHI4MM_2_LAYERS["step"]
     shape = shape_of(Phi4MultimodalConfig(num_hidden_layers=MEASURED_PHI4MM_2_LAYERS["layers"]))
     parts = step_memory(
         shape, batch=step["rows"], tokens=step["tokens"], answer=step["answer"], crops=step["crops"],
-        every=step["every"], rank=PHI4MM_VISION_LORA_RANK, trained_whole=shape.vision_params - shape.vision_unused,
+        every=step["every"], rank=VISION_LORA_RANK, trained_whole=shape.vision_params - shape.vision_unused,
     )  # fmt: skip
     assert parts["trainable_state"] == step["trainable"]
     assert 1.0 <= (parts["total"] - parts["margin"]) / step["peak"] <= 1.10

@@ -5,9 +5,10 @@
   weights: the model's vision LoRA ships beside it, as a PEFT adapter in ``vision-lora/``.
 - **Trainable parts**, as Microsoft's ``sample_finetune_vision.py``: the vision LoRA (continued from the one in
   ``vision-lora/``, its rank and targets) and the whole image embedding (SigLIP tower and projection) as a saved
-  module, trained in fp32 (``train.train_saved_modules_in_fp32``). The SigLIP layer past the feature layer, its pooling head and the audio encoder never reach the loss: they
-  are frozen (the sample leaves them trainable and turns on ``ddp_find_unused_parameters``; they get no gradient
-  either way).
+  module, trained in fp32 (``train.train_saved_modules_in_fp32``). The SigLIP layer past the feature layer, its
+  pooling head and the audio encoder never reach the loss: they are frozen (the sample leaves them trainable and
+  turns on ``ddp_find_unused_parameters``; they get no gradient either way), and the head is not run
+  (``skip_unused``).
 - **Prompt**: ``<|user|>`` + images (``<|image|>`` each) + text + ``<|end|>``, then ``<|assistant|>`` + answer +
   ``<|end|>``, and ``<|endoftext|>`` closing the conversation, with no newlines, as the hub's chat template and the
   sample write them. The processor expands each ``<|image|>`` to the image's token count.
@@ -35,6 +36,7 @@ ADAPTER_FOLDER = "vision-lora"
 # modules of the same names.
 LORA_TARGETS = r"model\.layers\.\d+\.(self_attn\.(qkv_proj|o_proj)|mlp\.(gate_up_proj|down_proj))"
 QUANTIZATION_SKIP = ["model.embed_tokens_extend", "lm_head"]
+VISION_LORA_RANK = 256  # the hub checkpoint's vision-lora/adapter_config.json
 TRAINED_MODULES = ["image_embed"]  # saved with the adapter: the whole image embedding trains, as in the sample
 
 # The hub's ids, as transformers' Phi4MultimodalConfig defaults give them: end-of-text (also BOS and padding), the
@@ -485,7 +487,7 @@ def write_full_size(out: Path, corpus: str, seed: int = 0, layers: int | None = 
             if isinstance(module, torch.nn.Linear) and re.fullmatch(LORA_TARGETS, name)
         }
     generator = torch.Generator().manual_seed(seed + 1)
-    rank = 256
+    rank = VISION_LORA_RANK
     weights = {}
     for name, module in linears.items():  # PEFT's names; A random, B small: an adapter that does something
         prefix = f"base_model.model.{name}"
