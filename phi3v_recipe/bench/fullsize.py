@@ -14,8 +14,9 @@ Points:
 - numerics: one image prompt (num_crops 4): the logits of bf16 with SDPA against fp32 with eager attention on the same
   weights (relative error, top-1 agreement), and in each, 16 greedy tokens with the KV cache against the choices
   without it (``bench/gpu.py``'s ``greedy_check``).
-- numerics-long (asked for by name; ~30 minutes here): the logits of the same past 4,096 tokens (two images at
-  num_crops 16), where LongRoPE's long factors apply.
+- numerics-long (asked for by name): the logits of the same past 4,096 tokens (two images at num_crops 16), where
+  LongRoPE's long factors apply. Its fp32 eager forward needs more than 24 GiB (the fp32 model and two fp32 T x T
+  score tensors per layer): a 24 GiB machine kills it.
 """
 
 import json
