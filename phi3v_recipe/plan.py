@@ -206,34 +206,20 @@ def data_recipe(recipe, recipe_path: Path):
 
 
 def read_rows(recipe, processor, max_length, source: str) -> Rows:
-    from PIL import Image
-
-    from .conversation import text_of
     from .data import prepare_data
 
     data = prepare_data(recipe, processor, max_length, None)
     rows = data.train.to_list() + ([] if data.eval is None else data.eval.to_list())
-    sizes = []
-    for row in rows:
-        row_sizes = []
-        for image_path in row["images"]:
-            with Image.open(image_path) as image:  # the header only: no pixels are decoded
-                row_sizes.append(image.size)
-        sizes.append(row_sizes)
-    tokenizer = processor.tokenizer
-    answers = [
-        sum(len(tokenizer(text_of(m), add_special_tokens=False).input_ids) + 2 for m in row["messages"][1::2])
-        for row in rows
-    ]  # each assistant turn, with its <|end|> and the closing token
+    answers = [sum(answer_tokens(processor, m) for m in row["messages"][1::2]) for row in rows]
+    sizes = [header_sizes(row["images"]) for row in rows]
     return Rows([row["length"] for row in rows], answers, sizes, source, len(data.train))
 
 
 def read_pair_rows(recipe, processor, source: str) -> Rows:
     """A pairs file's rows (``stage: dpo``), each at its prompt and longer answer: DPO trains on both."""
     import datasets
-    from PIL import Image
 
-    from .conversation import conversation_length, text_of
+    from .conversation import conversation_length
     from .pairs import read_pairs
 
     data = read_pairs(recipe)
@@ -242,16 +228,30 @@ def read_pair_rows(recipe, processor, source: str) -> Rows:
         if split is None:
             continue
         for row in split.cast_column("images", datasets.Sequence(datasets.Image(decode=False))):
-            row_sizes = []
-            for image in row["images"]:
-                with Image.open(image["path"]) as opened:  # the header only: no pixels are decoded
-                    row_sizes.append(opened.size)
-            sizes.append(row_sizes)
+            row_sizes = header_sizes([image["path"] for image in row["images"]])
             turns = [row["chosen"], row["rejected"]]
+            sizes.append(row_sizes)
             lengths.append(max(conversation_length(processor, row["prompt"] + turn, row_sizes) for turn in turns))
-            tokenizer = processor.tokenizer
-            answers.append(max(len(tokenizer(text_of(t[0]), add_special_tokens=False).input_ids) + 2 for t in turns))
+            answers.append(max(answer_tokens(processor, turn[0]) for turn in turns))
     return Rows(lengths, answers, sizes, source, len(data.train))
+
+
+def header_sizes(paths: list[str]) -> list[tuple[int, int]]:
+    """Each image's (width, height), from its file header only: no pixels are decoded."""
+    from PIL import Image
+
+    sizes = []
+    for path in paths:
+        with Image.open(path) as image:
+            sizes.append(image.size)
+    return sizes
+
+
+def answer_tokens(processor, message: dict) -> int:
+    """Tokens of an assistant turn, with its <|end|> and the closing token."""
+    from .conversation import text_of
+
+    return len(processor.tokenizer(text_of(message), add_special_tokens=False).input_ids) + 2
 
 
 def image_tokens(image_processor, size: tuple[int, int], crops: int) -> int:
