@@ -104,6 +104,8 @@ def mode_spec(mode, repeat, work: Path, model_dir, csv_path, args, device, batch
         "csv": str(csv_path),
         "rows": str(work / "rows.json"),
         "device": device,
+        # float32 on the CPU unless --dtype bfloat16 (bf16 weights and autocast, as on a GPU)
+        "dtype": getattr(args, "dtype", None) or ("float32" if device == "cpu" else "bfloat16"),
         "batch_size": batch,
         "steps": args.steps,
         "warmup": args.warmup,
@@ -196,6 +198,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--rows", type=int, default=200)
     parser.add_argument("--timeout", type=float, default=7200, help="seconds one training run may take")
     parser.add_argument("--num_crops", type=int, default=None, help="default: 4 on CPU, 16 on GPU")
+    parser.add_argument(
+        "--dtype", choices=["float32", "bfloat16"], default=None, help="default: float32 on CPU, bfloat16 on GPU"
+    )
     parser.add_argument("--max_length", type=int, default=4096, help="ours: drops no synthetic row at num_crops 16")
     parser.add_argument("--skip", default="", help="sections to skip: preprocessing,padding,pipes")
     parser.add_argument("--run", default=None, help=argparse.SUPPRESS)  # internal: one mode, from a spec file
@@ -256,7 +261,7 @@ def main(argv=None) -> dict:
         "workers": args.workers,
         "threads": threads,
         "attention": attn,
-        "dtype": "float32" if device == "cpu" else "bfloat16",
+        "dtype": args.dtype or ("float32" if device == "cpu" else "bfloat16"),
     }
     print(
         f"\nphi3v-recipe benchmarks: device={device}{' (' + results['gpu'] + ')' if results['gpu'] else ''} "

@@ -56,8 +56,8 @@ def ours_trainer(spec: dict):
         "disable_tqdm": True,
         "attn_implementation": spec["attn"],
         "seed": 0,
-        "dtype": "float32" if cpu else "bfloat16",
-        "bf16": not cpu,
+        "dtype": spec["dtype"],
+        "bf16": spec["dtype"] == "bfloat16",
         "use_cpu": cpu,
     }
     if spec["mode"] == "phi4mm-ours-shipped":  # as the recipe ships: one row per device, the batch by accumulation
@@ -87,9 +87,8 @@ def load_model(spec: dict, auto_class=None):
     import torch
     from transformers import AutoModelForCausalLM
 
-    dtype = torch.float32 if spec["device"] == "cpu" else torch.bfloat16
     return (auto_class or AutoModelForCausalLM).from_pretrained(
-        spec["model_dir"], dtype=dtype, attn_implementation=spec["attn"]
+        spec["model_dir"], dtype=getattr(torch, spec["dtype"]), attn_implementation=spec["attn"]
     )
 
 
@@ -103,7 +102,7 @@ def training_arguments(spec: dict, **settings):
         "per_device_train_batch_size": spec["batch_size"],
         "dataloader_num_workers": spec["workers"],
         "use_cpu": cpu,
-        "bf16": not cpu,
+        "bf16": spec["dtype"] == "bfloat16",
         "report_to": [],
         "save_strategy": "no",
         "logging_steps": 100000,
@@ -303,7 +302,7 @@ def trl_trainer(spec: dict):
         max_length=None,  # TRL's default (1024) would cut image tokens at num_crops 16
         assistant_only_loss=True,
         use_cpu=cpu,
-        bf16=not cpu,
+        bf16=spec["dtype"] == "bfloat16",
         report_to=[],
         save_strategy="no",
         logging_steps=100000,
