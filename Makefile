@@ -180,9 +180,11 @@ bench-data: setup
 bench-memory: setup
 	$(BIN)/python -m phi3v_recipe.bench.memory --out outputs/bench-memory.json $(ARGS)
 
-# The real size on the CPU: a random full-size Phi-3-Vision written from the hub's files, the training step's memory
-# counted beside the estimate, numerics (~30 min, ~22 GiB of memory). HUB_DIR: a folder with the model's config.json
-# and model.safetensors.index.json (huggingface-cli download microsoft/Phi-3-vision-128k-instruct --include "*.json").
+# The real size on the CPU (phi3v_recipe/bench/fullsize.py): a random full-size Phi-3-Vision written from the hub's
+# files, the GPU recipes trained on it and resumed, the steps' memory beside the estimate (FSDP on a 2-layer cut),
+# merges of both families, numerics (also past 4,096 tokens) and the bench in bf16: hours, 24 GiB of memory.
+# A part: ARGS="--points merge,numerics". HUB_DIR: a folder with the model's config.json and
+# model.safetensors.index.json (huggingface-cli download microsoft/Phi-3-vision-128k-instruct --include "*.json").
 bench-fullsize: setup
 	@test -n "$(HUB_DIR)" || { echo "error: set HUB_DIR to the hub files of Phi-3-vision-128k-instruct (config.json, index)"; exit 2; }
 	$(BIN)/python -m phi3v_recipe.bench.fullsize --hub_dir $(HUB_DIR) --out outputs/bench-fullsize.json $(ARGS)

@@ -119,3 +119,17 @@ def write_random(config, model_class, out: Path, seed: int = 0, index: dict | No
     print(f"Wrote a random full-size {config.model_type} ({params:,} parameters, bf16, "
           f"{total / 1e9:.2f} GB in {len(shards)} shard(s)) to {out}")  # fmt: skip
     return params
+
+
+def cut(model: Path, layers: int, out: Path) -> Path:
+    """``model`` cut to its first ``layers`` decoder layers at full width, in ``out``: its config with
+    ``num_hidden_layers`` changed, every other file a link to ``model``'s (loading skips the later layers' weights).
+    For measuring a step whose whole model does not fit this machine."""
+    out.mkdir(parents=True, exist_ok=True)
+    for path in model.iterdir():
+        if path.name != "config.json" and not (out / path.name).exists():
+            (out / path.name).symlink_to(path.resolve())
+    config = json.loads((model / "config.json").read_text())
+    config["num_hidden_layers"] = layers  # both families keep the decoder's keys at the config's top
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    return out

@@ -24,8 +24,10 @@ heads of width e), LoRA rank r on the four projections (lora_dropout 0), bf16:
   checked only in a step of 2 crops, where it is small: ``MEASURED_PHI4MM_2_LAYERS``);
 - the trained parameters: fp32 weight, gradient and AdamW's two moments (16 bytes each; bf16 for QLoRA's adapter,
   which TRL casts to bf16: 8 bytes; a module trained whole, Phi-4-multimodal's image embedding less its parts that
-  never reach the loss, in fp32 like an adapter: ``train.train_saved_modules_in_fp32``); full fine-tuning under FSDP: fp32 weights, gradients and moments sharded over
-  the GPUs, plus one gathered bf16 layer;
+  never reach the loss, in fp32 like an adapter: ``train.train_saved_modules_in_fp32``); full fine-tuning under
+  FSDP (the vision tower frozen): the trained weights in fp32, their gradients and moments, and the frozen tower in
+  bf16, all sharded over the GPUs, plus one decoder layer gathered in bf16 (checked on a 2-layer cut over two
+  processes: ``MEASURED_FSDP_2_LAYERS``; the gathered embeddings and head, 0.4 GiB, did not add to its peak);
 - QLoRA's 4-bit decoder weights: 0.5 bytes a weight plus the double-quantised block scales;
 - after SFT (``stage: grpo``): generation first holds the KV cache of the generation batch (keys and values of every
   layer, 4 k e bytes per token and layer in bf16) and, while the prompts are read, one layer's MLP transients over
@@ -69,6 +71,7 @@ class Shape:
     vision_tokens: int  # per crop
     vision_layers: int
     vision_unused: int = 0  # the vision parameters that never reach the loss (frozen even where the tower trains)
+    vision_tower: int = 0  # the vision encoder's parameters (CLIP, SigLIP): what freeze_vision_tower freezes
 
 
 def layer_bytes_per_token(s: Shape, rank: int, dropout: float = 0.0) -> int:
@@ -104,13 +107,15 @@ def step_memory(
     dropout: float = 0.0,
     generation: float = 0.0,
     reference: bool = False,
+    tower_frozen: bool = True,
 ) -> dict[str, float]:
     """Bytes per GPU at the peak of a training step, by part (see the module). ``tokens``: per row, padded;
     ``answer``: labelled tokens per row; ``every``: checkpoint every n-th decoder layer (None: off);
     ``trained_whole``: parameters trained beside the LoRA (a family's saved modules); ``full``: full fine-tuning of
     the language model, sharded over ``gpus`` (FSDP); ``generation``: bytes held while generating, before the
     step's activations (GRPO's KV cache, ``kv_cache``); ``reference``: a reference pass runs while the step's
-    activations are held (DPO's), its vision tower's transient beside them."""
+    activations are held (DPO's), its vision tower's transient beside them; ``tower_frozen``: under full
+    fine-tuning, the vision tower does not train (``freeze_vision_tower``)."""
     d = s.hidden
     per_token = layer_bytes_per_token(s, rank, dropout)
     kept = checkpointed_layers(s.layers, every)
@@ -123,9 +128,10 @@ def step_memory(
         saved -= positions * (4 * d + 4)
     rebuilt = positions * per_token if kept else 0  # the backward pass rebuilds one checkpointed layer
     lora = 0 if full else rank * s.lora_width
-    if full:
-        trainable = s.params - s.vision_params
-        weights = 4 * s.params / gpus + 2 * (s.params - s.vision_params) / s.layers  # fp32 shards + one gathered layer
+    if full:  # FSDP: trained weights in fp32 shards, frozen ones in bf16 shards, one decoder layer gathered in bf16
+        trainable = s.params - (s.vision_tower if tower_frozen else s.vision_unused)
+        layer = s.decoder_linear / s.layers + 2 * d  # its matrices and two norms
+        weights = (4 * trainable + 2 * (s.params - trainable)) / gpus + 2 * layer
         state = 12 * trainable / gpus  # fp32 gradient and two moments, sharded
     else:
         weights = 2 * s.params
@@ -215,6 +221,7 @@ def shape_of(config, rank_targets=None) -> Shape:
         vision_tokens=vision_tokens,
         vision_layers=vision_config.num_hidden_layers,
         vision_unused=sum(n for key, n in unused.items() if key in inside),
+        vision_tower=sum(p.numel() for p in family_of_model(model).vision_tower(model).parameters()),
     )
 
 
@@ -227,7 +234,7 @@ MEASURED: dict = {
         "params": 4146621440, "vocab": 32064, "hidden": 3072, "intermediate": 8192, "layers": 32, "heads": 32,
         "kv_heads": 32, "head_dim": 96, "decoder_linear": 3623878656, "lora_width": 1572864,
         "vision_params": 325541888, "vision_hidden": 1024, "vision_intermediate": 4096, "vision_tokens": 577,
-        "vision_layers": 24, "vision_unused": 12598272,
+        "vision_layers": 24, "vision_unused": 12598272, "vision_tower": 303507456,
     },
     "steps": [
         {"rows": 1, "tokens": 2556, "answer": 29.0, "crops": 17.0, "every": 1, "weights": 8293247880,
@@ -238,6 +245,24 @@ MEASURED: dict = {
          "trainable": 1610612736, "saved": 6357437140, "saved_attention_probs": 0, "peak": 16237586070},
         {"rows": 1, "tokens": 2556, "answer": 29.0, "crops": 17.0, "every": None, "weights": 8293247880,
          "trainable": 1610612736, "saved": 12148127464, "saved_attention_probs": 0, "peak": 21927927974},
+    ],
+}  # fmt: skip
+
+
+# recipes/burberry_full_fsdp.yaml's step (full fine-tuning, the CLIP tower frozen, every layer checkpointed) under
+# FSDP2 over two processes (accelerate_configs/fsdp.yaml, bf16 mixed precision: fp32 master weights), on Phi-3-Vision
+# at full width cut to 2 decoder layers, its twin's 2,556-token row (twice for batch 2), counted per process by
+# ``python -m phi3v_recipe.bench.fullsize --points fsdp`` on 2026-12-07 with the code of the commit that added this
+# record; bytes, the process with the higher step peak. held: its weight shards and trainable state (fp32 shards,
+# gradients and AdamW's moments); step_peak: from the first step's start on.
+MEASURED_FSDP_2_LAYERS: dict = {
+    "layers": 2,
+    "gpus": 2,
+    "steps": [
+        {"rows": 1, "tokens": 2556, "answer": 29.0, "crops": 17.0, "trainable_params": 445543424,
+         "held": 3867926408, "saved": 371163828, "step_peak": 4546348596},
+        {"rows": 2, "tokens": 2556, "answer": 28.5, "crops": 17.0, "trainable_params": 445543424,
+         "held": 3867926408, "saved": 489827680, "step_peak": 5143740032},
     ],
 }  # fmt: skip
 

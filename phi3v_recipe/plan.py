@@ -308,12 +308,14 @@ class Planner:
     """Memory and time of a setting, for the recipe's rows and model."""
 
     def __init__(
-        self, family, config, rows: Rows, image_processor, model_args, base: Setting, full: bool, stage=Stage("sft")
-    ):
+        self, family, config, rows: Rows, image_processor, model_args, base: Setting, full: bool, stage=Stage("sft"),
+        tower_frozen: bool = True,
+    ):  # fmt: skip
         from .memory import shape_of
 
         self.family, self.config, self.rows, self.image_processor = family, config, rows, image_processor
         self.model_args, self.base, self.full, self.stage = model_args, base, full, stage
+        self.tower_frozen = tower_frozen  # under full fine-tuning: the recipe's freeze_vision_tower
         self.shape = shape_of(config)
         self.rank = family.VISION_LORA_RANK if family.NAME == "phi4mm" else stage.rank or model_args.lora_r
         self.trained_whole = self.shape.vision_params - self.shape.vision_unused if family.NAME == "phi4mm" else 0
@@ -345,6 +347,7 @@ class Planner:
             trained_whole=self.trained_whole,
             quantized=setting.quantized,
             full=self.full,
+            tower_frozen=self.tower_frozen,
             gpus=setting.gpus if self.full else 1,
             dropout=self.model_args.lora_dropout,
             generation=generation_memory(self.shape, setting.batch * self.stage.generated, longest),
@@ -441,7 +444,9 @@ def make_plan(argv: list[str]) -> dict:
     full = not model_args.use_peft and recipe.sft_adapter is None  # an SFT adapter trains on as LoRA
     base = Setting(args.per_device_train_batch_size, every, crops, bool(model_args.load_in_4bit), own.num_gpus)
     stage = Stage.of(recipe, args)
-    planner = Planner(family, config, rows, processor.image_processor, model_args, base, full, stage)
+    planner = Planner(
+        family, config, rows, processor.image_processor, model_args, base, full, stage, recipe.freeze_vision_tower
+    )
     result = planner.evaluate(base, own.gpu)
     lengths = sorted(rows.lengths)
     plan = {

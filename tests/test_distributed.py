@@ -32,10 +32,10 @@ def sample_csv(tmp_path_factory):
 
 def fsdp(config, args, env, port):
     """Two processes launched with an FSDP config of ours, as on GPUs (only the process count and fp32 differ), through
-    tests/fsdp_on_cpu.py, which keeps Accelerate's FSDP plugin on the CPU."""
+    phi3v_recipe/bench/fsdp_on_cpu.py, which keeps Accelerate's FSDP plugin on the CPU."""
     cmd = [ACCELERATE, "launch", "--config_file", str(ROOT / "accelerate_configs" / config)]
     cmd += ["--num_processes", "2", "--mixed_precision", "no", "--main_process_port", str(port)]
-    cmd += [str(ROOT / "tests" / "fsdp_on_cpu.py"), "-m", "phi3v_recipe.train", *args]
+    cmd += [str(ROOT / "phi3v_recipe" / "bench" / "fsdp_on_cpu.py"), "-m", "phi3v_recipe.train", *args]
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
 

@@ -216,3 +216,34 @@ def test_a_full_size_merge_is_the_hubs_two_shards_and_index_in_bf16(shared, tmp_
     assert index["metadata"]["total_size"] == hub_index["metadata"]["total_size"]  # bf16: 8,293,242,880 bytes
     assert sorted(p.name for p in out.glob("*.safetensors")) == sorted(set(hub_index["weight_map"].values()))
     assert "peak memory of this process" in done.stdout
+
+
+def test_a_cut_model_keeps_its_files_and_width_with_fewer_layers(tiny_dir, tmp_path):
+    """``fullsize.cut``: the config with fewer decoder layers, every other file a link to the model's; it loads (the
+    later layers' weights skipped) with the first layers' weights as they were."""
+    from transformers import AutoModelForCausalLM
+
+    from phi3v_recipe.fullsize import cut
+
+    small = cut(tiny_dir, 1, tmp_path / "cut")
+    assert json.loads((small / "config.json").read_text())["num_hidden_layers"] == 1
+    assert all((small / p.name).is_symlink() for p in tiny_dir.iterdir() if p.name != "config.json")
+    whole = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(small, dtype=torch.float32)
+    assert len(model.model.layers) == 1
+    assert torch.equal(model.model.layers[0].mlp.down_proj.weight, whole.model.layers[0].mlp.down_proj.weight)
+
+
+@pytest.mark.slow
+def test_the_benchs_merge_point_on_a_sharded_bf16_base(tiny_dir, tmp_path):
+    """bench/fullsize.py's merge point on the tiny model written in bf16 shards: the merged folder's tensors in the
+    base's files, in bf16, and its logits the adapted base's, the adapter's own change far larger than the gap."""
+    from phi3v_recipe.bench.fullsize import point_merge
+
+    hub = hub_folder_of(tiny_dir, tmp_path / "hub", None)
+    config = json.loads((hub / "config.json").read_text())
+    (hub / "config.json").write_text(json.dumps(config | {"torch_dtype": "bfloat16"}))  # as the hub's says
+    row = point_merge(write_full_size(hub, tmp_path / "base", max_shard_bytes=2_000_000), tmp_path)
+    assert row["layout_is_the_bases"] and row["files"] > 1 and row["dtypes"] == ["BF16"]
+    assert row["merged_vs_adapted"] < 0.1 * row["adapter_changes_logits"] and row["merged_top1_agreement"] > 0.9
+    assert row["merge_peak_gib"] > 0

@@ -91,7 +91,7 @@ def test_checkpointing_and_quantization_and_sharding_move_the_parts_they_should(
     assert four_bit["weights"] < 0.4 * whole["weights"] and four_bit["trainable_state"] == whole["trainable_state"] / 2
     full_1, full_8 = (step_memory(PHI3V_FULL, every=1, full=True, gpus=g, **args) for g in (1, 8))
     assert full_1["trainable_state"] == pytest.approx(8 * full_8["trainable_state"])
-    assert full_1["trainable_state"] == 12 * (PHI3V_FULL.params - PHI3V_FULL.vision_params)
+    assert full_1["trainable_state"] == 12 * (PHI3V_FULL.params - PHI3V_FULL.vision_tower)  # the tower frozen
 
 
 def test_the_kv_cache_counted_is_the_one_transformers_generate_holds(tiny_dir):
@@ -142,3 +142,48 @@ def test_the_estimate_of_each_stage_is_within_10_percent_of_its_step_measured_on
         reference=step["stage"] == "dpo",
     )  # fmt: skip
     assert 0.9 <= (parts["total"] - parts["margin"]) / step["peak"] <= 1.1
+
+
+@pytest.mark.slow
+def test_an_fsdp_step_holds_each_process_its_share_of_fp32_weights_and_adamw(tiny_dir, tmp_path, monkeypatch):
+    """burberry_full_fsdp's step under FSDP over two processes (bench/fullsize.py's fsdp point, the tiny model cut
+    to one layer): together the processes hold every trained weight once in fp32 with its gradient and AdamW's two
+    moments, and the frozen tower once in bf16, as the formula's sharded terms say (to the byte, less the rotary
+    buffers each process holds); each process's step peak is above what it holds."""
+    from transformers import AutoConfig
+
+    from phi3v_recipe.bench.fullsize import point_fsdp
+    from phi3v_recipe.synthetic import write_sample_set
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "outputs").mkdir()
+    (tmp_path / "outputs" / "tiny-phi3v").symlink_to(tiny_dir)
+    write_sample_set(tmp_path / "data" / "sample", rows=8, seed=0)
+    [row] = point_fsdp(tiny_dir, tmp_path, layers=1, batches=(1,))
+    s = shape_of(AutoConfig.from_pretrained(tmp_path / "phi3v-1-layers"))
+    parts = step_memory(s, batch=1, tokens=100, answer=10, crops=1, every=1, rank=0, full=True, gpus=2)
+    sharded = parts["weights"] - 2 * (s.decoder_linear / s.layers + 2 * s.hidden) + parts["trainable_state"]
+    held = sum(step["weights"] + step["trainable"] for step in row["measured"])
+    assert held == pytest.approx(2 * sharded, abs=20_000)  # two processes; each holds the rotary buffers whole
+    assert all(step["processes"] == 2 for step in row["measured"])
+    assert all(step["step_peak"] > step["weights"] + step["trainable"] for step in row["measured"])
+
+
+def test_the_fsdp_formula_is_the_counted_fsdp_steps():
+    """The full fine-tuning terms against burberry_full_fsdp's steps counted under FSDP over two processes on a 2-layer
+    cut (MEASURED_FSDP_2_LAYERS): the trained parameters exactly, the held shards within 0.01%, the step peak within
+    10%, the estimate above it."""
+    from phi3v_recipe.memory import MEASURED_FSDP_2_LAYERS as FSDP
+    from phi3v_recipe.phi3_v import Phi3VConfig
+
+    s = shape_of(Phi3VConfig(num_hidden_layers=FSDP["layers"]))
+    for step in FSDP["steps"]:
+        parts = step_memory(
+            s, batch=step["rows"], tokens=step["tokens"], answer=step["answer"], crops=step["crops"], every=1,
+            rank=0, full=True, gpus=FSDP["gpus"],
+        )  # fmt: skip
+        assert s.params - s.vision_tower == step["trainable_params"]
+        gathered = 2 * (s.decoder_linear / s.layers + 2 * s.hidden)
+        assert parts["weights"] - gathered + parts["trainable_state"] == pytest.approx(step["held"], rel=1e-4)
+        estimate = parts["total"] - parts["margin"]
+        assert 1.0 <= estimate / step["step_peak"] <= 1.10

@@ -1,25 +1,37 @@
-"""The real size, measured on the CPU: a random full-size Phi-3-Vision from the hub's config, its training steps'
-memory beside the estimate, and its numerics. A bench (tens of minutes), not a test.
+"""The real size, measured on the CPU: a random full-size Phi-3-Vision from the hub's config, the GPU recipes
+trained on it, their memory beside the estimate, merges, numerics and the bench. A bench (hours), not a test.
 
-    python -m phi3v_recipe.bench.fullsize --hub_dir ../shared/phi3v/hub/Phi-3-vision-128k-instruct
-        [--model DIR] [--points write,memory,numerics] [--out outputs/bench-fullsize.json]     (make bench-fullsize)
+    python -m phi3v_recipe.bench.fullsize --hub_dir ../shared/phi3v/hub/Phi-3-vision-128k-instruct [--model DIR]
+        [--points write,train,memory,fsdp,merge,merge-phi4mm,numerics,numerics-long,bench] [--phi35v_model DIR]
+        [--phi4mm_model DIR] [--out outputs/bench-fullsize.json]                           (make bench-fullsize)
 
-Points:
+Points (all by default; the numbers are the issue's):
 
-- write: ``phi3v-recipe tiny --size full`` into a scratch folder, timed; its index against the hub's.
-- memory: recipes/burberry_lora.yaml's step at batch 1 and 2, every layer checkpointed (the recipe's policy),
-  every 2nd, and none (batch 1), each in a fresh process (``bench/step_memory.py``): the bytes autograd saved, the
-  trainable state and the peak, beside ``phi3v_recipe.memory``'s estimate of the same step (without the GPU
-  margin, which a CPU has not).
-- numerics: one image prompt (num_crops 4): the logits of bf16 with SDPA against fp32 with eager attention on the same
-  weights (relative error, top-1 agreement), and in each, 16 greedy tokens with the KV cache against the choices
-  without it (``bench/gpu.py``'s ``greedy_check``).
-- numerics-long (asked for by name): the logits of the same past 4,096 tokens (two images at num_crops 16), where
-  LongRoPE's long factors apply. Its fp32 eager forward needs more than 24 GiB (the fp32 model and two fp32 T x T
-  score tensors per layer): a 24 GiB machine kills it.
+1. write: ``phi3v-recipe tiny --size full`` into a scratch folder, timed; its index against the hub's (skipped with
+   ``--model``, a full-size checkpoint already written).
+2. train: every GPU recipe that is not full fine-tuning, through ``phi3v_recipe.smoke`` on the full-size model (its
+   twin's rows, the CPU under bf16 autocast): 2 steps with a checkpoint each, then resumed to step 3; the process's
+   peak resident memory; what stops a recipe that does not fit (``TRAINED``).
+3. memory: recipes/burberry_lora.yaml's step at batch 1 and 2, every layer checkpointed (the recipe's policy),
+   every 2nd, and none (batch 1), each in a fresh process (``bench/step_memory.py``): the bytes autograd saved, the
+   trainable state and the peak, beside ``phi3v_recipe.memory``'s estimate of the same step (without the GPU
+   margin, which a CPU has not). fsdp: burberry_full_fsdp's step under FSDP over two processes on the model cut to 2
+   decoder layers, beside the estimate for one of two GPUs.
+4. merge, merge-phi4mm: ``predict --merge`` at full size (Phi-4-multimodal's model written into scratch unless
+   ``--phi4mm_model``): the layout and dtype against the base's, the peak memory, the logits against the adapted base.
+5. numerics: one image prompt (num_crops 4): bf16 SDPA's logits against fp32 eager's on the same weights (relative
+   error, top-1 agreement), and in each 16 greedy tokens with the KV cache against the choices without it
+   (``bench/gpu.py``'s ``greedy_check``); fp32 SDPA's logits too, against fp32 eager's: the reference that stands in
+   for eager past 4,096 tokens. numerics-long: a prompt past 4,096 tokens (two images at num_crops 16), where
+   LongRoPE's long factors apply, bf16 SDPA against fp32 SDPA (an fp32 eager forward of it needs more than 24 GiB:
+   the fp32 model and two fp32 T x T score tensors per layer).
+6. bench: ``python -m phi3v_recipe.bench`` on the full-size architecture, ours beside official-frozen-bs1, bf16
+   (``BENCH``).
 """
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -86,10 +98,266 @@ def point_memory(model: Path) -> list[dict]:
     return rows
 
 
+# The GPU recipes trained at full size (point 2): each at its own num_crops, LoRA, quantization and checkpointing,
+# with the batch size here (None: as shipped; 1 where a row takes minutes on the CPU). nlvr2_lora and ucf101_lora
+# need more than 24 GiB by the estimate: they run to show where they stop.
+TRAINED = {"llava_instruct_lora": None, "burberry_lora": 1, "docvqa_lora": 1, "burberry_qlora": 1,
+           "phi35v_burberry_lora": 1, "ucf101_lora": None, "nlvr2_lora": None}  # fmt: skip
+
+
+# Point 6: the model written by the bench itself (the same architecture), bf16 as a GPU runs it, the cookbook's
+# scripts' batch 1, num_crops 4 (16 would take four times as long here), the two modes interleaved.
+BENCH = ["--device", "cpu", "--model", "full", "--dtype", "bfloat16", "--modes", "ours,official-frozen-bs1",
+         "--batch_size", "1", "--num_crops", "4", "--repeats", "2", "--steps", "2", "--warmup", "1", "--rows", "8",
+         "--skip", "preprocessing,pipes,padding"]  # fmt: skip
+
+
+def point_train(model: Path, scratch: Path, recipes: list[str], phi35v: Path | None) -> list[dict]:
+    """Each recipe through ``phi3v_recipe.smoke`` on the full-size model (its twin's rows, the CPU under bf16
+    autocast, a checkpoint every step): 2 steps, then resumed to step 3. Each run in a process of its own; its peak
+    resident memory read from the kernel (``ru_maxrss`` of the finished child), also when it is killed for memory."""
+    rows = []
+    for recipe in recipes:
+        base = phi35v if recipe.startswith("phi35v") else model
+        if base is None:
+            rows.append({"recipe": recipe, "result": "not run: give --phi35v_model (a full-size Phi-3.5-Vision)"})
+            continue
+        out = scratch / f"train-{recipe}"
+        command = [
+            sys.executable, "-m", "phi3v_recipe.smoke", "--config", str(ROOT / f"recipes/{recipe}.yaml"),
+            "--model_name_or_path", str(base), "--use_cpu", "true", "--bf16", "true", "--save_strategy", "steps",
+            "--save_steps", "1", "--logging_steps", "1", "--output_dir", str(out),
+        ] + (["--per_device_train_batch_size", str(TRAINED[recipe])] if TRAINED.get(recipe) else [])  # fmt: skip
+        row = {"recipe": recipe, "batch": TRAINED.get(recipe) or "as shipped"}
+        for name, extra in (
+            ("2 steps", ["--max_steps", "2"]),
+            ("resumed", ["--max_steps", "3", "--resume_from_checkpoint", "true"]),
+        ):
+            start = time.perf_counter()
+            with open(scratch / f"train-{recipe}.log", "w") as log:
+                child = subprocess.Popen(command + extra, stdout=log, stderr=subprocess.STDOUT)
+                _, status, usage = os.wait4(child.pid, 0)  # this child's own peak, not the largest of all so far
+            row[f"{name} s"] = round(time.perf_counter() - start)
+            row["peak_rss_gib"] = max(row.get("peak_rss_gib", 0), round(usage.ru_maxrss / 2**20, 1))
+            output = (scratch / f"train-{recipe}.log").read_text()
+            code = os.waitstatus_to_exitcode(status)
+            if code != 0:
+                row["result"] = "killed for memory" if code == -9 else f"failed: {output.strip().splitlines()[-1:]}"
+                break
+            history = json.loads(
+                (out / f"checkpoint-{3 if name == 'resumed' else 2}" / "trainer_state.json").read_text()
+            )
+            losses = [entry["loss"] for entry in history["log_history"] if "loss" in entry]
+            row[f"{name} loss"] = losses[-1] if losses else None
+            if name == "resumed":
+                row["result"] = "resumed" if "Resuming from" in output else "did not resume"
+                row["adapter"] = (out / "adapter_model.safetensors").is_file()
+        rows.append(row)
+        print(table(rows[-1:], list(rows[-1])), flush=True)
+        shutil.rmtree(out, ignore_errors=True)  # checkpoints hold GBs of optimiser state
+    return rows
+
+
+def point_fsdp(model: Path, scratch: Path, layers: int = 2, batches=(1, 2)) -> list[dict]:
+    """recipes/burberry_full_fsdp.yaml's step (full fine-tuning, fp32 weights and AdamW sharded, bf16 compute, every
+    layer checkpointed) on the model cut to ``layers`` decoder layers at full width, over two processes launched with
+    accelerate_configs/fsdp.yaml as on GPUs (gloo, through ``fsdp_on_cpu.py``); each process's step peak beside the
+    estimate for one of two GPUs. The whole model's full fine-tuning does not fit 24 GiB even sharded over two."""
+    from torch.distributed.elastic.utils.distributed import get_free_port
+
+    from ..fullsize import cut
+    from ..memory import shape_of, step_memory
+    from ..phi3_v import Phi3VConfig
+
+    small = cut(model, layers, scratch / f"phi3v-{layers}-layers")
+    shape = shape_of(Phi3VConfig.from_pretrained(small))
+    rows = []
+    for batch in batches:
+        out = scratch / f"fsdp-batch{batch}.json"
+        command = [
+            str(Path(sys.executable).parent / "accelerate"), "launch", "--config_file",
+            str(ROOT / "accelerate_configs/fsdp.yaml"), "--num_processes", "2", "--mixed_precision", "bf16",
+            "--main_process_port", str(get_free_port()), str(Path(__file__).parent / "fsdp_on_cpu.py"),
+            "-m", "phi3v_recipe.bench.step_memory", "--config", str(ROOT / "recipes/burberry_full_fsdp.yaml"),
+            "--model", str(small), "--batch", str(batch), "--out", str(out),
+        ]  # fmt: skip
+        start = time.perf_counter()
+        done = subprocess.run(command, capture_output=True, text=True, timeout=3600)
+        if done.returncode != 0:
+            raise UserError(f"the FSDP step at batch {batch} failed: {done.stderr[-1500:]}")
+        steps = [json.loads(path.read_text()) for path in (out, out.with_suffix(".rank1.json"))]
+        step = max(steps, key=lambda s: s["step_peak"])
+        parts = step_memory(
+            shape, batch=step["rows"], tokens=step["tokens"], answer=step["answer"], crops=step["crops"],
+            every=1, rank=0, full=True, gpus=2,
+        )  # fmt: skip
+        estimate = parts["total"] - parts["margin"]
+        rows.append(
+            {
+                "layers": layers,
+                "batch": batch,
+                "tokens": step["tokens"],
+                "held_gib": round((step["weights"] + step["trainable"]) / GIB, 3),  # fp32 shards, AdamW's
+                "held_est": round((parts["weights"] + parts["trainable_state"]) / GIB, 3),
+                "saved_gib": round(step["saved"] / GIB, 3),
+                "activations_est": round(parts["activations"] / GIB, 3),
+                "step_peak_gib": round(step["step_peak"] / GIB, 3),
+                "estimate_gib": round(estimate / GIB, 3),
+                "estimate/peak": round(estimate / step["step_peak"], 3),
+                "seconds": round(time.perf_counter() - start),
+                "measured": steps,
+            }
+        )
+        print(table(rows[-1:], [k for k in rows[-1] if k != "measured"]), flush=True)
+    return rows
+
+
+def point_merge(base: Path, scratch: Path) -> dict:
+    """``predict --merge`` of an adapter with nonzero weights onto the full-size base (either family): the merged
+    folder's index and dtype against the base's, the peak memory predict prints, and one image prompt's logits of the
+    merged model against the base with the adapter (each model in a process of its own, bf16). The adapter has the
+    shipped recipe's shape: Phi-3-Vision's LoRA r 64 on the four decoder projections; Phi-4-multimodal's own vision
+    LoRA (rank 256) and its image embedding trained whole. Its weights are random, not trained, so that it changes
+    the logits well beyond bf16's rounding: the check must see the merge keep that change."""
+    import multiprocessing
+
+    import torch
+
+    adapter, merged = scratch / f"{base.name}-adapter", scratch / f"{base.name}-merged"
+    spawn = multiprocessing.get_context("spawn")
+    child = spawn.Process(target=make_adapter, args=(str(base), str(adapter)))
+    child.start()
+    child.join()
+    if child.exitcode != 0:
+        raise RuntimeError(f"making the adapter stopped with exit code {child.exitcode}")
+    image = scratch / "merge-prompt.png"
+    stripes(672, 448).save(image)
+    start = time.perf_counter()
+    done = subprocess.run(
+        [
+            sys.executable, "-m", "phi3v_recipe.predict", "--adapter", str(adapter), "--image", str(image),
+            "--max_new_tokens", "1", "--merge", str(merged),
+        ],
+        capture_output=True, text=True, timeout=3600,
+    )  # fmt: skip
+    if done.returncode != 0:
+        raise UserError(f"the merge failed: {done.stderr[-1500:]}")
+    seconds = time.perf_counter() - start
+    peak = float(done.stdout.split("peak memory of this process: ")[1].split(" GiB")[0])
+    logits = {}
+    for name, path in (("base", base), ("adapted", adapter), ("merged", merged)):
+        child = spawn.Process(target=prompt_logits, args=(str(path), str(image), str(scratch / f"{name}.pt")))
+        child.start()
+        child.join()
+        if child.exitcode != 0:
+            raise RuntimeError(f"the {name} model's forward stopped with exit code {child.exitcode}")
+        logits[name] = torch.load(scratch / f"{name}.pt")
+    adapted = logits["adapted"]
+    ours, theirs = tensors_of(merged), tensors_of(base)
+    return {
+        "model": base.name,
+        "prompt_tokens": int(adapted.shape[0]),
+        "merge_seconds": round(seconds),
+        "merge_peak_gib": peak,
+        "layout_is_the_bases": {n: (f, s) for n, (f, s, _) in ours.items()}
+        == {n: (f, s) for n, (f, s, _) in theirs.items()},
+        "files": len({f for f, _, _ in ours.values()}),
+        "dtypes": sorted({d for _, _, d in ours.values()}),
+        "gb": round(sum(s for _, s, _ in ours.values()) / 1e9, 3),
+        "adapter_changes_logits": float((logits["base"] - adapted).norm() / adapted.norm()),
+        "merged_vs_adapted": float((logits["merged"] - adapted).norm() / adapted.norm()),
+        "merged_top1_agreement": float((logits["merged"].argmax(-1) == adapted.argmax(-1)).float().mean()),
+    }
+
+
+def tensors_of(folder: Path) -> dict[str, tuple[str, int, str]]:
+    """Each tensor of a checkpoint folder: (its file, its bytes, its dtype), read from the safetensors headers."""
+    import math
+
+    from safetensors import safe_open
+
+    from ..export import INDEX
+
+    index = folder / INDEX
+    files = (
+        sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() else ["model.safetensors"]
+    )
+    out = {}
+    for file in files:
+        with safe_open(folder / file, "pt") as weights:
+            for name in weights.keys():
+                piece = weights.get_slice(name)
+                dtype = piece.get_dtype()
+                size = {"BF16": 2, "F16": 2, "F32": 4, "F64": 8, "I64": 8, "U8": 1, "I8": 1}[dtype]
+                out[name] = (file, math.prod(piece.get_shape()) * size, dtype)
+    return out
+
+
+def stripes(width: int, height: int):
+    """A white image with coloured stripes: some structure, so that its crops differ."""
+    from PIL import Image
+
+    image = Image.new("RGB", (width, height), "white")
+    for i in range(0, width, 48):
+        image.paste((i % 255, 80, 200 - i % 200), (i, 0, i + 24, height))
+    return image
+
+
+def make_adapter(base: str, out: str) -> None:
+    """In a child process: an adapter of the shipped recipe's shape on ``base`` (see ``point_merge``), saved."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from .. import register
+    from ..families import family_of
+
+    register()
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.bfloat16)
+    family = family_of(base)
+    generator = torch.Generator().manual_seed(0)
+    if family.NAME == "phi4mm":  # its own vision LoRA (random B in the written model) and the image embedding
+        peft = family.peft_model(model, None, base)
+        trained = [p for n, p in peft.named_parameters() if "modules_to_save" in n]
+    else:
+        targets = ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]  # recipes/burberry_lora.yaml's
+        peft = get_peft_model(model, LoraConfig(r=64, lora_alpha=128, lora_dropout=0.0, target_modules=targets))
+        trained = [p for n, p in peft.named_parameters() if "lora_B" in n]  # zero as PEFT makes them
+    with torch.no_grad():
+        for weight in trained:  # as a few hundred steps might move them
+            weight.add_(torch.empty(weight.shape).normal_(0.0, 0.002, generator=generator).to(weight.dtype))
+    peft.save_pretrained(out)
+
+
+def prompt_logits(path: str, image: str, out: str) -> None:
+    """In a child process: one image prompt's logits from ``path`` (a model or an adapter, as predict loads it)."""
+    import torch
+    from PIL import Image
+
+    from ..conversation import conversation, render
+    from ..predict import load_for_inference
+
+    model, processor = load_for_inference(path)  # the crops its processor files say
+    text = render(processor, conversation("What is shown in this image?", 1), add_generation_prompt=True)
+    inputs = processor(text=text, images=[Image.open(image).convert("RGB")], return_tensors="pt")
+    with torch.no_grad():
+        torch.save(model(**inputs).logits[0].float(), out)
+
+
+def write_phi4mm(scratch: Path) -> Path:
+    """A random full-size Phi-4-multimodal (``phi3v-recipe tiny DIR --family phi4mm --size full``) in scratch."""
+    from ..families.phi4mm import write_full_size
+    from ..tiny import CORPUS
+
+    write_full_size(scratch / "phi4mm-full", CORPUS)
+    return scratch / "phi4mm-full"
+
+
 def point_numerics(model: Path, long: bool = False) -> dict:
-    """bf16 SDPA vs fp32 eager logits on one image prompt; greedy with the KV cache against without, in each.
-    ``long``: two images at num_crops 16, past original_max_position_embeddings (4,096), where LongRoPE's long
-    factors apply; the logits only (an fp32 forward of it is ~50 TFLOP: over 20 minutes here). Each precision runs
+    """bf16 SDPA vs fp32 eager logits on one image prompt; greedy with the KV cache against without, in each; fp32
+    SDPA's logits against fp32 eager's. ``long``: two images at num_crops 16, past original_max_position_embeddings
+    (4,096), where LongRoPE's long factors apply; bf16 SDPA against fp32 SDPA, the logits only (an fp32 forward of
+    it is ~50 TFLOP: over 20 minutes here). Each precision runs
     in a process of its own: the full-size bf16 and fp32 models (8.3 and 16.6 GB) do not share 24 GiB well, and a
     process does not always hand freed memory back."""
     import multiprocessing
@@ -101,10 +369,7 @@ def point_numerics(model: Path, long: bool = False) -> dict:
     from ..families.phi3v import load_processor
 
     processor = load_processor(model, None, 16 if long else 4)
-    width, height = (1344, 1344) if long else (672, 448)  # long: 16 crops an image (4 x 4 of 336)
-    image = Image.new("RGB", (width, height), "white")
-    for i in range(0, width, 48):  # some structure, so that the crops differ
-        image.paste((i % 255, 80, 200 - i % 200), (i, 0, i + 24, height))
+    image = stripes(1344, 1344) if long else stripes(672, 448)  # long: 16 crops an image (4 x 4 of 336)
     images = [image, image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)] if long else [image]
     question = "Are these the same?" if long else "What is shown in this image?"
     text = render(processor, conversation(question, len(images)), add_generation_prompt=True)
@@ -112,21 +377,30 @@ def point_numerics(model: Path, long: bool = False) -> dict:
     results = {"prompt_tokens": int(inputs["input_ids"].shape[1])}
     scratch = Path(tempfile.mkdtemp(prefix="numerics-"))
     torch.save(dict(inputs), scratch / "inputs.pt")
+    # fp32 eager is the reference; past 4,096 tokens it does not fit 24 GiB, and fp32 SDPA (the same sums in fp32,
+    # no T x T tensors) stands in for it there, checked against it on the short prompt.
+    runs = [("bfloat16", "sdpa", not long), ("float32", "sdpa", False)] + (
+        [] if long else [("float32", "eager", True)]
+    )
     logits = {}
-    for dtype, attention in (("bfloat16", "sdpa"), ("float32", "eager")):
+    for dtype, attention, greedy in runs:
         child = multiprocessing.get_context("spawn").Process(
-            target=one_precision, args=(str(model), dtype, attention, str(scratch), not long)
+            target=one_precision, args=(str(model), dtype, attention, str(scratch), greedy)
         )
         child.start()
         child.join()
         if child.exitcode != 0:
-            raise RuntimeError(f"the {dtype} forward stopped with exit code {child.exitcode}")
-        out = torch.load(scratch / f"{attention}.pt")
-        logits[attention] = out.pop("logits")
-        results |= {f"{k}_{attention}": v for k, v in out.items()}
-    low, high = logits["sdpa"], logits["eager"]
-    results["relative_logit_error"] = float((low - high).norm() / high.norm())
-    results["top1_agreement"] = float((low.argmax(-1) == high.argmax(-1)).float().mean())
+            raise RuntimeError(f"the {dtype} {attention} forward stopped with exit code {child.exitcode}")
+        out = torch.load(scratch / f"{dtype}-{attention}.pt")
+        logits[dtype, attention] = out.pop("logits")
+        short = {"bfloat16": "bf16", "float32": "fp32"}[dtype]
+        results |= {f"{k}_{short}_{attention}": v for k, v in out.items()}
+    reference = logits["float32", "sdpa" if long else "eager"]
+    results["reference"] = "fp32 sdpa" if long else "fp32 eager"
+    compared = {"": logits["bfloat16", "sdpa"]} | ({} if long else {"fp32_sdpa_": logits["float32", "sdpa"]})
+    for name, low in compared.items():
+        results[f"{name}relative_logit_error"] = float((low - reference).norm() / reference.norm())
+        results[f"{name}top1_agreement"] = float((low.argmax(-1) == reference.argmax(-1)).float().mean())
     return results
 
 
@@ -145,37 +419,71 @@ def one_precision(model: str, dtype: str, attention: str, scratch: str, greedy: 
         out = {"logits": loaded.eval()(**inputs).logits[0].float()}
         if greedy:
             out |= greedy_check(loaded, dict(inputs))
-    torch.save(out, Path(scratch) / f"{attention}.pt")
+    torch.save(out, Path(scratch) / f"{dtype}-{attention}.pt")
+
+
+POINTS = "write,train,memory,fsdp,merge,merge-phi4mm,numerics,numerics-long,bench"
 
 
 def main(argv=None) -> dict:
     parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--hub_dir", type=Path, help="the hub files of Phi-3-vision-128k-instruct (config, index)")
     parser.add_argument("--model", type=Path, help="a full-size checkpoint already written (skips the write)")
-    parser.add_argument("--points", default="write,memory,numerics", help="and numerics-long (~30 min here)")
+    parser.add_argument("--points", default=POINTS, help=f"comma-separated, from {POINTS} (default: all)")
+    parser.add_argument("--recipes", default=",".join(TRAINED), help="train: these recipes (default: all of them)")
+    parser.add_argument("--phi35v_model", type=Path, help="a full-size Phi-3.5-Vision already written (train)")
+    parser.add_argument("--phi4mm_model", type=Path, help="a full-size Phi-4-multimodal already written (merge)")
     parser.add_argument("--out", default="outputs/bench-fullsize.json")
     args = parser.parse_args(argv)
     points = set(args.points.split(","))
+    if points - set(POINTS.split(",")):
+        raise UserError(f"--points: unknown {sorted(points - set(POINTS.split(',')))}; choose from {POINTS}.")
     if args.model is None and args.hub_dir is None:
         raise UserError("give --hub_dir (the hub's config.json and index) to write the model, or --model DIR.")
-    results = {"machine": f"{__import__('os').cpu_count()} CPU cores"}
+    results = {"machine": f"{os.cpu_count()} CPU cores"}
     scratch = scratch_dir("bench-fullsize-")
     model = args.model
     if model is None:
         model, results["write"] = point_write(args.hub_dir, scratch)
-        print(
-            f"1. Written in {results['write']['seconds']} s; the hub's weight_map: {results['write']['weight_map_is_the_hubs']}"
+        written = results["write"]
+        print(f"1. Written in {written['seconds']} s; the hub's weight_map: {written['weight_map_is_the_hubs']}")
+
+    def show(key: str, title: str, rows: list[dict]) -> None:
+        results[key] = rows
+        columns = list(dict.fromkeys(k for row in rows for k in row if k != "measured"))
+        print(f"\n{title}\n" + table(rows, columns), flush=True)
+
+    if "train" in points:
+        show(
+            "train",
+            "2. The recipes trained at full size: 2 steps, resumed to 3",
+            point_train(model, scratch, args.recipes.split(","), args.phi35v_model),
         )
     if "memory" in points:
-        print("\n3. A training step's memory (GiB): counted on the CPU beside the estimate (no GPU margin)")
-        results["memory"] = point_memory(model)
-        print(table(results["memory"], [k for k in results["memory"][0] if k != "measured"]))
+        show(
+            "memory",
+            "3. A training step's memory (GiB): counted on the CPU beside the estimate (no GPU margin)",
+            point_memory(model),
+        )
+    if "fsdp" in points:
+        show(
+            "fsdp",
+            "3. Full fine-tuning under FSDP over two processes, 2 decoder layers (GiB, per process)",
+            point_fsdp(model, scratch),
+        )
+    if points & {"merge", "merge-phi4mm"}:
+        bases = [model] if "merge" in points else []
+        bases += [args.phi4mm_model or write_phi4mm(scratch)] if "merge-phi4mm" in points else []
+        show("merge", "4. A merge at full size", [point_merge(base, scratch) for base in bases])
     if "numerics" in points:
-        results["numerics"] = point_numerics(model)
-        print("\n5. Numerics at full size\n" + table([results["numerics"]], list(results["numerics"])))
-    if "numerics-long" in points:  # not in the default points: ~30 minutes here
-        results["numerics_long"] = point_numerics(model, long=True)
-        print("\n5. Numerics past 4,096 tokens\n" + table([results["numerics_long"]], list(results["numerics_long"])))
+        show("numerics", "5. Numerics at full size", [point_numerics(model)])
+    if "numerics-long" in points:
+        show("numerics_long", "5. Numerics past 4,096 tokens", [point_numerics(model, long=True)])
+    if "bench" in points:
+        print("\n6. The bench at full size: ours beside official-frozen-bs1, bf16 on the CPU", flush=True)
+        bench = scratch / "bench.json"
+        subprocess.run([sys.executable, "-m", "phi3v_recipe.bench", *BENCH, "--out", str(bench)], check=True)
+        results["bench"] = json.loads(bench.read_text())
     write_results(args.out, results)
     return results
 

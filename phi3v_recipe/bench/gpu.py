@@ -121,7 +121,7 @@ def time_steps(model, mode: str, batch: dict, steps: int, device: str) -> dict:
     """One warm-up step, then ``steps`` timed: samples/s and the peak memory of the timed steps."""
     import torch
 
-    from .step_memory import peak_of
+    from .step_memory import peaks_of
 
     optimiser = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
 
@@ -146,7 +146,7 @@ def time_steps(model, mode: str, batch: dict, steps: int, device: str) -> dict:
         if device == "cuda":
             torch.cuda.synchronize()
     seconds = time.perf_counter() - start
-    peak = torch.cuda.max_memory_allocated() if device == "cuda" else held + peak_of(profiler)
+    peak = torch.cuda.max_memory_allocated() if device == "cuda" else held + peaks_of(profiler)[0]
     rows = batch["input_ids"].shape[0]
     return {"samples_per_s": rows * steps / seconds, "peak_gib": peak / GIB, "losses": losses}
 

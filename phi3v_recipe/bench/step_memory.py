@@ -24,6 +24,7 @@ Not counted: the CUDA context and the caching allocator's fragmentation (a GPU's
 """
 
 import json
+import os
 import tempfile
 import weakref
 from pathlib import Path
@@ -96,16 +97,36 @@ class SavedBytes:
         return tensor
 
 
-def peak_of(profiler) -> int:
-    """The most bytes allocated at once during the profiled span, above what was allocated at its start."""
+MARK = 7_777_777  # bytes of a tensor made and freed as the first step begins: the steps' start in the events
+
+
+def peaks_of(profiler) -> tuple[int, int | None]:
+    """The most bytes allocated at once during the profiled span above what was allocated at its start, and the most
+    from the first step's start on above what was allocated then (the steps, without the loading and FSDP's sharding
+    before them; None without the mark)."""
     events = sorted(
         (e.start_ns(), e.nbytes()) for e in profiler.profiler.kineto_results.events() if e.name() == "[memory]"
     )
     held = peak = 0
+    at_mark = step_peak = None
     for _, nbytes in events:
+        if at_mark is None and nbytes == MARK:
+            at_mark = step_peak = held
         held += nbytes
         peak = max(peak, held)
-    return peak
+        if at_mark is not None:
+            step_peak = max(step_peak, held)
+    return peak, None if at_mark is None else step_peak - at_mark
+
+
+def local_bytes(tensors) -> int:
+    """Bytes this process holds of ``tensors``: an FSDP shard's local part; nothing for a tensor on the meta device
+    (FSDP's loading leaves the model there on every process but the first)."""
+    total = 0
+    for t in tensors:
+        t = t.to_local() if hasattr(t, "to_local") else t
+        total += 0 if t.is_meta else t.numel() * t.element_size()
+    return total
 
 
 def measure(recipe_path: Path, model: str, batch: int, every: int | None, overrides: dict | None = None) -> dict:
@@ -113,6 +134,7 @@ def measure(recipe_path: Path, model: str, batch: int, every: int | None, overri
     ``overrides``: recipe keys set over the recipe's."""
     import torch
     import yaml
+    from transformers import TrainerCallback
 
     from ..config import parse_recipe
     from ..loss import fused_head_at_labelled_positions as labelled_positions
@@ -146,33 +168,43 @@ def measure(recipe_path: Path, model: str, batch: int, every: int | None, overri
     saved = SavedBytes(model_)
     forward_done = model_.register_forward_hook(saved.stop)
     forward_start = model_.register_forward_pre_hook(saved.start)
-    frozen = sum(p.numel() * p.element_size() for p in model_.parameters() if not p.requires_grad)
-    frozen += sum(b.numel() * b.element_size() for b in model_.buffers())
-    trained = [p for p in model_.parameters() if p.requires_grad]
-    before = sum(p.numel() * p.element_size() for p in trained)
+    marked = []  # the bytes of the model's parameters and buffers (this process's shards) as the first step begins
+
+    class Mark(TrainerCallback):
+        def on_step_begin(self, *_, **__):
+            if not marked:
+                wrapped = trainer.model_wrapped
+                marked.append(local_bytes(wrapped.parameters()) + local_bytes(wrapped.buffers()))
+                torch.empty(MARK, dtype=torch.uint8)  # made and freed: the mark in the allocator's events
+
+    trainer.add_callback(Mark())
+    frozen = local_bytes(p for p in model_.parameters() if not p.requires_grad) + local_bytes(model_.buffers())
+    before = local_bytes(p for p in model_.parameters() if p.requires_grad)
     activities = [torch.profiler.ProfilerActivity.CPU]
     with torch.profiler.profile(activities=activities, profile_memory=True) as profiler:
         with torch.autograd.graph.saved_tensors_hooks(saved.pack, lambda tensor: tensor), labelled_positions():
             trainer.train()
     forward_done.remove(), forward_start.remove()
-    optimiser = sum(
-        t.numel() * t.element_size()
-        for state in trainer.optimizer.state.values()
-        for t in state.values()
-        if torch.is_tensor(t) and t.dim() > 0
+    model_ = trainer.model_wrapped if trainer.is_fsdp_enabled else model_  # FSDP shards the model it wraps
+    optimiser = local_bytes(
+        t for state in trainer.optimizer.state.values() for t in state.values() if torch.is_tensor(t) and t.dim() > 0
     )
+    trained = [p for p in model_.parameters() if p.requires_grad]
     total, square = saved.most
+    peak, step_rise = peaks_of(profiler)
     return {
         "recipe": recipe_path.stem,
         "batch_size": batch,
         "every": every,
         **shapes,
+        "processes": trainer.accelerator.num_processes,
         "trainable_params": sum(p.numel() for p in trained),
-        "weights": frozen,
-        "trainable": before * 2 + optimiser,  # the parameters, their gradients, AdamW's moments
+        "weights": local_bytes(p for p in model_.parameters() if not p.requires_grad) + local_bytes(model_.buffers()),
+        "trainable": local_bytes(trained) * 2 + optimiser,  # the parameters, their gradients, AdamW's moments
         "saved": total - square,
         "saved_attention_probs": square,
-        "peak": frozen + before + peak_of(profiler),
+        "peak": frozen + before + peak,
+        "step_peak": marked[0] + step_rise,  # from the first step's start on
     }
 
 
@@ -191,8 +223,9 @@ def main(argv=None) -> dict:
     overrides = {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in args.set)}
     result = measure(args.config, args.model, args.batch, None if args.no_checkpointing else args.every, overrides)
     print(json.dumps(result))
-    if args.out:
-        args.out.write_text(json.dumps(result))
+    if args.out:  # under several processes (FSDP), one file each: OUT.rank1.json beside OUT
+        rank = int(os.environ.get("RANK", "0"))
+        (args.out.with_suffix(f".rank{rank}{args.out.suffix}") if rank else args.out).write_text(json.dumps(result))
     return result
 
 

@@ -1,10 +1,11 @@
-"""Run a module under Accelerate's FSDP path on the CPU, for tests: ``accelerate launch --config_file
-accelerate_configs/fsdp.yaml ... tests/fsdp_on_cpu.py -m phi3v_recipe.train ...``.
+"""Run a module under Accelerate's FSDP path on the CPU, for tests and the FSDP memory bench: ``accelerate launch
+--config_file accelerate_configs/fsdp.yaml ... phi3v_recipe/bench/fsdp_on_cpu.py -m phi3v_recipe.train ...``.
 
 Accelerate chooses FSDP only for accelerator devices: on the CPU (the run's ``use_cpu``) it sets up plain gloo
 processes and ignores the FSDP plugin that the launcher's environment describes. This keeps that plugin: the run then
 goes through the same code as on GPUs (the model wrapped by ``fully_shard`` per the config's layer classes, reshard
-setting and state-dict type, sharded checkpoints saved and loaded by the Trainer), with gloo as the backend."""
+setting, mixed precision policy and state-dict type, sharded checkpoints saved and loaded by the Trainer), with gloo
+as the backend."""
 
 import runpy
 import sys
@@ -19,6 +20,8 @@ def init_keeping_fsdp(self, *args, fsdp_plugin=None, **kwargs):
     original_init(self, *args, fsdp_plugin=fsdp_plugin, **kwargs)
     if fsdp_plugin is not None and self.distributed_type == DistributedType.MULTI_CPU:
         self.distributed_type = PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+        if self._mixed_precision != "no":  # as Accelerate does on GPUs: bf16 compute, fp32 master weights
+            fsdp_plugin.set_mixed_precision(self._mixed_precision)
         self.fsdp_plugin = fsdp_plugin
 
 
