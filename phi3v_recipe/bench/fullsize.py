@@ -9,9 +9,11 @@ Points (all by default; the numbers are the issue's):
 
 1. write: ``phi3v-recipe tiny --size full`` into a scratch folder, timed; its index against the hub's (skipped with
    ``--model``, a full-size checkpoint already written).
-2. train: every GPU recipe that is not full fine-tuning, through ``phi3v_recipe.smoke`` on the full-size model (its
-   twin's rows, the CPU under bf16 autocast): 2 steps with a checkpoint each, then resumed to step 3; the process's
-   peak resident memory; what stops a recipe that does not fit (``TRAINED``).
+2. train: every GPU recipe that is not full fine-tuning, through ``phi3v_recipe.smoke`` on the full-size model of
+   its family (its twin's rows, no evaluation, the CPU under bf16 autocast): 2 steps with a checkpoint each, then
+   resumed to step 3; the process's peak resident memory; what stops a recipe that does not fit (``TRAINED``;
+   ``--recipes`` for some; Phi-3.5-Vision's recipe needs ``--phi35v_model``, Phi-4-multimodal's model is written
+   unless given).
 3. memory: recipes/burberry_lora.yaml's step at batch 1 and 2, every layer checkpointed (the recipe's policy),
    every 2nd, and none (batch 1), each in a fresh process (``bench/step_memory.py``): the bytes autograd saved, the
    trainable state and the peak, beside ``phi3v_recipe.memory``'s estimate of the same step (without the GPU
@@ -101,10 +103,12 @@ def point_memory(model: Path) -> list[dict]:
 
 # The GPU recipes trained at full size (point 2), each at its own num_crops, LoRA, quantization and checkpointing,
 # with what is set over it here: batch 1 where a row takes minutes on the CPU; ucf101_lora's own 8 frames (its twin's
-# data keys say 4). nlvr2_lora and ucf101_lora need more than 24 GiB by the estimate: they run to show where they stop.
+# data keys say 4). nlvr2_lora, ucf101_lora and phi4mm_burberry_lora need more than 24 GiB by the estimate: they run
+# to show where they stop.
 BATCH_1 = ["--per_device_train_batch_size", "1"]
 TRAINED = {"llava_instruct_lora": [], "burberry_lora": BATCH_1, "docvqa_lora": BATCH_1, "burberry_qlora": BATCH_1,
-           "phi35v_burberry_lora": BATCH_1, "ucf101_lora": ["--max_frames", "8"], "nlvr2_lora": []}  # fmt: skip
+           "phi35v_burberry_lora": BATCH_1, "ucf101_lora": ["--max_frames", "8"], "nlvr2_lora": [],
+           "phi4mm_burberry_lora": []}  # fmt: skip
 
 
 # Point 6: the model written by the bench itself (the same architecture), bf16 as a GPU runs it, the cookbook's
@@ -114,21 +118,23 @@ BENCH = ["--device", "cpu", "--model", "full", "--dtype", "bfloat16", "--modes",
          "--skip", "preprocessing,pipes,padding"]  # fmt: skip
 
 
-def point_train(model: Path, scratch: Path, recipes: list[str], phi35v: Path | None) -> list[dict]:
-    """Each recipe through ``phi3v_recipe.smoke`` on the full-size model (its twin's rows, the CPU under bf16
-    autocast, a checkpoint every step): 2 steps, then resumed to step 3. Each run in a process of its own; its peak
-    resident memory read from the kernel (``ru_maxrss`` of the finished child), also when it is killed for memory."""
+def point_train(model: Path, scratch: Path, recipes: list[str], others: dict[str, Path | None]) -> list[dict]:
+    """Each recipe through ``phi3v_recipe.smoke`` on the full-size model of its family (``others``: Phi-3.5-Vision's
+    and Phi-4-multimodal's, by the recipe name's prefix; the twin's rows, the CPU under bf16 autocast, a checkpoint
+    every step): 2 steps, then resumed to step 3. Each run in a process of its own; its peak resident memory read from
+    the kernel (``ru_maxrss`` of the finished child), also when it is killed for memory."""
     rows = []
     for recipe in recipes:
-        base = phi35v if recipe.startswith("phi35v") else model
+        prefix = next((name for name in others if recipe.startswith(name)), None)
+        base = others[prefix] if prefix else model
         if base is None:
-            rows.append({"recipe": recipe, "result": "not run: give --phi35v_model (a full-size Phi-3.5-Vision)"})
+            rows.append({"recipe": recipe, "result": f"not run: give --{prefix}_model (a full-size checkpoint)"})
             continue
         out = scratch / f"train-{recipe}"
         command = [
             sys.executable, "-m", "phi3v_recipe.smoke", "--config", str(ROOT / f"recipes/{recipe}.yaml"),
             "--model_name_or_path", str(base), "--use_cpu", "true", "--bf16", "true", "--save_strategy", "steps",
-            "--save_steps", "1", "--logging_steps", "1", "--output_dir", str(out),
+            "--save_steps", "1", "--logging_steps", "1", "--eval_fraction", "0", "--output_dir", str(out),
         ] + TRAINED.get(recipe, [])  # fmt: skip
         row = {"recipe": recipe, "set": " ".join(TRAINED.get(recipe, [])) or "nothing"}
         for name, extra in (
@@ -435,8 +441,14 @@ def main(argv=None) -> dict:
     parser.add_argument("--model", type=Path, help="a full-size checkpoint already written (skips the write)")
     parser.add_argument("--points", default=POINTS, help=f"comma-separated, from {POINTS} (default: all)")
     parser.add_argument("--recipes", default=",".join(TRAINED), help="train: these recipes (default: all of them)")
-    parser.add_argument("--phi35v_model", type=Path, help="a full-size Phi-3.5-Vision already written (train)")
-    parser.add_argument("--phi4mm_model", type=Path, help="a full-size Phi-4-multimodal already written (merge)")
+    parser.add_argument(
+        "--phi35v_model", type=Path, help="a full-size Phi-3.5-Vision already written (train: its recipe)"
+    )
+    parser.add_argument(
+        "--phi4mm_model",
+        type=Path,
+        help="a full-size Phi-4-multimodal already written (merge-phi4mm; train: its recipes)",
+    )
     parser.add_argument("--out", default="outputs/bench-fullsize.json")
     args = parser.parse_args(argv)
     points = set(args.points.split(","))
@@ -447,6 +459,9 @@ def main(argv=None) -> dict:
     results = {"machine": f"{os.cpu_count()} CPU cores"}
     scratch = scratch_dir("bench-fullsize-")
     model = args.model
+    wants_phi4mm = "merge-phi4mm" in points or ("train" in points and "phi4mm" in args.recipes)
+    if wants_phi4mm and args.phi4mm_model is None:
+        args.phi4mm_model = write_phi4mm(scratch)
     if model is None:
         model, results["write"] = point_write(args.hub_dir, scratch)
         written = results["write"]
@@ -461,7 +476,9 @@ def main(argv=None) -> dict:
         show(
             "train",
             "2. The recipes trained at full size: 2 steps, resumed to 3",
-            point_train(model, scratch, args.recipes.split(","), args.phi35v_model),
+            point_train(
+                model, scratch, args.recipes.split(","), {"phi35v": args.phi35v_model, "phi4mm": args.phi4mm_model}
+            ),
         )
     if "memory" in points:
         show(
@@ -477,7 +494,7 @@ def main(argv=None) -> dict:
         )
     if points & {"merge", "merge-phi4mm"}:
         bases = [model] if "merge" in points else []
-        bases += [args.phi4mm_model or write_phi4mm(scratch)] if "merge-phi4mm" in points else []
+        bases += [args.phi4mm_model] if "merge-phi4mm" in points else []
         show("merge", "4. A merge at full size", [point_merge(base, scratch) for base in bases])
     if "numerics" in points:
         show("numerics", "5. Numerics at full size", [point_numerics(model)])
