@@ -61,8 +61,18 @@ def point_write(hub_dir: Path, scratch: Path) -> tuple[Path, dict]:
     return out, {"seconds": round(seconds, 1), "weight_map_is_the_hubs": same}
 
 
+def estimated(shape, step: dict, **settings) -> tuple[dict, float]:
+    """``phi3v_recipe.memory``'s parts for a counted step's batch, and their sum without the GPU margin."""
+    from ..memory import step_memory
+
+    parts = step_memory(
+        shape, batch=step["rows"], tokens=step["tokens"], answer=step["answer"], crops=step["crops"], **settings
+    )
+    return parts, parts["total"] - parts["margin"]
+
+
 def point_memory(model: Path) -> list[dict]:
-    from ..memory import shape_of, step_memory
+    from ..memory import shape_of
     from ..phi3_v import Phi3VConfig
 
     shape = shape_of(Phi3VConfig.from_pretrained(model))
@@ -78,11 +88,7 @@ def point_memory(model: Path) -> list[dict]:
             if done.returncode != 0:
                 raise UserError(f"the step at batch {batch} failed: {done.stderr[-1500:]}")
             step = json.loads(Path(out.name).read_text())
-        parts = step_memory(
-            shape, batch=step["rows"], tokens=step["tokens"], answer=step["answer"], crops=step["crops"],
-            every=every, rank=64,
-        )  # fmt: skip
-        estimate = parts["total"] - parts["margin"]
+        parts, estimate = estimated(shape, step, every=every, rank=64)
         rows.append(
             {
                 "batch": batch,
@@ -176,7 +182,7 @@ def point_fsdp(model: Path, scratch: Path, layers: int = 2, batches=(1, 2)) -> l
     from torch.distributed.elastic.utils.distributed import get_free_port
 
     from ..fullsize import cut
-    from ..memory import shape_of, step_memory
+    from ..memory import shape_of
     from ..phi3_v import Phi3VConfig
 
     small = cut(model, layers, scratch / f"phi3v-{layers}-layers")
@@ -197,18 +203,15 @@ def point_fsdp(model: Path, scratch: Path, layers: int = 2, batches=(1, 2)) -> l
             raise UserError(f"the FSDP step at batch {batch} failed: {done.stderr[-1500:]}")
         steps = [json.loads(path.read_text()) for path in (out, out.with_suffix(".rank1.json"))]
         step = max(steps, key=lambda s: s["step_peak"])
-        parts = step_memory(
-            shape, batch=step["rows"], tokens=step["tokens"], answer=step["answer"], crops=step["crops"],
-            every=1, rank=0, full=True, gpus=2,
-        )  # fmt: skip
-        estimate = parts["total"] - parts["margin"]
+        parts, estimate = estimated(shape, step, every=1, rank=0, full=True, gpus=2)
+        gathered = 2 * (shape.decoder_linear / shape.layers + 2 * shape.hidden)  # one decoder layer, bf16
         rows.append(
             {
                 "layers": layers,
                 "batch": batch,
                 "tokens": step["tokens"],
                 "held_gib": round((step["weights"] + step["trainable"]) / GIB, 3),  # fp32 shards, AdamW's
-                "held_est": round((parts["weights"] + parts["trainable_state"]) / GIB, 3),
+                "held_est": round((parts["weights"] - gathered + parts["trainable_state"]) / GIB, 3),
                 "saved_gib": round(step["saved"] / GIB, 3),
                 "activations_est": round(parts["activations"] / GIB, 3),
                 "step_peak_gib": round(step["step_peak"] / GIB, 3),
