@@ -20,7 +20,8 @@ Points (all by default; the numbers are the issue's):
    margin, which a CPU has not). fsdp: burberry_full_fsdp's step under FSDP over two processes on the model cut to 2
    decoder layers, beside the estimate for one of two GPUs.
 4. merge, merge-phi4mm: ``predict --merge`` at full size (Phi-4-multimodal's model written into scratch unless
-   ``--phi4mm_model``): the layout and dtype against the base's, the peak memory, the logits against the adapted base.
+   ``--phi4mm_model``; ``--qlora_adapter``: a trained QLoRA adapter too, onto the bf16 base): the layout and dtype
+   against the base's, the peak memory, the logits against the adapted base.
 5. numerics: one image prompt (num_crops 4): bf16 SDPA's logits against fp32 eager's on the same weights (relative
    error, top-1 agreement), and in each 16 greedy tokens with the KV cache against the choices without it
    (``bench/gpu.py``'s ``greedy_check``); fp32 SDPA's logits too, against fp32 eager's: the reference that stands in
@@ -225,24 +226,27 @@ def point_fsdp(model: Path, scratch: Path, layers: int = 2, batches=(1, 2)) -> l
     return rows
 
 
-def point_merge(base: Path, scratch: Path) -> dict:
+def point_merge(base: Path, scratch: Path, trained: Path | None = None) -> dict:
     """``predict --merge`` of an adapter with nonzero weights onto the full-size base (either family): the merged
     folder's index and dtype against the base's, the peak memory predict prints, and one image prompt's logits of the
     merged model against the base with the adapter (each model in a process of its own, bf16). The adapter has the
     shipped recipe's shape: Phi-3-Vision's LoRA r 64 on the four decoder projections; Phi-4-multimodal's own vision
     LoRA (rank 256) and its image embedding trained whole. Its weights are random, not trained, so that it changes
-    the logits well beyond bf16's rounding: the check must see the merge keep that change."""
+    the logits well beyond bf16's rounding: the check must see the merge keep that change. ``trained``: a trained
+    adapter of ``base`` instead (a QLoRA one, merged onto the bf16 base as users do)."""
     import multiprocessing
 
     import torch
 
-    adapter, merged = scratch / f"{base.name}-adapter", scratch / f"{base.name}-merged"
+    name = trained.name if trained else base.name
+    adapter, merged = trained or scratch / f"{name}-adapter", scratch / f"{name}-merged"
     spawn = multiprocessing.get_context("spawn")
-    child = spawn.Process(target=make_adapter, args=(str(base), str(adapter)))
-    child.start()
-    child.join()
-    if child.exitcode != 0:
-        raise RuntimeError(f"making the adapter stopped with exit code {child.exitcode}")
+    if trained is None:
+        child = spawn.Process(target=make_adapter, args=(str(base), str(adapter)))
+        child.start()
+        child.join()
+        if child.exitcode != 0:
+            raise RuntimeError(f"making the adapter stopped with exit code {child.exitcode}")
     image = scratch / "merge-prompt.png"
     stripes(672, 448).save(image)
     start = time.perf_counter()
@@ -258,8 +262,9 @@ def point_merge(base: Path, scratch: Path) -> dict:
     seconds = time.perf_counter() - start
     peak = float(done.stdout.split("peak memory of this process: ")[1].split(" GiB")[0])
     logits = {}
-    for name, path in (("base", base), ("adapted", adapter), ("merged", merged)):
-        child = spawn.Process(target=prompt_logits, args=(str(path), str(image), str(scratch / f"{name}.pt")))
+    for name, path in (("base", base), ("adapted", adapter), ("merged", merged)):  # all on the merged folder's prompt
+        args = (str(path), str(merged), str(image), str(scratch / f"{name}.pt"))
+        child = spawn.Process(target=prompt_logits, args=args)
         child.start()
         child.join()
         if child.exitcode != 0:
@@ -269,6 +274,7 @@ def point_merge(base: Path, scratch: Path) -> dict:
     ours, theirs = tensors_of(merged), tensors_of(base)
     return {
         "model": base.name,
+        "adapter": trained.name if trained else "random, the recipe's shape",
         "prompt_tokens": int(adapted.shape[0]),
         "merge_seconds": round(seconds),
         "merge_peak_gib": peak,
@@ -342,15 +348,18 @@ def make_adapter(base: str, out: str) -> None:
     peft.save_pretrained(out)
 
 
-def prompt_logits(path: str, image: str, out: str) -> None:
-    """In a child process: one image prompt's logits from ``path`` (a model or an adapter, as predict loads it)."""
+def prompt_logits(path: str, processor_dir: str, image: str, out: str) -> None:
+    """In a child process: one image prompt's logits from ``path`` (a model or an adapter, as predict loads it), the
+    prompt made by ``processor_dir``'s processor (the crops its files say), so that every model reads the same one."""
     import torch
     from PIL import Image
 
     from ..conversation import conversation, render
+    from ..families import family_of
     from ..predict import load_for_inference
 
-    model, processor = load_for_inference(path)  # the crops its processor files say
+    model, _ = load_for_inference(path)
+    processor = family_of(processor_dir).load_processor(processor_dir)
     text = render(processor, conversation("What is shown in this image?", 1), add_generation_prompt=True)
     inputs = processor(text=text, images=[Image.open(image).convert("RGB")], return_tensors="pt")
     with torch.no_grad():
@@ -452,6 +461,7 @@ def main(argv=None) -> dict:
         type=Path,
         help="a full-size Phi-4-multimodal already written (merge-phi4mm; train: its recipes)",
     )
+    parser.add_argument("--qlora_adapter", type=Path, help="merge: also this adapter, trained on --model in 4 bits")
     parser.add_argument("--out", default="outputs/bench-fullsize.json")
     args = parser.parse_args(argv)
     points = set(args.points.split(","))
@@ -498,7 +508,10 @@ def main(argv=None) -> dict:
     if points & {"merge", "merge-phi4mm"}:
         bases = [model] if "merge" in points else []
         bases += [args.phi4mm_model] if "merge-phi4mm" in points else []
-        show("merge", "4. A merge at full size", [point_merge(base, scratch) for base in bases])
+        merges = [point_merge(base, scratch) for base in bases]
+        if args.qlora_adapter and "merge" in points:  # a trained QLoRA adapter, merged onto the bf16 base
+            merges.append(point_merge(model, scratch, args.qlora_adapter))
+        show("merge", "4. A merge at full size", merges)
     if "numerics" in points:
         show("numerics", "5. Numerics at full size", [point_numerics(model)])
     if "numerics-long" in points:
