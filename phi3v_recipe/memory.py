@@ -86,6 +86,11 @@ def layer_bytes_per_token(s: Shape, rank: int, dropout: float = 0.0) -> int:
     return norms + lora_inputs + attention + mlp + drop
 
 
+def gathered_layer(s: Shape) -> float:
+    """Bytes of one decoder layer gathered in bf16 under FSDP: its matrices and its two norms."""
+    return 2 * (s.decoder_linear / s.layers + 2 * s.hidden)
+
+
 def checkpointed_layers(layers: int, every: int | None) -> int:
     """How many decoder layers transformers checkpoints with ``every_n_layers`` (None: checkpointing off)."""
     return 0 if every is None else len(range(0, layers, every))
@@ -130,8 +135,7 @@ def step_memory(
     lora = 0 if full else rank * s.lora_width
     if full:  # FSDP: trained weights in fp32 shards, frozen ones in bf16 shards, one decoder layer gathered in bf16
         trainable = s.params - (s.vision_tower if tower_frozen else s.vision_unused)
-        layer = s.decoder_linear / s.layers + 2 * d  # its matrices and two norms
-        weights = (4 * trainable + 2 * (s.params - trainable)) / gpus + 2 * layer
+        weights = (4 * trainable + 2 * (s.params - trainable)) / gpus + gathered_layer(s)
         state = 12 * trainable / gpus  # fp32 gradient and two moments, sharded
     else:
         weights = 2 * s.params

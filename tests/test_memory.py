@@ -10,6 +10,7 @@ from phi3v_recipe.memory import (
     MEASURED_STAGES_4_LAYERS,
     Shape,
     checkpointed_layers,
+    gathered_layer,
     layer_bytes_per_token,
     shape_of,
     step_memory,
@@ -162,7 +163,7 @@ def test_an_fsdp_step_holds_each_process_its_share_of_fp32_weights_and_adamw(tin
     [row] = point_fsdp(tiny_dir, tmp_path, layers=1, batches=(1,))
     s = shape_of(AutoConfig.from_pretrained(tmp_path / "phi3v-1-layers"))
     parts = step_memory(s, batch=1, tokens=100, answer=10, crops=1, every=1, rank=0, full=True, gpus=2)
-    sharded = parts["weights"] - 2 * (s.decoder_linear / s.layers + 2 * s.hidden) + parts["trainable_state"]
+    sharded = parts["weights"] - gathered_layer(s) + parts["trainable_state"]
     held = sum(step["weights"] + step["trainable"] for step in row["measured"])
     assert held == pytest.approx(2 * sharded, abs=20_000)  # two processes; each holds the rotary buffers whole
     assert all(step["processes"] == 2 for step in row["measured"])
@@ -183,7 +184,6 @@ def test_the_fsdp_formula_is_the_counted_fsdp_steps():
             rank=0, full=True, gpus=FSDP["gpus"],
         )  # fmt: skip
         assert s.params - s.vision_tower == step["trainable_params"]
-        gathered = 2 * (s.decoder_linear / s.layers + 2 * s.hidden)
-        assert parts["weights"] - gathered + parts["trainable_state"] == pytest.approx(step["held"], rel=1e-4)
+        assert parts["weights"] - gathered_layer(s) + parts["trainable_state"] == pytest.approx(step["held"], rel=1e-4)
         estimate = parts["total"] - parts["margin"]
         assert 1.0 <= estimate / step["step_peak"] <= 1.10

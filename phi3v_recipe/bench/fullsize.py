@@ -183,7 +183,7 @@ def point_fsdp(model: Path, scratch: Path, layers: int = 2, batches=(1, 2)) -> l
     from torch.distributed.elastic.utils.distributed import get_free_port
 
     from ..fullsize import cut
-    from ..memory import shape_of
+    from ..memory import gathered_layer, shape_of
     from ..phi3_v import Phi3VConfig
 
     small = cut(model, layers, scratch / f"phi3v-{layers}-layers")
@@ -205,14 +205,13 @@ def point_fsdp(model: Path, scratch: Path, layers: int = 2, batches=(1, 2)) -> l
         steps = [json.loads(path.read_text()) for path in (out, out.with_suffix(".rank1.json"))]
         step = max(steps, key=lambda s: s["step_peak"])
         parts, estimate = estimated(shape, step, every=1, rank=0, full=True, gpus=2)
-        gathered = 2 * (shape.decoder_linear / shape.layers + 2 * shape.hidden)  # one decoder layer, bf16
         rows.append(
             {
                 "layers": layers,
                 "batch": batch,
                 "tokens": step["tokens"],
                 "held_gib": round((step["weights"] + step["trainable"]) / GIB, 3),  # fp32 shards, AdamW's
-                "held_est": round((parts["weights"] - gathered + parts["trainable_state"]) / GIB, 3),
+                "held_est": round((parts["weights"] - gathered_layer(shape) + parts["trainable_state"]) / GIB, 3),
                 "saved_gib": round(step["saved"] / GIB, 3),
                 "activations_est": round(parts["activations"] / GIB, 3),
                 "step_peak_gib": round(step["step_peak"] / GIB, 3),
